@@ -1,0 +1,46 @@
+//! btrfs through `mkfs.btrfs --rootdir` into a scratch file, checked with
+//! `btrfs check`, then spliced into the partition.
+//!
+//! Not byte-reproducible: btrfs-progs 6.2 (Debian bookworm) draws the device
+//! UUID and chunk-tree UUID at random and has no option to pin them, and the
+//! tree blocks that hold them are checksummed. Layouts that need identical
+//! rebuilds use ext4 or erofs instead (the default layouts do). Compression
+//! needs a mount to set, so layouts may not ask for it.
+
+use super::{content_dir, run, FsJob, FsReport};
+use crate::io::sparse;
+use crate::tools;
+use anyhow::Result;
+
+pub fn build(job: &FsJob) -> Result<FsReport> {
+    let plan = job.plan;
+    let (dir, _guard) = content_dir(job.content, job.scratch, job.epoch)?;
+    let tmp = tempfile::Builder::new().prefix(".btrfs-").tempfile_in(job.scratch)?;
+    tmp.as_file().set_len(plan.bytes())?;
+    let mut args: Vec<String> = vec![
+        "-q".into(),
+        "-f".into(),
+        "-K".into(),
+        "-U".into(),
+        plan.uuid.to_string(),
+        "-m".into(),
+        "single".into(),
+        "-d".into(),
+        "single".into(),
+        "-b".into(),
+        plan.bytes().to_string(),
+        "--rootdir".into(),
+        dir.display().to_string(),
+    ];
+    if let Some(l) = &plan.label {
+        args.extend(["-L".into(), l.clone()]);
+    }
+    args.push(tmp.path().display().to_string());
+    run(
+        duct::cmd(tools::path(tools::MKFS_BTRFS)?, &args).env("SOURCE_DATE_EPOCH", job.epoch.to_string()),
+        &format!("mkfs.btrfs --rootdir {}", dir.display()),
+    )?;
+    run(duct::cmd!(tools::path(tools::BTRFS)?, "check", "--readonly", tmp.path()), "btrfs check")?;
+    let written = sparse::splice(tmp.as_file(), 0, plan.bytes(), job.image, job.offset, true)?;
+    Ok(FsReport { kind: plan.kind, written, fs_bytes: plan.bytes() })
+}

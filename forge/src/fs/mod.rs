@@ -1,0 +1,144 @@
+//! Filesystem stage: builds each partition's filesystem straight into its
+//! region of the sparse disk image, without root, loop devices or mounts.
+//!
+//! - vfat: our own FAT32 writer ([`fat`]), written in place.
+//! - ext2/ext4: `mkfs.ext4 -d` at an offset inside the image
+//!   (`-E offset=`), then `debugfs` pins ctimes and owners.
+//! - erofs: `mkfs.erofs` into a scratch file, checked with `fsck.erofs`, then
+//!   spliced into the image, punching the scratch file as it goes.
+//! - btrfs: `mkfs.btrfs --rootdir` likewise (not byte-reproducible: see btrfs.rs).
+
+pub mod btrfs;
+pub mod erofs;
+pub mod ext4;
+pub mod fat;
+pub mod tree;
+
+use crate::layout::{FsKind, FsPlan};
+use crate::tools::{self, Tool};
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// What goes into a filesystem.
+#[derive(Clone, Debug)]
+pub enum Content {
+    /// An existing directory, used as is (e.g. the payload's `usr/`).
+    Directory(PathBuf),
+    /// A tree assembled by the build.
+    Tree(tree::Dir),
+}
+
+/// Everything one filesystem build needs: plain data in.
+pub struct FsJob<'a> {
+    pub plan: &'a FsPlan,
+    pub content: &'a Content,
+    /// The disk image, open read-write, and its path (for host tools).
+    pub image: &'a File,
+    pub image_path: &'a Path,
+    /// Byte offset of the partition in the image.
+    pub offset: u64,
+    /// Partition start in sectors (FAT records it).
+    pub first_lba: u64,
+    /// Timestamp for every file and for the filesystem itself.
+    pub epoch: i64,
+    /// Directory for scratch files.
+    pub scratch: &'a Path,
+    /// Seed-derived 32-bit volume ID (FAT).
+    pub volume_id: u32,
+}
+
+/// Plain data out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsReport {
+    pub kind: FsKind,
+    /// Bytes written into the image (non-zero blocks).
+    pub written: u64,
+    /// Bytes the filesystem itself occupies (its size as built).
+    pub fs_bytes: u64,
+}
+
+/// Host tools needed to build (and check) a filesystem kind.
+pub fn tools_for(kind: FsKind) -> Vec<Tool> {
+    match kind {
+        FsKind::Vfat => vec![],
+        FsKind::Ext2 | FsKind::Ext4 => vec![tools::MKFS_EXT4, tools::DEBUGFS, tools::E2FSCK],
+        FsKind::Erofs => vec![tools::MKFS_EROFS, tools::FSCK_EROFS],
+        FsKind::Btrfs => vec![tools::MKFS_BTRFS, tools::BTRFS],
+    }
+}
+
+pub fn build(job: &FsJob) -> Result<FsReport> {
+    let kind = job.plan.kind;
+    let r = match kind {
+        FsKind::Vfat => {
+            let tree = match job.content {
+                Content::Tree(t) => t.clone(),
+                Content::Directory(d) => tree::Dir::from_path(d)?,
+            };
+            let params = fat::FatParams {
+                label: job.plan.label.clone(),
+                volume_id: job.volume_id,
+                size_bytes: job.plan.bytes(),
+                hidden_sectors: job.first_lba,
+                epoch: job.epoch,
+            };
+            let rep = fat::build(&tree, &params, job.image, job.offset)?;
+            let used = rep.used_clusters * rep.geometry.sectors_per_cluster * 512;
+            FsReport { kind, written: used, fs_bytes: job.plan.bytes() }
+        }
+        FsKind::Ext2 | FsKind::Ext4 => ext4::build(job)?,
+        FsKind::Erofs => erofs::build(job)?,
+        FsKind::Btrfs => btrfs::build(job)?,
+    };
+    Ok(r)
+}
+
+/// A real directory for tools that read one: the content's own directory,
+/// or the tree written out under `scratch` (kept alive by the returned guard).
+pub(crate) fn content_dir(content: &Content, scratch: &Path, epoch: i64) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match content {
+        Content::Directory(d) => Ok((d.clone(), None)),
+        Content::Tree(t) => {
+            let tmp = tempfile::Builder::new().prefix(".stage-").tempdir_in(scratch).context("creating a staging directory")?;
+            let root = tmp.path().join("root");
+            t.materialize(&root, epoch)?;
+            Ok((root, Some(tmp)))
+        }
+    }
+}
+
+/// Runs a host tool, turning a failure into an error that quotes its output.
+pub(crate) fn run(cmd: duct::Expression, what: &str) -> Result<String> {
+    let out = cmd.stdout_capture().stderr_capture().unchecked().run().with_context(|| format!("{what}: cannot start"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        anyhow::bail!("{what} failed ({}): {}", out.status, text.trim());
+    }
+    Ok(text)
+}
+
+/// Checks a filesystem inside `image` at `offset` with its own fsck tool,
+/// read-only. Tools that cannot take an offset get a sparse copy of the
+/// partition in `scratch`.
+pub fn check(kind: FsKind, image: &File, image_path: &Path, offset: u64, len: u64, scratch: &Path) -> Result<String> {
+    match kind {
+        FsKind::Ext2 | FsKind::Ext4 => {
+            let target = format!("{}?offset={offset}", image_path.display());
+            run(duct::cmd!(tools::path(tools::E2FSCK)?, "-fn", target), "e2fsck -fn")
+        }
+        _ => {
+            let tmp = tempfile::Builder::new().prefix(".check-").tempfile_in(scratch)?;
+            let part = tmp.as_file();
+            part.set_len(len)?;
+            crate::io::sparse::splice(image, offset, len, part, 0, false)?;
+            let p = tmp.path().to_path_buf();
+            match kind {
+                FsKind::Vfat => run(duct::cmd!(tools::path(tools::FSCK_FAT)?, "-n", &p), "fsck.fat -n"),
+                FsKind::Erofs => run(duct::cmd!(tools::path(tools::FSCK_EROFS)?, &p), "fsck.erofs"),
+                FsKind::Btrfs => run(duct::cmd!(tools::path(tools::BTRFS)?, "check", "--readonly", &p), "btrfs check"),
+                _ => unreachable!(),
+            }
+        }
+    }
+}

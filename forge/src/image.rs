@@ -1,0 +1,269 @@
+//! The pipeline that turns a payload into a disk image:
+//! payload → layout → partitions (GPT) → filesystems → dm-verity → boot files
+//! → verify → publish. Each stage is a module taking plain data; this one only
+//! strings them together, times them, and makes the output atomic: the image
+//! is written under a temporary name in the output directory, verified, and
+//! only then renamed, so a failed build leaves nothing under the final name.
+
+use crate::fs::tree::{Dir, Source};
+use crate::fs::{self, Content, FsJob, FsReport};
+use crate::layout::{DiskPlan, Feature, IdPolicy, LayoutFile, PartitionPlan};
+use crate::payload::Payload;
+use crate::verity::{self, VerityInfo};
+use crate::{table, tools};
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Everything a build needs.
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    pub payload: PathBuf,
+    pub layout_file: PathBuf,
+    pub layout: String,
+    pub output_dir: PathBuf,
+    /// File name of the raw image, e.g. `flatcar_production_image.bin`.
+    pub image_name: String,
+    pub ids: IdPolicy,
+    /// Unix time stamped on every file and filesystem (SOURCE_DATE_EPOCH).
+    pub epoch: i64,
+    /// Contents of the partition mounted at `/oem`, if any.
+    pub oem: Option<Dir>,
+    /// Extra files for the ESP (`/`-separated paths), e.g. bootloaders.
+    pub esp_extra: Vec<(String, Source)>,
+}
+
+/// What a build produced: plain data out.
+#[derive(Clone, Debug)]
+pub struct BuildOutput {
+    pub image: PathBuf,
+    pub plan: DiskPlan,
+    pub filesystems: Vec<(u32, FsReport)>,
+    /// Per verity-protected partition: (partition number, slot letter, info).
+    pub verity: Vec<(u32, String, VerityInfo)>,
+    pub verity_file: Option<PathBuf>,
+    pub stages: Vec<(String, Duration)>,
+    /// Bytes the image occupies on disk (its non-zero blocks).
+    pub allocated: u64,
+}
+
+/// Slot letter of an A/B partition from its label (`USR-A` → `a`).
+pub fn slot_of(p: &PartitionPlan) -> Option<String> {
+    let l = &p.label;
+    let (head, tail) = l.rsplit_once('-')?;
+    (!head.is_empty() && tail.len() == 1 && tail.chars().all(|c| c.is_ascii_alphabetic())).then(|| tail.to_ascii_lowercase())
+}
+
+/// The GRUB fragment on the ESP that carries one slot's verity parameters.
+pub fn verity_cfg_path(slot: &str) -> String {
+    format!("flatcar/verity-{slot}.cfg")
+}
+
+pub fn verity_cfg(info: &VerityInfo) -> String {
+    format!(
+        "# dm-verity parameters of this slot's /usr, written by the image build\nset verity_usrhash=\"{}\"\nset verity_usrsalt=\"{}\"\nset verity_usrdatablocks=\"{}\"\nset verity_usrhashoffset=\"{}\"\n",
+        info.root_hex(),
+        info.salt_hex(),
+        info.data_blocks,
+        info.hash_offset
+    )
+}
+
+struct Stages(Vec<(String, Duration)>, Instant);
+impl Stages {
+    fn mark(&mut self, name: &str) {
+        let now = Instant::now();
+        self.0.push((name.to_string(), now - self.1));
+        self.1 = now;
+    }
+}
+
+/// Builds an image. `log` receives one line per step.
+pub fn build(req: &BuildRequest, log: &dyn Fn(&str)) -> Result<BuildOutput> {
+    let mut st = Stages(Vec::new(), Instant::now());
+    let payload = Payload::open(&req.payload)?;
+    st.mark("payload");
+    let plan = LayoutFile::load(&req.layout_file)?.plan(&req.layout, &req.ids)?;
+    let mut needed = vec![tools::FSCK_FAT, tools::E2FSCK];
+    for p in &plan.partitions {
+        if let Some(f) = &p.fs {
+            needed.extend(fs::tools_for(f.kind));
+        }
+    }
+    tools::require(&needed)?;
+    st.mark("layout");
+    log(&format!(
+        "layout '{}' from {}: {} partitions, disk {} sectors ({} B)",
+        plan.layout,
+        plan.source.display(),
+        plan.partitions.len(),
+        plan.total_blocks,
+        plan.total_bytes()
+    ));
+
+    std::fs::create_dir_all(&req.output_dir)
+        .with_context(|| format!("{}: cannot create the output directory", req.output_dir.display()))?;
+    let final_path = req.output_dir.join(&req.image_name);
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", req.image_name))
+        .suffix(".partial")
+        .tempfile_in(&req.output_dir)
+        .with_context(|| format!("{}: cannot create a temporary file", req.output_dir.display()))?;
+    let image_path = tmp.path().to_path_buf();
+    let mut image = tmp.as_file().try_clone()?;
+    image.set_len(plan.total_bytes()).with_context(|| format!("{}: cannot size the image", image_path.display()))?;
+    table::write(&mut image, &plan)?;
+    st.mark("partitions");
+
+    let scratch = req.output_dir.as_path();
+    let mut filesystems = Vec::new();
+    let mut verity_infos = Vec::new();
+    // Verity-protected partitions first: the ESP carries their root hashes.
+    let mut order: Vec<&PartitionPlan> = plan.partitions.iter().filter(|p| p.fs.is_some()).collect();
+    order.sort_by_key(|p| (!p.has(Feature::Verity), p.mount.as_deref() == Some("/boot"), p.number));
+    for p in order {
+        let fsp = p.fs.as_ref().unwrap();
+        let what = format!("partition {} ({}, {})", p.number, p.label, fsp.kind.name());
+        let content = content_for(req, &payload, p, &verity_infos)?;
+        log(&format!("{what}: building {} B filesystem", fsp.bytes()));
+        let job = FsJob {
+            plan: fsp,
+            content: &content,
+            image: &image,
+            image_path: &image_path,
+            offset: plan.offset(p),
+            first_lba: p.first_block,
+            epoch: req.epoch,
+            scratch,
+            volume_id: req.ids.seed.u32(&format!("volume-id:{}", p.label)),
+        };
+        let rep = fs::build(&job).with_context(|| what.clone())?;
+        st.mark(&format!("fs {}", p.label));
+        if p.has(Feature::Verity) {
+            let slot = slot_of(p).ok_or_else(|| anyhow!("{what}: verity partitions need an A/B label like USR-A"))?;
+            let info = verity::format(
+                &image,
+                plan.offset(p),
+                plan.size(p),
+                fsp.bytes() / verity::BLOCK,
+                fsp.bytes(),
+                req.ids.seed.bytes(&format!("verity-salt:{}", p.label)),
+                req.ids.seed.uuid(&format!("verity-uuid:{}", p.label)),
+            )
+            .with_context(|| what.clone())?;
+            log(&format!("{what}: dm-verity root hash {}", info.root_hex()));
+            verity_infos.push((p.number, slot, info));
+            st.mark(&format!("verity {}", p.label));
+        }
+        filesystems.push((p.number, rep));
+    }
+
+    verify(&image, &image_path, &plan, &verity_infos, scratch, log)?;
+    st.mark("verify");
+
+    image.sync_all()?;
+    let allocated = crate::io::sparse::allocated_bytes(&image)?;
+    let verity_file = match verity_infos.first() {
+        Some((_, _, info)) => {
+            let p = req.output_dir.join(format!("{}_verity.txt", req.image_name.trim_end_matches(".bin")));
+            write_atomic(&p, info.side_file().as_bytes())?;
+            Some(p)
+        }
+        None => None,
+    };
+    tmp.persist(&final_path).map_err(|e| anyhow!("{}: cannot rename into place: {}", final_path.display(), e.error))?;
+    st.mark("publish");
+    Ok(BuildOutput { image: final_path, plan, filesystems, verity: verity_infos, verity_file, stages: st.0, allocated })
+}
+
+/// What goes into a partition, by where the OS mounts it.
+fn content_for(req: &BuildRequest, payload: &Payload, p: &PartitionPlan, verity: &[(u32, String, VerityInfo)]) -> Result<Content> {
+    Ok(match p.mount.as_deref() {
+        Some("/usr") => {
+            if slot_of(p).as_deref().is_some_and(|s| s != "a") {
+                Content::Tree(Dir::new()) // the update slot starts empty
+            } else {
+                Content::Directory(payload.usr())
+            }
+        }
+        Some("/boot") => {
+            let mut t = Dir::new();
+            t.add_file("flatcar/vmlinuz-a", Source::File(payload.kernel.clone()))?;
+            if let Some(i) = &payload.initrd {
+                t.add_file("flatcar/initrd-a", Source::File(i.clone()))?;
+            }
+            for (_, slot, info) in verity {
+                t.add_file(&verity_cfg_path(slot), Source::Bytes(verity_cfg(info).into_bytes()))?;
+            }
+            for (path, src) in &req.esp_extra {
+                t.add_file(path, src.clone())?;
+            }
+            Content::Tree(t)
+        }
+        Some("/") => {
+            let mut t = Dir::new();
+            for extra in payload.root_extras()? {
+                let name = extra.file_name().unwrap().to_string_lossy().into_owned();
+                let m = std::fs::symlink_metadata(&extra)?;
+                if m.is_dir() {
+                    t.add(&name, crate::fs::tree::Node::Dir(Dir::from_path(&extra)?))?;
+                } else if m.is_file() {
+                    t.add_file(&name, Source::File(extra.clone()))?;
+                } else if m.file_type().is_symlink() {
+                    t.add(&name, crate::fs::tree::Node::Symlink(std::fs::read_link(&extra)?.to_string_lossy().into_owned()))?;
+                }
+            }
+            Content::Tree(t)
+        }
+        Some("/oem") => Content::Tree(req.oem.clone().unwrap_or_default()),
+        _ => Content::Tree(Dir::new()),
+    })
+}
+
+/// Checks the finished image before it is published: the GPT read back with
+/// both CRCs matches the plan; FAT and ext filesystems pass their fsck; each
+/// verity tree's root hash recomputed from the partition matches.
+pub fn verify(
+    image: &std::fs::File,
+    image_path: &Path,
+    plan: &DiskPlan,
+    verity: &[(u32, String, VerityInfo)],
+    scratch: &Path,
+    log: &dyn Fn(&str),
+) -> Result<()> {
+    let t = table::read(image).context("verify: reading back the GPT")?;
+    if t.disk_guid != plan.disk_guid || t.entries.len() != plan.partitions.len() {
+        bail!("verify: the GPT read back does not match the layout");
+    }
+    for (e, p) in t.entries.iter().zip(&plan.partitions) {
+        if e.number != p.number || e.first_lba != p.first_block || e.sectors() != p.blocks || e.uuid != p.uuid || e.type_guid != p.type_guid || e.name != p.label || e.attributes != p.attributes {
+            bail!("verify: GPT entry {} read back differs from the layout", e.number);
+        }
+    }
+    for p in &plan.partitions {
+        let Some(f) = &p.fs else { continue };
+        if matches!(f.kind, crate::layout::FsKind::Vfat | crate::layout::FsKind::Ext2 | crate::layout::FsKind::Ext4) {
+            fs::check(f.kind, image, image_path, plan.offset(p), f.bytes(), scratch)
+                .with_context(|| format!("verify: partition {} ({})", p.number, p.label))?;
+        }
+    }
+    for (num, _, info) in verity {
+        let p = plan.partitions.iter().find(|p| p.number == *num).unwrap();
+        let root = verity::compute_root(image, plan.offset(p), info.hash_offset)?;
+        if root != Some(info.root_hash) {
+            bail!("verify: partition {} ({}): dm-verity root hash does not match the data", p.number, p.label);
+        }
+    }
+    log("verify: GPT, filesystems and dm-verity checked");
+    Ok(())
+}
+
+/// Writes a small file under a temporary name, then renames it into place.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    std::fs::write(tmp.path(), data)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| anyhow!("{}: cannot rename into place: {}", path.display(), e.error))?;
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! `inspect`: what is on a disk image, read from the image alone, whichever
+//! tool made it: the GPT (CRCs checked), each partition's filesystem type,
+//! label and UUID, the OEM partition's ID and sysexts, and a recomputation of
+//! each dm-verity tree's root hash against the one recorded on the ESP.
+
+use crate::fs::fat::FatReader;
+use crate::{layout, table, tools, verity};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub image: String,
+    pub size_bytes: u64,
+    pub sector_size: u64,
+    pub disk_guid: String,
+    pub partitions: Vec<PartInfo>,
+    pub oem: Option<OemInfo>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PartInfo {
+    pub number: u32,
+    pub label: String,
+    pub type_guid: String,
+    pub type_name: Option<String>,
+    pub uuid: String,
+    pub attributes: u64,
+    pub attributes_decoded: Vec<String>,
+    pub first_sector: u64,
+    pub sectors: u64,
+    pub size_bytes: u64,
+    pub fs: Option<FsInfo>,
+    pub verity: Option<VerityCheck>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FsInfo {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub label: Option<String>,
+    pub uuid: Option<String>,
+    /// Size the filesystem says it has.
+    pub size_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VerityCheck {
+    pub hash_offset: u64,
+    pub data_blocks: u64,
+    pub salt: String,
+    pub computed_root_hash: String,
+    /// Root hash recorded for this slot on the ESP, if found.
+    pub recorded_root_hash: Option<String>,
+    /// Whether the computed and the recorded hash agree (None: nothing recorded).
+    pub matches: Option<bool>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OemInfo {
+    pub partition: u32,
+    pub id: Option<String>,
+    pub release: BTreeMap<String, String>,
+    pub sysexts: Vec<String>,
+    pub grub_cfg: Option<String>,
+}
+
+pub fn inspect(path: &Path) -> Result<Report> {
+    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let size = file.metadata()?.len();
+    let t = table::read(&file).with_context(|| format!("{}: reading the partition table", path.display()))?;
+    let ss = t.sector_size;
+    let mut parts = Vec::new();
+    for e in &t.entries {
+        let off = e.first_lba * ss;
+        let len = e.sectors() * ss;
+        let fs = probe_fs(&file, off, len).ok().flatten();
+        parts.push(PartInfo {
+            number: e.number,
+            label: e.name.clone(),
+            type_guid: e.type_guid.to_string(),
+            type_name: layout::type_name(&e.type_guid).map(str::to_string),
+            uuid: e.uuid.to_string(),
+            attributes: e.attributes,
+            attributes_decoded: table::describe_attributes(e.attributes),
+            first_sector: e.first_lba,
+            sectors: e.sectors(),
+            size_bytes: len,
+            fs,
+            verity: None,
+        });
+    }
+    // Verity: look for a superblock after each filesystem.
+    let esp = parts.iter().find(|p| p.fs.as_ref().is_some_and(|f| f.kind == "vfat")).map(|p| p.first_sector * ss);
+    for p in parts.iter_mut() {
+        let (Some(fs), off) = (&p.fs, p.first_sector * ss) else { continue };
+        let Some(fs_len) = fs.size_bytes else { continue };
+        if let Some(hash_offset) = find_verity(&file, off, fs_len, p.size_bytes)? {
+            let sb = verity::read_superblock(&file, off + hash_offset)?.unwrap();
+            let root = verity::compute_root(&file, off, hash_offset)?.unwrap();
+            let slot = p.label.rsplit_once('-').map(|(_, s)| s.to_ascii_lowercase());
+            let recorded = match (esp, slot) {
+                (Some(esp), Some(slot)) => recorded_hash(&file, esp, &slot),
+                _ => None,
+            };
+            let computed = hex::encode(root);
+            p.verity = Some(VerityCheck {
+                hash_offset,
+                data_blocks: sb.data_blocks,
+                salt: hex::encode(&sb.salt),
+                matches: recorded.as_ref().map(|r| *r == computed),
+                computed_root_hash: computed,
+                recorded_root_hash: recorded,
+            });
+        }
+    }
+    let oem = parts.iter().find(|p| p.label == "OEM" && p.fs.is_some()).map(|p| read_oem(&file, path, p, ss));
+    Ok(Report {
+        image: path.display().to_string(),
+        size_bytes: size,
+        sector_size: ss,
+        disk_guid: t.disk_guid.to_string(),
+        partitions: parts,
+        oem: oem.transpose()?,
+    })
+}
+
+fn recorded_hash(file: &File, esp_off: u64, slot: &str) -> Option<String> {
+    let r = FatReader::open(file, esp_off).ok()?;
+    let text = String::from_utf8(r.read(&crate::image::verity_cfg_path(slot)).ok()?).ok()?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("set verity_usrhash="))
+        .map(|v| v.trim_matches('"').to_string())
+}
+
+/// Finds a verity superblock at the first data after the filesystem's end.
+fn find_verity(file: &File, off: u64, fs_len: u64, part_len: u64) -> Result<Option<u64>> {
+    let start = fs_len.div_ceil(verity::BLOCK) * verity::BLOCK;
+    if start + 512 > part_len {
+        return Ok(None);
+    }
+    let extents = crate::io::sparse::data_extents(file, off + start, off + part_len)?;
+    let mut buf = vec![0u8; verity::BLOCK as usize];
+    for (s, e) in extents {
+        let mut pos = s.div_ceil(verity::BLOCK) * verity::BLOCK - (off % verity::BLOCK);
+        pos = pos.max(s - (s - off) % verity::BLOCK);
+        while pos + verity::BLOCK <= e {
+            file.read_exact_at(&mut buf, pos)?;
+            if &buf[0..8] == b"verity\0\0" {
+                return Ok(Some(pos - off));
+            }
+            if !crate::io::sparse::is_zero(&buf) {
+                return Ok(None);
+            }
+            pos += verity::BLOCK;
+        }
+    }
+    Ok(None)
+}
+
+/// Recognizes the filesystem at `off` by its superblock.
+pub fn probe_fs(file: &File, off: u64, len: u64) -> Result<Option<FsInfo>> {
+    let mut b = vec![0u8; 4096];
+    if len < 4096 {
+        return Ok(None);
+    }
+    file.read_exact_at(&mut b, off)?;
+    let le32 = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let le64 = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let text = |s: &[u8]| {
+        let t = String::from_utf8_lossy(s).trim_end_matches(['\0', ' ']).to_string();
+        (!t.is_empty()).then_some(t)
+    };
+    let uuid = |s: &[u8]| uuid::Uuid::from_slice(s).ok().map(|u| u.to_string());
+    if b[510] == 0x55 && b[511] == 0xAA && &b[82..87] == b"FAT32" {
+        let total = le32(&b, 32) as u64 * u16::from_le_bytes([b[11], b[12]]) as u64;
+        let id = le32(&b, 67);
+        return Ok(Some(FsInfo {
+            kind: "vfat".into(),
+            label: text(&b[71..82]).filter(|l| l != "NO NAME"),
+            uuid: Some(format!("{:04X}-{:04X}", id >> 16, id & 0xffff)),
+            size_bytes: Some(total),
+        }));
+    }
+    let sb = &b[1024..];
+    if u16::from_le_bytes([sb[56], sb[57]]) == 0xEF53 {
+        let incompat = le32(sb, 96);
+        let compat = le32(sb, 92);
+        let kind = if incompat & (0x40 | 0x80 | 0x200) != 0 { "ext4" } else if compat & 4 != 0 { "ext3" } else { "ext2" };
+        let bs = 1024u64 << le32(sb, 24);
+        let mut blocks = le32(sb, 4) as u64;
+        if incompat & 0x80 != 0 {
+            blocks |= (le32(sb, 0x150) as u64) << 32;
+        }
+        return Ok(Some(FsInfo { kind: kind.into(), label: text(&sb[120..136]), uuid: uuid(&sb[104..120]), size_bytes: Some(blocks * bs) }));
+    }
+    if le32(sb, 0) == 0xE0F5_E1E2 {
+        let bs = 1u64 << sb[12];
+        return Ok(Some(FsInfo {
+            kind: "erofs".into(),
+            label: text(&sb[64..80]),
+            uuid: uuid(&sb[48..64]),
+            size_bytes: Some(le32(sb, 36) as u64 * bs),
+        }));
+    }
+    if &b[0..4] == b"hsqs" {
+        return Ok(Some(FsInfo { kind: "squashfs".into(), label: None, uuid: None, size_bytes: Some(le64(&b, 40)) }));
+    }
+    if len >= 65536 + 4096 {
+        let mut s = vec![0u8; 4096];
+        file.read_exact_at(&mut s, off + 65536)?;
+        if &s[64..72] == b"_BHRfS_M" {
+            return Ok(Some(FsInfo {
+                kind: "btrfs".into(),
+                label: text(&s[299..299 + 256]),
+                uuid: uuid(&s[32..48]),
+                size_bytes: Some(le64(&s, 0x70)),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+fn read_oem(file: &File, path: &Path, p: &PartInfo, ss: u64) -> Result<OemInfo> {
+    let off = p.first_sector * ss;
+    let kind = p.fs.as_ref().map(|f| f.kind.as_str()).unwrap_or("");
+    let (release, sysexts, grub) = match kind {
+        "vfat" => {
+            let r = FatReader::open(file, off)?;
+            let rel = r.read("oem-release").ok().map(|b| String::from_utf8_lossy(&b).into_owned());
+            let grub = r.read("grub.cfg").ok().map(|b| String::from_utf8_lossy(&b).into_owned());
+            let sys = r.walk()?.into_iter().filter_map(|f| f.strip_prefix("/sysext/").map(str::to_string)).collect();
+            (rel, sys, grub)
+        }
+        "ext2" | "ext3" | "ext4" => {
+            let target = format!("{}?offset={off}", path.display());
+            let debugfs = tools::path(tools::DEBUGFS)?;
+            let cat = |f: &str| -> Option<String> {
+                let o = duct::cmd!(&debugfs, "-R", format!("cat {f}"), &target).stdout_capture().stderr_null().unchecked().run().ok()?;
+                (o.status.success() && !o.stdout.is_empty()).then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+            };
+            let ls = duct::cmd!(&debugfs, "-R", "ls -p /sysext", &target).stdout_capture().stderr_null().unchecked().run()?;
+            // `ls -p` lines: /inode/mode/uid/gid/name/size/
+            let sys = String::from_utf8_lossy(&ls.stdout)
+                .lines()
+                .filter_map(|l| l.split('/').nth(5).map(str::to_string))
+                .filter(|n| !n.is_empty() && n != "." && n != "..")
+                .collect();
+            (cat("/oem-release"), sys, cat("/grub.cfg"))
+        }
+        _ => (None, Vec::new(), None),
+    };
+    let release = release.map(|r| crate::payload::OsRelease::parse(&r).0).unwrap_or_default();
+    Ok(OemInfo { partition: p.number, id: release.get("ID").cloned(), release, sysexts, grub_cfg: grub })
+}
+
+/// Plain-text rendering of a report.
+pub fn render(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "image: {} ({} B, {} B sectors)", r.image, r.size_bytes, r.sector_size);
+    let _ = writeln!(s, "disk GUID: {}", r.disk_guid);
+    for p in &r.partitions {
+        let _ = writeln!(
+            s,
+            "{:>3} {:<12} start {:>10} sectors {:>10} ({} B)\n      type {} ({})\n      guid {}  attrs 0x{:016x} [{}]",
+            p.number,
+            p.label,
+            p.first_sector,
+            p.sectors,
+            p.size_bytes,
+            p.type_guid,
+            p.type_name.as_deref().unwrap_or("unknown"),
+            p.uuid,
+            p.attributes,
+            p.attributes_decoded.join(" ")
+        );
+        if let Some(f) = &p.fs {
+            let _ = writeln!(
+                s,
+                "      fs {} label {} uuid {}",
+                f.kind,
+                f.label.as_deref().unwrap_or("-"),
+                f.uuid.as_deref().unwrap_or("-")
+            );
+        }
+        if let Some(v) = &p.verity {
+            let verdict = match v.matches {
+                Some(true) => "matches the ESP's record",
+                Some(false) => "DOES NOT MATCH the ESP's record",
+                None => "no record on the ESP",
+            };
+            let _ = writeln!(s, "      verity root {} at offset {} ({verdict})", v.computed_root_hash, v.hash_offset);
+        }
+    }
+    if let Some(o) = &r.oem {
+        let _ = writeln!(s, "OEM (partition {}): id {}", o.partition, o.id.as_deref().unwrap_or("-"));
+        for x in &o.sysexts {
+            let _ = writeln!(s, "      sysext {x}");
+        }
+    }
+    s
+}

@@ -1,0 +1,2 @@
+//! I/O adapters shared by the stages.
+pub mod sparse;

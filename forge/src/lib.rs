@@ -1,0 +1,16 @@
+//! forge: the engine behind `cargo xtask`. The modules follow the pipeline
+//! an image build runs (see ARCHITECTURE.md):
+//!
+//! payload → layout → table (GPT) → fs → verity → image (assembly, verify,
+//! publish); `inspect` reads any GPT disk image back.
+
+pub mod fs;
+pub mod image;
+pub mod inspect;
+pub mod io;
+pub mod layout;
+pub mod payload;
+pub mod seed;
+pub mod table;
+pub mod tools;
+pub mod verity;

@@ -1,0 +1,77 @@
+//! Host tools the engine drives through duct, checked up front so a missing
+//! one is reported with the Debian package that provides it, before any
+//! output is written.
+
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+/// A host program and the Debian package that ships it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tool {
+    pub program: &'static str,
+    pub package: &'static str,
+}
+
+pub const MKFS_EXT4: Tool = Tool { program: "mkfs.ext4", package: "e2fsprogs" };
+pub const DEBUGFS: Tool = Tool { program: "debugfs", package: "e2fsprogs" };
+pub const E2FSCK: Tool = Tool { program: "e2fsck", package: "e2fsprogs" };
+pub const MKFS_EROFS: Tool = Tool { program: "mkfs.erofs", package: "erofs-utils" };
+pub const FSCK_EROFS: Tool = Tool { program: "fsck.erofs", package: "erofs-utils" };
+pub const MKFS_BTRFS: Tool = Tool { program: "mkfs.btrfs", package: "btrfs-progs" };
+pub const BTRFS: Tool = Tool { program: "btrfs", package: "btrfs-progs" };
+pub const FSCK_FAT: Tool = Tool { program: "fsck.fat", package: "dosfstools" };
+
+/// Directories searched besides `$PATH`: the `sbin` directories hold most
+/// filesystem tools, and an unprivileged user's `$PATH` often lacks them.
+const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin"];
+
+/// Full path of a program, searching `$PATH` and the sbin directories.
+pub fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(EXTRA_DIRS.iter().map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// Path of one tool, or an error naming the package to install.
+pub fn path(tool: Tool) -> Result<PathBuf> {
+    require(&[tool])?;
+    Ok(find(tool.program).expect("checked above"))
+}
+
+/// Fails, naming every missing program and its package, unless all are present.
+pub fn require(tools: &[Tool]) -> Result<()> {
+    let mut missing: Vec<Tool> = tools.iter().copied().filter(|t| find(t.program).is_none()).collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let programs: Vec<&str> = missing.iter().map(|t| t.program).collect();
+    let mut packages: Vec<&str> = missing.iter().map(|t| t.package).collect();
+    packages.sort();
+    packages.dedup();
+    bail!(
+        "missing host tools: {} — install them with: apt-get install {}",
+        programs.join(", "),
+        packages.join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tool_names_package() {
+        let t = Tool { program: "definitely-not-a-program-xyz", package: "pkg-xyz" };
+        let e = require(&[t]).unwrap_err().to_string();
+        assert!(e.contains("definitely-not-a-program-xyz"), "{e}");
+        assert!(e.contains("apt-get install pkg-xyz"), "{e}");
+    }
+}

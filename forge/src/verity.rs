@@ -1,0 +1,291 @@
+//! dm-verity, computed in Rust: the hash tree for a partition's filesystem,
+//! stored inside the same partition right after the filesystem (upstream's
+//! arrangement), in the on-disk format `veritysetup` and the kernel read:
+//! format version 1, sha256, 4096-byte data and hash blocks, a superblock at
+//! the hash offset and the tree levels after it, top level first.
+//!
+//! Zero data blocks (holes in the sparse image) are not read: their digest is
+//! computed once. Level 0 is hashed on every core.
+
+use crate::io::sparse;
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use uuid::Uuid;
+
+pub const BLOCK: u64 = 4096;
+const DIGEST: usize = 32;
+const PER_BLOCK: u64 = BLOCK / DIGEST as u64;
+
+/// Everything the boot stage and `veritysetup` need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerityInfo {
+    pub root_hash: [u8; 32],
+    pub salt: [u8; 32],
+    pub data_blocks: u64,
+    pub data_block_size: u64,
+    pub hash_block_size: u64,
+    /// Offset of the verity superblock from the start of the partition.
+    pub hash_offset: u64,
+    /// Superblock plus tree, in bytes.
+    pub hash_bytes: u64,
+    pub uuid: Uuid,
+}
+
+impl VerityInfo {
+    pub fn root_hex(&self) -> String {
+        hex::encode(self.root_hash)
+    }
+    pub fn salt_hex(&self) -> String {
+        hex::encode(self.salt)
+    }
+    /// The side file: first line the root hash, then `key=value` lines.
+    pub fn side_file(&self) -> String {
+        format!(
+            "{}\nroot_hash={}\nsalt={}\nalgorithm=sha256\ndata_block_size={}\nhash_block_size={}\ndata_blocks={}\nhash_offset={}\nhash_bytes={}\nuuid={}\n",
+            self.root_hex(),
+            self.root_hex(),
+            self.salt_hex(),
+            self.data_block_size,
+            self.hash_block_size,
+            self.data_blocks,
+            self.hash_offset,
+            self.hash_bytes,
+            self.uuid
+        )
+    }
+}
+
+/// Level sizes, level 0 (hashes of data blocks) first.
+fn level_sizes(data_blocks: u64) -> Vec<u64> {
+    let mut v = Vec::new();
+    let mut n = data_blocks;
+    loop {
+        n = n.div_ceil(PER_BLOCK);
+        v.push(n);
+        if n <= 1 {
+            break;
+        }
+    }
+    v
+}
+
+fn hash_block(salt: &[u8], block: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(block);
+    h.finalize().into()
+}
+
+/// Digests of data blocks `[first, last)` of the region at `base`.
+fn hash_data(file: &File, base: u64, first: u64, last: u64, extents: &[(u64, u64)], salt: &[u8], zero: &[u8; 32]) -> Result<Vec<[u8; 32]>> {
+    let mut out = Vec::with_capacity((last - first) as usize);
+    let mut buf = vec![0u8; 256 * BLOCK as usize];
+    let mut b = first;
+    while b < last {
+        let pos = base + b * BLOCK;
+        // Inside a hole: every block up to the next extent is zero.
+        let ext = extents.iter().find(|(_, e)| *e > pos);
+        match ext {
+            Some((s, _)) if *s <= pos => {
+                let end_block = ((ext.unwrap().1 - base) / BLOCK).min(last).max(b + 1);
+                let n = (end_block - b).min(256);
+                let bytes = (n * BLOCK) as usize;
+                file.read_exact_at(&mut buf[..bytes], pos).context("reading filesystem blocks for dm-verity")?;
+                for blk in buf[..bytes].chunks(BLOCK as usize) {
+                    out.push(if sparse::is_zero(blk) { *zero } else { hash_block(salt, blk) });
+                }
+                b += n;
+            }
+            Some((s, _)) => {
+                let next = ((s - base) / BLOCK).min(last).max(b + 1);
+                for _ in b..next {
+                    out.push(*zero);
+                }
+                b = next;
+            }
+            None => {
+                for _ in b..last {
+                    out.push(*zero);
+                }
+                b = last;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Computes the hash tree over the first `data_blocks` blocks of the
+/// partition at `part_offset` and writes superblock and tree at `hash_offset`
+/// (relative to the partition). `part_len` bounds the partition.
+pub fn format(
+    image: &File,
+    part_offset: u64,
+    part_len: u64,
+    data_blocks: u64,
+    hash_offset: u64,
+    salt: [u8; 32],
+    uuid: Uuid,
+) -> Result<VerityInfo> {
+    if data_blocks < 2 {
+        bail!("dm-verity needs at least 2 data blocks");
+    }
+    if hash_offset % BLOCK != 0 || hash_offset < data_blocks * BLOCK {
+        bail!("verity hash offset {hash_offset} must be block-aligned and after the data");
+    }
+    let sizes = level_sizes(data_blocks);
+    let tree_blocks: u64 = sizes.iter().sum();
+    let hash_bytes = BLOCK + tree_blocks * BLOCK;
+    if hash_offset + hash_bytes > part_len {
+        bail!(
+            "the partition ({part_len} B) has no room for the dm-verity tree ({hash_bytes} B at offset {hash_offset}): enlarge the partition or shrink fs_blocks"
+        );
+    }
+    let zero = hash_block(&salt, &[0u8; BLOCK as usize]);
+    let extents = sparse::data_extents(image, part_offset, part_offset + data_blocks * BLOCK)?;
+    let threads = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1).clamp(1, 16);
+    let per = data_blocks.div_ceil(threads);
+    let mut level0: Vec<[u8; 32]> = Vec::with_capacity(data_blocks as usize);
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (first, last) = ((t * per).min(data_blocks), ((t + 1) * per).min(data_blocks));
+                let extents = &extents;
+                let salt = &salt;
+                let zero = &zero;
+                s.spawn(move || hash_data(image, part_offset, first, last, extents, salt, zero))
+            })
+            .collect();
+        for h in handles {
+            level0.extend(h.join().map_err(|_| anyhow::anyhow!("hashing thread panicked"))??);
+        }
+        Ok(())
+    })?;
+
+    // Build levels bottom-up; each level's blocks hold the digests of the level below.
+    let mut levels: Vec<Vec<u8>> = Vec::new();
+    let mut digests = level0;
+    for &n in &sizes {
+        let mut blocks = vec![0u8; (n * BLOCK) as usize];
+        for (i, d) in digests.iter().enumerate() {
+            blocks[i * DIGEST..(i + 1) * DIGEST].copy_from_slice(d);
+        }
+        digests = blocks.chunks(BLOCK as usize).map(|b| hash_block(&salt, b)).collect();
+        levels.push(blocks);
+    }
+    let root_hash = digests[0];
+
+    // Superblock, then the top level first, level 0 last.
+    let sb = superblock(data_blocks, &salt, uuid);
+    let base = part_offset + hash_offset;
+    image.write_all_at(&sb, base)?;
+    let mut pos = base + BLOCK;
+    for lvl in levels.iter().rev() {
+        sparse::write_nonzero_at(image, pos, lvl)?;
+        pos += lvl.len() as u64;
+    }
+    Ok(VerityInfo {
+        root_hash,
+        salt,
+        data_blocks,
+        data_block_size: BLOCK,
+        hash_block_size: BLOCK,
+        hash_offset,
+        hash_bytes,
+        uuid,
+    })
+}
+
+fn superblock(data_blocks: u64, salt: &[u8; 32], uuid: Uuid) -> [u8; 512] {
+    let mut b = [0u8; 512];
+    b[0..8].copy_from_slice(b"verity\0\0");
+    b[8..12].copy_from_slice(&1u32.to_le_bytes()); // superblock version
+    b[12..16].copy_from_slice(&1u32.to_le_bytes()); // hash type: normal
+    b[16..32].copy_from_slice(uuid.as_bytes());
+    b[32..38].copy_from_slice(b"sha256");
+    b[64..68].copy_from_slice(&(BLOCK as u32).to_le_bytes());
+    b[68..72].copy_from_slice(&(BLOCK as u32).to_le_bytes());
+    b[72..80].copy_from_slice(&data_blocks.to_le_bytes());
+    b[80..82].copy_from_slice(&(salt.len() as u16).to_le_bytes());
+    b[88..88 + salt.len()].copy_from_slice(salt);
+    b
+}
+
+/// A verity superblock as found on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    pub data_blocks: u64,
+    pub data_block_size: u64,
+    pub hash_block_size: u64,
+    pub algorithm: String,
+    pub salt: Vec<u8>,
+    pub uuid: Uuid,
+}
+
+pub fn read_superblock(image: &File, at: u64) -> Result<Option<Superblock>> {
+    let mut b = [0u8; 512];
+    image.read_exact_at(&mut b, at)?;
+    if &b[0..8] != b"verity\0\0" {
+        return Ok(None);
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as u64;
+    let salt_len = u16::from_le_bytes([b[80], b[81]]) as usize;
+    if salt_len > 256 {
+        bail!("verity superblock: salt of {salt_len} bytes");
+    }
+    Ok(Some(Superblock {
+        data_blocks: u64::from_le_bytes(b[72..80].try_into().unwrap()),
+        data_block_size: u32_at(64),
+        hash_block_size: u32_at(68),
+        algorithm: String::from_utf8_lossy(&b[32..64]).trim_end_matches('\0').to_string(),
+        salt: b[88..88 + salt_len].to_vec(),
+        uuid: Uuid::from_slice(&b[16..32]).unwrap(),
+    }))
+}
+
+/// Recomputes the root hash of a partition whose superblock sits at
+/// `hash_offset` (relative to the partition), from the data alone.
+pub fn compute_root(image: &File, part_offset: u64, hash_offset: u64) -> Result<Option<[u8; 32]>> {
+    let Some(sb) = read_superblock(image, part_offset + hash_offset)? else { return Ok(None) };
+    if sb.algorithm != "sha256" || sb.data_block_size != BLOCK || sb.hash_block_size != BLOCK {
+        bail!("verity superblock: only sha256 with 4096-byte blocks is supported (found {} {}/{})", sb.algorithm, sb.data_block_size, sb.hash_block_size);
+    }
+    let zero = hash_block(&sb.salt, &[0u8; BLOCK as usize]);
+    let extents = sparse::data_extents(image, part_offset, part_offset + sb.data_blocks * BLOCK)?;
+    let mut digests = hash_data(image, part_offset, 0, sb.data_blocks, &extents, &sb.salt, &zero)?;
+    loop {
+        let n = (digests.len() as u64).div_ceil(PER_BLOCK);
+        let mut blocks = vec![0u8; (n * BLOCK) as usize];
+        for (i, d) in digests.iter().enumerate() {
+            blocks[i * DIGEST..(i + 1) * DIGEST].copy_from_slice(d);
+        }
+        digests = blocks.chunks(BLOCK as usize).map(|b| hash_block(&sb.salt, b)).collect();
+        if n <= 1 {
+            return Ok(Some(digests[0]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels() {
+        assert_eq!(level_sizes(260_094), vec![2032, 16, 1]);
+        assert_eq!(level_sizes(128), vec![1]);
+        assert_eq!(level_sizes(129), vec![2, 1]);
+    }
+
+    #[test]
+    fn recompute_matches() {
+        let d = tempfile::tempdir().unwrap();
+        let f = sparse::create(&d.path().join("v"), 8 << 20).unwrap();
+        f.write_all_at(&[9u8; 10_000], 4096 * 3).unwrap();
+        let info = format(&f, 0, 8 << 20, 1000, 1000 * BLOCK, [7u8; 32], Uuid::nil()).unwrap();
+        assert_eq!(compute_root(&f, 0, info.hash_offset).unwrap(), Some(info.root_hash));
+        f.write_all_at(&[1u8], 4096 * 500).unwrap();
+        assert_ne!(compute_root(&f, 0, info.hash_offset).unwrap(), Some(info.root_hash));
+    }
+}

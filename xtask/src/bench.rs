@@ -1,0 +1,292 @@
+//! `cargo xtask bench …`: our pipeline and a reference pipeline built from
+//! standard tools, run on the same input in the same invocation, with wall
+//! time, peak RSS (wait4 rusage of the whole process tree) and peak scratch
+//! disk (free space sampled every 20 ms) side by side.
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use forge::layout::{FsKind, IdPolicy, LayoutFile};
+use std::fmt::Write as _;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Subcommand)]
+pub enum Which {
+    /// Build the generic image from a ~250 MB payload tree, against sfdisk + mkfs.* + veritysetup + dd.
+    Assemble {
+        /// Payload size to assemble from the host's /usr/lib, in MB.
+        #[arg(long, default_value_t = 250)]
+        size_mb: u64,
+        /// Working directory (default: .cache/bench in the checkout).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+}
+
+pub fn run(w: Which) -> Result<()> {
+    match w {
+        Which::Assemble { size_mb, work_dir } => assemble(size_mb, work_dir),
+    }
+}
+
+pub struct Measure {
+    pub wall: Duration,
+    pub max_rss_kib: u64,
+    pub scratch_peak: u64,
+}
+
+/// Runs `cmd`, measuring wall time, peak RSS of its process tree and the
+/// peak disk space used on the filesystem holding `dir`.
+pub fn measure(mut cmd: Command, dir: &Path) -> Result<Measure> {
+    let free0 = free_bytes(dir)?;
+    let min_free = Arc::new(AtomicU64::new(free0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (min_free, done, dir) = (min_free.clone(), done.clone(), dir.to_path_buf());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(f) = free_bytes(&dir) {
+                    min_free.fetch_min(f, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let start = Instant::now();
+    let child = cmd.spawn().context("starting the benchmarked command")?;
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
+    let wall = start.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    if r < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!("benchmarked command failed (status {status}): {cmd:?}");
+    }
+    Ok(Measure { wall, max_rss_kib: ru.ru_maxrss as u64, scratch_peak: free0.saturating_sub(min_free.load(Ordering::Relaxed)) })
+}
+
+fn free_bytes(dir: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        bail!("statvfs {}: {}", dir.display(), std::io::Error::last_os_error());
+    }
+    Ok(s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+/// Bytes in non-zero 4 KiB blocks of a file.
+pub fn nonzero_bytes(p: &Path) -> Result<u64> {
+    let f = std::fs::File::open(p)?;
+    let len = f.metadata()?.len();
+    let mut n = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    for (s, e) in forge::io::sparse::data_extents(&f, 0, len)? {
+        let mut pos = s;
+        while pos < e {
+            let k = ((e - pos) as usize).min(buf.len());
+            f.read_exact_at(&mut buf[..k], pos)?;
+            n += buf[..k].chunks(4096).filter(|c| !forge::io::sparse::is_zero(c)).map(|c| c.len() as u64).sum::<u64>();
+            pos += k as u64;
+        }
+    }
+    Ok(n)
+}
+
+/// A payload of about `size_mb` MB made from the host's /usr/lib (cached).
+fn bench_payload(work: &Path, size_mb: u64) -> Result<PathBuf> {
+    let root = work.join(format!("payload-{size_mb}"));
+    let marker = root.join(".complete");
+    if marker.exists() {
+        return Ok(root);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    let usr = root.join("usr");
+    std::fs::create_dir_all(usr.join("boot"))?;
+    let mut budget = size_mb * 1_000_000;
+    copy_tree(Path::new("/usr/lib"), &usr.join("lib"), &mut budget)?;
+    std::fs::write(usr.join("lib/os-release"), "ID=benchos\nNAME=\"Bench OS\"\nVERSION_ID=1.0\n")?;
+    let kernel = std::fs::read_dir("/boot")
+        .ok()
+        .and_then(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz")));
+    match kernel {
+        Some(k) => {
+            std::fs::copy(k, usr.join("boot/vmlinuz"))?;
+        }
+        None => {
+            // No host kernel: 8 MiB of incompressible bytes stand in for one.
+            let mut v = vec![0u8; 8 << 20];
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            for b in v.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            std::fs::write(usr.join("boot/vmlinuz"), v)?;
+        }
+    }
+    std::fs::write(&marker, "")?;
+    Ok(root)
+}
+
+fn copy_tree(src: &Path, dst: &Path, budget: &mut u64) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    let mut entries: Vec<_> = match std::fs::read_dir(src) {
+        Ok(d) => d.filter_map(|e| e.ok()).collect(),
+        Err(_) => return Ok(()),
+    };
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        if *budget == 0 {
+            return Ok(());
+        }
+        let (s, d) = (e.path(), dst.join(e.file_name()));
+        let Ok(m) = std::fs::symlink_metadata(&s) else { continue };
+        if m.file_type().is_symlink() {
+            if let Ok(t) = std::fs::read_link(&s) {
+                let _ = std::os::unix::fs::symlink(t, &d);
+            }
+        } else if m.is_dir() {
+            copy_tree(&s, &d, budget)?;
+        } else if m.is_file() && std::fs::File::open(&s).is_ok() {
+            if std::fs::copy(&s, &d).is_ok() {
+                *budget = budget.saturating_sub(m.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The same image built by standard tools: sfdisk, mkfs.fat + mtools,
+/// mkfs.erofs + veritysetup + dd, mkfs.ext4.
+fn reference_script(payload: &Path, image: &Path, scratch: &Path) -> Result<String> {
+    let layout_file = crate::repo_root().join("layouts/disk_layout.json");
+    let plan = LayoutFile::load(&layout_file)?.plan("base", &IdPolicy::default())?;
+    let img = image.display();
+    let mut s = String::from("set -euo pipefail\n");
+    writeln!(s, "rm -f {img}\ntruncate -s {} {img}", plan.total_bytes())?;
+    writeln!(s, "sfdisk -q --no-reread --no-tell-kernel {img} <<'EOF'\nlabel: gpt\nlabel-id: {}\nfirst-lba: 34", plan.disk_guid)?;
+    for p in &plan.partitions {
+        writeln!(
+            s,
+            "{img}{}: start={}, size={}, type={}, uuid={}, name=\"{}\", attrs=\"GUID:{}\"",
+            p.number,
+            p.first_block,
+            p.blocks,
+            p.type_guid,
+            p.uuid,
+            p.label,
+            (48..64).filter(|b| p.attributes & (1u64 << b) != 0).map(|b| b.to_string()).collect::<Vec<_>>().join(",")
+        )?;
+    }
+    s.push_str("EOF\n");
+    for p in &plan.partitions {
+        let Some(fs) = &p.fs else { continue };
+        let off = p.first_block * 512;
+        match (fs.kind, p.mount.as_deref()) {
+            (FsKind::Vfat, _) => {
+                writeln!(s, "mkfs.fat -F 32 -n {} --offset {} {img} {} >/dev/null", fs.label.as_deref().unwrap_or("ESP"), p.first_block, fs.bytes() / 1024)?;
+                writeln!(s, "mmd -i {img}@@{off} ::/flatcar\nmcopy -i {img}@@{off} {}/usr/boot/vmlinuz ::/flatcar/vmlinuz-a", payload.display())?;
+            }
+            (FsKind::Erofs, Some("/usr")) => {
+                let u = scratch.join("usr.img");
+                let u = u.display();
+                writeln!(s, "rm -f {u}\nmkfs.erofs --quiet -T0 --all-root -x-1 {u} {}/usr", payload.display())?;
+                writeln!(s, "truncate -s {} {u}", p.blocks * 512)?;
+                writeln!(s, "veritysetup format --hash-offset={} --data-blocks={} {u} {u} >/dev/null", fs.bytes(), fs.blocks)?;
+                writeln!(s, "dd if={u} of={img} bs=1M seek={} conv=notrunc,sparse status=none\nrm -f {u}", off / (1 << 20))?;
+            }
+            (FsKind::Ext4, _) => {
+                writeln!(s, "mkfs.ext4 -q -F -E offset={off},nodiscard -L {} {img} {}", fs.label.as_deref().unwrap_or("x"), fs.blocks)?;
+            }
+            (k, m) => bail!("reference pipeline: no recipe for {} at {:?}", k.name(), m),
+        }
+    }
+    Ok(s)
+}
+
+fn assemble(size_mb: u64, work_dir: Option<PathBuf>) -> Result<()> {
+    forge::tools::require(&[
+        forge::tools::Tool { program: "sfdisk", package: "fdisk" },
+        forge::tools::Tool { program: "mkfs.fat", package: "dosfstools" },
+        forge::tools::Tool { program: "mcopy", package: "mtools" },
+        forge::tools::Tool { program: "veritysetup", package: "cryptsetup-bin" },
+        forge::tools::MKFS_EROFS,
+        forge::tools::MKFS_EXT4,
+    ])?;
+    let work = work_dir.unwrap_or_else(|| crate::repo_root().join(".cache/bench"));
+    std::fs::create_dir_all(&work)?;
+    let work = work.canonicalize()?;
+    eprintln!("preparing a {size_mb} MB payload from /usr/lib under {}", work.display());
+    let payload = bench_payload(&work, size_mb)?;
+    let payload_bytes = dir_bytes(&payload)?;
+
+    let ours_dir = work.join("ours");
+    let _ = std::fs::remove_dir_all(&ours_dir);
+    std::fs::create_dir_all(&ours_dir)?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["build-image", "--platform", "generic", "--base"]).arg(&payload).arg("--output-dir").arg(&ours_dir).env("SOURCE_DATE_EPOCH", "0");
+    cmd.stderr(std::process::Stdio::null());
+    eprintln!("running ours …");
+    let ours = measure(cmd, &work)?;
+    let ours_img = ours_dir.join("flatcar_production_image.bin");
+    let ours_nz = nonzero_bytes(&ours_img)?;
+
+    let ref_dir = work.join("reference");
+    let _ = std::fs::remove_dir_all(&ref_dir);
+    std::fs::create_dir_all(&ref_dir)?;
+    let ref_img = ref_dir.join("image.bin");
+    let script = reference_script(&payload, &ref_img, &ref_dir)?;
+    std::fs::write(ref_dir.join("reference.sh"), &script)?;
+    let mut cmd = Command::new("bash");
+    cmd.arg(ref_dir.join("reference.sh"));
+    eprintln!("running the reference pipeline (sfdisk + mkfs.fat/mtools + mkfs.erofs/veritysetup/dd + mkfs.ext4) …");
+    let reference = measure(cmd, &work)?;
+    let ref_nz = nonzero_bytes(&ref_img)?;
+
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!("bench assemble: payload {:.1} MiB, generic image (layout base, {} B)", mib(payload_bytes), std::fs::metadata(&ours_img)?.len());
+    println!("{:<34} {:>9} {:>14} {:>16} {:>16} {:>8}", "pipeline", "wall s", "peak RSS MiB", "scratch MiB", "non-zero MiB", "scr/nz");
+    for (name, m, nz) in [("ours (cargo xtask build-image)", &ours, ours_nz), ("reference (sfdisk+mkfs+dd)", &reference, ref_nz)] {
+        println!(
+            "{:<34} {:>9.2} {:>14.1} {:>16.1} {:>16.1} {:>8.2}",
+            name,
+            m.wall.as_secs_f64(),
+            m.max_rss_kib as f64 / 1024.0,
+            mib(m.scratch_peak),
+            mib(nz),
+            m.scratch_peak as f64 / nz.max(1) as f64
+        );
+    }
+    println!(
+        "speedup {:.2}x; targets: faster than reference [{}], peak RSS < 256 MiB [{}], scratch <= 1.2 x non-zero [{}]",
+        reference.wall.as_secs_f64() / ours.wall.as_secs_f64(),
+        if ours.wall < reference.wall { "met" } else { "MISSED" },
+        if ours.max_rss_kib < 256 * 1024 { "met" } else { "MISSED" },
+        if (ours.scratch_peak as f64) <= 1.2 * ours_nz as f64 { "met" } else { "MISSED" },
+    );
+    Ok(())
+}
+
+fn dir_bytes(p: &Path) -> Result<u64> {
+    let mut n = 0;
+    for e in std::fs::read_dir(p)? {
+        let e = e?;
+        let m = std::fs::symlink_metadata(e.path())?;
+        if m.is_dir() {
+            n += dir_bytes(&e.path())?;
+        } else if m.is_file() {
+            n += m.len();
+        }
+    }
+    Ok(n)
+}
