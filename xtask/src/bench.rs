@@ -176,17 +176,9 @@ fn reference_script(payload: &Path, image: &Path, scratch: &Path) -> Result<Stri
     writeln!(s, "rm -f {img}\ntruncate -s {} {img}", plan.total_bytes())?;
     writeln!(s, "sfdisk -q --no-reread --no-tell-kernel {img} <<'EOF'\nlabel: gpt\nlabel-id: {}\nfirst-lba: 34", plan.disk_guid)?;
     for p in &plan.partitions {
-        writeln!(
-            s,
-            "{img}{}: start={}, size={}, type={}, uuid={}, name=\"{}\", attrs=\"GUID:{}\"",
-            p.number,
-            p.first_block,
-            p.blocks,
-            p.type_guid,
-            p.uuid,
-            p.label,
-            (48..64).filter(|b| p.attributes & (1u64 << b) != 0).map(|b| b.to_string()).collect::<Vec<_>>().join(",")
-        )?;
+        let bits: Vec<String> = (48..64).filter(|b| p.attributes & (1u64 << b) != 0).map(|b| b.to_string()).collect();
+        let attrs = if bits.is_empty() { String::new() } else { format!(", attrs=\"GUID:{}\"", bits.join(",")) };
+        writeln!(s, "{img}{}: start={}, size={}, type={}, uuid={}, name=\"{}\"{attrs}", p.number, p.first_block, p.blocks, p.type_guid, p.uuid, p.label)?;
     }
     s.push_str("EOF\n");
     for p in &plan.partitions {
@@ -194,13 +186,14 @@ fn reference_script(payload: &Path, image: &Path, scratch: &Path) -> Result<Stri
         let off = p.first_block * 512;
         match (fs.kind, p.mount.as_deref()) {
             (FsKind::Vfat, _) => {
-                writeln!(s, "mkfs.fat -F 32 -n {} --offset {} {img} {} >/dev/null", fs.label.as_deref().unwrap_or("ESP"), p.first_block, fs.bytes() / 1024)?;
+                writeln!(s, "mkfs.fat -F 32 -n {} --offset {} {img} {} >/dev/null 2>&1", fs.label.as_deref().unwrap_or("ESP"), p.first_block, fs.bytes() / 1024)?;
                 writeln!(s, "mmd -i {img}@@{off} ::/flatcar\nmcopy -i {img}@@{off} {}/usr/boot/vmlinuz ::/flatcar/vmlinuz-a", payload.display())?;
             }
             (FsKind::Erofs, Some("/usr")) => {
                 let u = scratch.join("usr.img");
                 let u = u.display();
-                writeln!(s, "rm -f {u}\nmkfs.erofs --quiet -T0 --all-root -x-1 {u} {}/usr", payload.display())?;
+                let z = fs.compression.as_ref().map(|c| format!(" -z{c}")).unwrap_or_default();
+                writeln!(s, "rm -f {u}\nmkfs.erofs --quiet -T0 --all-root -x-1{z} {u} {}/usr", payload.display())?;
                 writeln!(s, "truncate -s {} {u}", p.blocks * 512)?;
                 writeln!(s, "veritysetup format --hash-offset={} --data-blocks={} {u} {u} >/dev/null", fs.bytes(), fs.blocks)?;
                 writeln!(s, "dd if={u} of={img} bs=1M seek={} conv=notrunc,sparse status=none\nrm -f {u}", off / (1 << 20))?;

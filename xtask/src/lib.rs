@@ -2,6 +2,7 @@
 //! the `forge` library.
 
 mod bench;
+mod deps;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -31,6 +32,17 @@ enum Cmd {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Install (as root) or name the missing host packages, then run the test suite.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Check the host tools; with --install (as root), apt-get the missing ones.
+    Deps {
+        #[arg(long)]
+        install: bool,
     },
     /// Benchmarks, printed side by side with a reference tool run in the same process.
     Bench {
@@ -98,6 +110,8 @@ pub fn main_with<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         Cmd::BuildImage(a) => build_image(&a).map(|_| ()),
         Cmd::Inspect { image, json } => inspect(&image, json),
         Cmd::Bench { which } => bench::run(which),
+        Cmd::Test { cargo_args } => run_tests(&cargo_args),
+        Cmd::Deps { install } => deps::ensure(install),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -184,6 +198,18 @@ fn inspect(image: &Path, json: bool) -> Result<()> {
         .collect();
     if !bad.is_empty() {
         bail!("dm-verity root hash mismatch on {}", bad.join(", "));
+    }
+    Ok(())
+}
+
+fn run_tests(extra: &[String]) -> Result<()> {
+    deps::ensure(true)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut args = vec!["test".to_string(), "--workspace".into(), "--no-fail-fast".into()];
+    args.extend(extra.iter().cloned());
+    let st = std::process::Command::new(cargo).args(&args).current_dir(repo_root()).status()?;
+    if !st.success() {
+        bail!("tests failed");
     }
     Ok(())
 }
