@@ -29,8 +29,27 @@ pub struct BuildRequest {
     pub epoch: i64,
     /// Contents of the partition mounted at `/oem`, if any.
     pub oem: Option<Dir>,
-    /// Extra files for the ESP (`/`-separated paths), e.g. bootloaders.
+    /// Extra files for the ESP (`/`-separated paths).
     pub esp_extra: Vec<(String, Source)>,
+    /// The boot chain (GRUB and initramfs); None for a disk without one.
+    pub boot: Option<BootConfig>,
+}
+
+/// Everything the boot chain needs besides the plan.
+#[derive(Clone)]
+pub struct BootConfig {
+    pub grub: std::sync::Arc<crate::boot::grub::Images>,
+    /// The main grub.cfg template (minijinja).
+    pub template: String,
+    pub os_name: String,
+    /// The initramfs for the payload's kernel.
+    pub initramfs: Vec<u8>,
+}
+
+impl std::fmt::Debug for BootConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootConfig").field("os_name", &self.os_name).field("initramfs", &self.initramfs.len()).finish()
+    }
 }
 
 /// What a build produced: plain data out.
@@ -113,6 +132,10 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str)) -> Result<BuildOutput> {
     let mut image = tmp.as_file().try_clone()?;
     image.set_len(plan.total_bytes()).with_context(|| format!("{}: cannot size the image", image_path.display()))?;
     table::write(&mut image, &plan)?;
+    if let Some(b) = &req.boot {
+        crate::boot::grub::install_bios(&image, &plan, &b.grub.boot_img, &b.grub.core_img)?;
+        log("boot: GRUB boot.img in the MBR, core.img in BIOS-BOOT");
+    }
     st.mark("partitions");
 
     let scratch = req.output_dir.as_path();
@@ -124,7 +147,7 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str)) -> Result<BuildOutput> {
     for p in order {
         let fsp = p.fs.as_ref().unwrap();
         let what = format!("partition {} ({}, {})", p.number, p.label, fsp.kind.name());
-        let content = content_for(req, &payload, p, &verity_infos)?;
+        let content = content_for(req, &payload, &plan, p, &verity_infos)?;
         log(&format!("{what}: building {} B filesystem", fsp.bytes()));
         let job = FsJob {
             plan: fsp,
@@ -176,8 +199,12 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str)) -> Result<BuildOutput> {
     Ok(BuildOutput { image: final_path, plan, filesystems, verity: verity_infos, verity_file, stages: st.0, allocated })
 }
 
+fn p_usr_type() -> uuid::Uuid {
+    uuid::Uuid::parse_str("5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6").unwrap()
+}
+
 /// What goes into a partition, by where the OS mounts it.
-fn content_for(req: &BuildRequest, payload: &Payload, p: &PartitionPlan, verity: &[(u32, String, VerityInfo)]) -> Result<Content> {
+fn content_for(req: &BuildRequest, payload: &Payload, plan: &DiskPlan, p: &PartitionPlan, verity: &[(u32, String, VerityInfo)]) -> Result<Content> {
     Ok(match p.mount.as_deref() {
         Some("/usr") => {
             if slot_of(p).as_deref().is_some_and(|s| s != "a") {
@@ -189,8 +216,22 @@ fn content_for(req: &BuildRequest, payload: &Payload, p: &PartitionPlan, verity:
         Some("/boot") => {
             let mut t = Dir::new();
             t.add_file("flatcar/vmlinuz-a", Source::File(payload.kernel.clone()))?;
-            if let Some(i) = &payload.initrd {
-                t.add_file("flatcar/initrd-a", Source::File(i.clone()))?;
+            match (&req.boot, &payload.initrd) {
+                (Some(b), _) => t.add_file("flatcar/initrd-a", Source::Bytes(b.initramfs.clone()))?,
+                (None, Some(i)) => t.add_file("flatcar/initrd-a", Source::File(i.clone()))?,
+                (None, None) => {}
+            }
+            if let Some(b) = &req.boot {
+                let slots: Vec<crate::boot::grub::Slot> = plan
+                    .partitions
+                    .iter()
+                    .filter(|q| q.mount.as_deref() == Some("/usr") || q.type_guid == p_usr_type())
+                    .filter_map(|q| slot_of(q).map(|letter| crate::boot::grub::Slot { letter, partuuid: q.uuid.to_string() }))
+                    .collect();
+                let ctx = crate::boot::grub::ConfigContext::flatcar(&b.os_name, slots);
+                t.add_file("flatcar/grub/grub.cfg", Source::Bytes(crate::boot::grub::render_config(&b.template, &ctx)?.into_bytes()))?;
+                t.add_file("EFI/boot/bootx64.efi", Source::Bytes(b.grub.efi.clone()))?;
+                t.add_file("flatcar/first_boot", Source::Bytes(Vec::new()))?;
             }
             for (_, slot, info) in verity {
                 t.add_file(&verity_cfg_path(slot), Source::Bytes(verity_cfg(info).into_bytes()))?;

@@ -4,12 +4,19 @@
 //! payload → layout → table (GPT) → fs → verity → image (assembly, verify,
 //! publish); `inspect` reads any GPT disk image back.
 
+pub mod artifacts;
+pub mod boot;
+pub mod boottest;
 pub mod fs;
 pub mod image;
 pub mod inspect;
 pub mod io;
 pub mod layout;
+pub mod metadata;
+pub mod oem;
 pub mod payload;
+pub mod platform;
+pub mod recipe;
 pub mod seed;
 pub mod table;
 pub mod tools;

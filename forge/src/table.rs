@@ -13,7 +13,6 @@ use gpt::disk::LogicalBlockSize;
 use gpt::header::HeaderBuilder;
 use gpt::mbr::ProtectiveMBR;
 use gpt::partition::Partition;
-use std::collections::BTreeMap;
 use std::fs::File;
 use uuid::Uuid;
 
@@ -130,12 +129,22 @@ pub struct Table {
 /// Reads and checks (signatures, both header CRCs, both entry-array CRCs) the
 /// GPT of an image file, whatever tool wrote it.
 pub fn read(image: &File) -> Result<Table> {
+    read_with(image, true)
+}
+
+/// Like [`read`], but accepts a disk whose backup GPT is not at its end
+/// (an image written to a larger disk, before the OS moves the backup).
+pub fn read_primary(image: &File) -> Result<Table> {
+    read_with(image, false)
+}
+
+fn read_with(image: &File, strict: bool) -> Result<Table> {
     let disk = gpt::GptConfig::new()
         .writable(false)
         .logical_block_size(LogicalBlockSize::Lb512)
-        .only_valid_headers(true)
+        .only_valid_headers(strict)
         .open_from_device(image)
-        .context("no valid GPT (primary and backup headers and entry CRCs checked)")?;
+        .context(if strict { "no valid GPT (primary and backup headers and entry CRCs checked)" } else { "no valid primary GPT" })?;
     let h = disk.header();
     let entries: Vec<TableEntry> = disk
         .partitions()
@@ -150,7 +159,6 @@ pub fn read(image: &File) -> Result<Table> {
             attributes: p.flags,
         })
         .collect();
-    let _ = BTreeMap::<u32, ()>::new();
     Ok(Table {
         disk_guid: *disk.guid(),
         sector_size: 512,

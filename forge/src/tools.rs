@@ -27,6 +27,10 @@ const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/loc
 
 /// Full path of a program, searching `$PATH` and the sbin directories.
 pub fn find(program: &str) -> Option<PathBuf> {
+    if program.starts_with('/') {
+        let p = PathBuf::from(program);
+        return p.exists().then_some(p);
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(EXTRA_DIRS.iter().map(PathBuf::from))

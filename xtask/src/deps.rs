@@ -20,6 +20,25 @@ pub const HOST_TOOLS: &[Tool] = &[
     Tool { program: "setpriv", package: "util-linux" },
     Tool { program: "blkid", package: "util-linux" },
     Tool { program: "bzip2", package: "bzip2" },
+    // demo payload: apt resolves and downloads, dpkg-deb unpacks, depmod indexes modules;
+    // afterburn is built from the crate registry against libssl.
+    Tool { program: "apt-get", package: "apt" },
+    Tool { program: "dpkg-deb", package: "dpkg" },
+    Tool { program: "depmod", package: "kmod" },
+    Tool { program: "pkg-config", package: "pkg-config" },
+    Tool { program: "/usr/include/openssl/ssl.h", package: "libssl-dev" },
+    // boot chain: GRUB images from Debian's module packages
+    Tool { program: "grub-mkimage", package: "grub-common" },
+    Tool { program: "/usr/lib/grub/i386-pc/boot.img", package: "grub-pc-bin" },
+    Tool { program: "/usr/lib/grub/x86_64-efi/linux.mod", package: "grub-efi-amd64-bin" },
+    // boot tests
+    Tool { program: "qemu-system-x86_64", package: "qemu-system-x86" },
+    Tool { program: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf" },
+    Tool { program: "ssh", package: "openssh-client" },
+    Tool { program: "ssh-keygen", package: "openssh-client" },
+    // reference tools for benchmarks
+    Tool { program: "lbzip2", package: "lbzip2" },
+    Tool { program: "pbzip2", package: "pbzip2" },
 ];
 
 pub fn missing() -> Vec<Tool> {

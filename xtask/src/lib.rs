@@ -33,6 +33,42 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Build (or reuse from the cache) a payload from a recipe (default: the demo payload).
+    Payload {
+        #[arg(long)]
+        recipe: Option<PathBuf>,
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Boot an image in QEMU as its platform would, against a fake metadata service, and check it.
+    BootTest {
+        /// flatcar_production_<platform>_image.bin or .bin.bz2
+        image: PathBuf,
+        #[arg(long, default_value = "hetzner")]
+        platform: String,
+        #[arg(long, value_parser = ["bios", "uefi"])]
+        firmware: String,
+        /// Disk size the image is grown to, in GiB.
+        #[arg(long, default_value_t = 20)]
+        disk_gib: u64,
+        /// Seconds to wait for each boot.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Skip the negative boots (no OEM grub.cfg; a flipped byte in USR-A).
+        #[arg(long)]
+        no_negative: bool,
+        /// QEMU accelerator (TCG by default: nested KVM is unreliable here).
+        #[arg(long, default_value = "tcg")]
+        accel: String,
+    },
+    /// (internal) Serve one request of the fake metadata service on stdin/stdout.
+    #[command(hide = true)]
+    MetadataRespond {
+        #[arg(long)]
+        values: PathBuf,
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
     /// Install (as root) or name the missing host packages, then run the test suite.
     Test {
         /// Extra arguments for `cargo test`.
@@ -57,8 +93,15 @@ pub struct BuildArgs {
     #[arg(long, default_value = "generic")]
     platform: String,
     /// Payload directory (root tree with usr/, usr/lib/os-release, usr/boot/vmlinuz).
+    /// Default for platform builds: the demo payload, built from Debian packages and cached.
     #[arg(long)]
-    base: PathBuf,
+    base: Option<PathBuf>,
+    /// Cache for downloads, built tools and payloads (default: $FORGE_CACHE or .cache/).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Keep the uncompressed image beside the compressed one.
+    #[arg(long)]
+    keep_raw: bool,
     /// Where the artifacts go.
     #[arg(long, default_value = "out")]
     output_dir: PathBuf,
@@ -107,10 +150,13 @@ pub fn main_with<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         }
     };
     let r = match cli.cmd {
-        Cmd::BuildImage(a) => build_image(&a).map(|_| ()),
+        Cmd::BuildImage(a) => build_image(&a),
         Cmd::Inspect { image, json } => inspect(&image, json),
         Cmd::Bench { which } => bench::run(which),
         Cmd::Test { cargo_args } => run_tests(&cargo_args),
+        Cmd::BootTest { image, platform, firmware, disk_gib, timeout, no_negative, accel } => boot_test(&image, &platform, &firmware, disk_gib, timeout, !no_negative, &accel),
+        Cmd::MetadataRespond { values, log } => metadata_respond(&values, log.as_deref()),
+        Cmd::Payload { recipe, cache_dir } => demo_payload(recipe.as_deref(), cache_dir.as_deref()).map(|p| println!("{}", p.display())),
         Cmd::Deps { install } => deps::ensure(install),
     };
     match r {
@@ -138,49 +184,103 @@ pub fn default_epoch(base: &Path) -> Result<i64> {
     Ok(m.mtime())
 }
 
-pub fn build_image(a: &BuildArgs) -> Result<image::BuildOutput> {
-    let (layout, image_name) = match a.platform.as_str() {
-        "generic" => ("base".to_string(), "flatcar_production_image.bin".to_string()),
-        other => {
-            let dir = repo_root().join("oem");
-            let mut known: Vec<String> = std::fs::read_dir(&dir)
-                .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            known.push("generic".into());
-            known.sort();
-            bail!("unknown platform '{other}' (known: {})", known.join(", "));
-        }
-    };
-    let req = BuildRequest {
-        payload: a.base.clone(),
-        layout_file: a.layout_file.clone().unwrap_or_else(|| repo_root().join("layouts/disk_layout.json")),
-        layout: a.layout.clone().unwrap_or(layout),
-        output_dir: a.output_dir.clone(),
-        image_name,
-        ids: IdPolicy {
-            seed: Seed::new(a.seed.clone()),
-            partition_uuids: a.part_uuids.iter().cloned().collect(),
-            fs_uuids: a.fs_uuids.iter().cloned().collect(),
-            disk_guid: a.disk_guid,
-        },
-        epoch: match a.epoch {
-            Some(e) => e,
-            None => default_epoch(&a.base)?,
-        },
-        oem: None,
-        esp_extra: Vec::new(),
-    };
-    let log = logger();
-    let out = image::build(&req, &log)?;
-    eprintln!("\nbuilt {}", out.image.display());
-    eprintln!("  size {} B, {} B allocated (non-zero)", out.plan.total_bytes(), out.allocated);
-    if let Some(v) = &out.verity_file {
-        eprintln!("  verity {}", v.display());
+fn ids(a: &BuildArgs) -> IdPolicy {
+    IdPolicy {
+        seed: Seed::new(a.seed.clone()),
+        partition_uuids: a.part_uuids.iter().cloned().collect(),
+        fs_uuids: a.fs_uuids.iter().cloned().collect(),
+        disk_guid: a.disk_guid,
     }
-    for (name, d) in &out.stages {
+}
+
+fn print_stages(stages: &[(String, std::time::Duration)]) {
+    for (name, d) in stages {
         eprintln!("  {:<16} {:>8.3}s", name, d.as_secs_f64());
     }
-    Ok(out)
+}
+
+pub fn build_image(a: &BuildArgs) -> Result<()> {
+    let layout_file = a.layout_file.clone().unwrap_or_else(|| repo_root().join("layouts/disk_layout.json"));
+    let log = logger();
+    if a.platform == "generic" {
+        let base = a.base.clone().ok_or_else(|| anyhow!("--platform generic needs --base PAYLOAD_DIR"))?;
+        let req = BuildRequest {
+            payload: base.clone(),
+            layout_file,
+            layout: a.layout.clone().unwrap_or_else(|| "base".into()),
+            output_dir: a.output_dir.clone(),
+            image_name: "flatcar_production_image.bin".into(),
+            ids: ids(a),
+            epoch: match a.epoch {
+                Some(e) => e,
+                None => default_epoch(&base)?,
+            },
+            oem: None,
+            esp_extra: Vec::new(),
+            boot: None,
+        };
+        let out = image::build(&req, &log)?;
+        eprintln!("\nbuilt {}", out.image.display());
+        eprintln!("  size {} B, {} B allocated (non-zero)", out.plan.total_bytes(), out.allocated);
+        if let Some(v) = &out.verity_file {
+            eprintln!("  verity {}", v.display());
+        }
+        print_stages(&out.stages);
+        return Ok(());
+    }
+    let platform = forge::oem::load(&repo_root().join("oem"), &a.platform)?;
+    let base = match &a.base {
+        Some(b) => b.clone(),
+        None => demo_payload(None, a.cache_dir.as_deref())?,
+    };
+    let epoch = match a.epoch {
+        Some(e) => e,
+        None => default_epoch(&base)?,
+    };
+    let init = init_binary(&log)?;
+    let req = forge::platform::PlatformRequest {
+        platform,
+        payload: base,
+        layout_file,
+        layout: a.layout.clone(),
+        output_dir: a.output_dir.clone(),
+        ids: ids(a),
+        epoch,
+        init,
+        initramfs_modules: forge::platform::read_list(&repo_root().join("boot/initramfs-modules.txt"))?,
+        grub_template: std::fs::read_to_string(repo_root().join("boot/grub.cfg.j2")).context("boot/grub.cfg.j2")?,
+        keep_raw: a.keep_raw,
+        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        sdk_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let out = forge::platform::build(&req, &log)?;
+    eprintln!("\nbuilt {} ({} B)", out.disk.path.display(), out.disk.bytes);
+    eprintln!("  raw image {} B, {} B non-zero{}", out.build.plan.total_bytes(), out.build.allocated, if out.raw_kept { format!(", kept at {}", out.build.image.display()) } else { String::new() });
+    eprintln!("  digests {}", out.disk.digests_path.display());
+    eprintln!("  version {}", out.version_txt.display());
+    print_stages(&out.stages);
+    Ok(())
+}
+
+/// The static forge-init binary: $FORGE_INIT, or built from this workspace.
+pub fn init_binary(log: &dyn Fn(&str)) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("FORGE_INIT") {
+        return Ok(PathBuf::from(p));
+    }
+    let target = "x86_64-unknown-linux-gnu";
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    log("boot: building forge-init (static)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = std::process::Command::new(cargo)
+        .args(["rustc", "--quiet", "--release", "-p", "forge-init", "--target", target, "--", "-C", "target-feature=+crt-static"])
+        .current_dir(repo_root())
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .status()
+        .context("running cargo to build forge-init")?;
+    if !st.success() {
+        bail!("building forge-init failed");
+    }
+    Ok(target_dir.join(target).join("release/forge-init"))
 }
 
 fn inspect(image: &Path, json: bool) -> Result<()> {
@@ -212,4 +312,64 @@ fn run_tests(extra: &[String]) -> Result<()> {
         bail!("tests failed");
     }
     Ok(())
+}
+
+/// The cache directory: --cache-dir, $FORGE_CACHE, else .cache/ in the checkout.
+pub fn cache_dir(arg: Option<&Path>) -> PathBuf {
+    arg.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("FORGE_CACHE").map(PathBuf::from))
+        .unwrap_or_else(|| repo_root().join(".cache"))
+}
+
+/// The epoch payloads built from recipes are stamped with.
+pub fn recipe_epoch() -> Result<i64> {
+    match std::env::var_os("SOURCE_DATE_EPOCH") {
+        Some(v) => v.to_string_lossy().trim().parse().map_err(|_| anyhow!("SOURCE_DATE_EPOCH is not an integer")),
+        // Fixed default: rebuilds are identical unless the caller asks otherwise.
+        None => Ok(1_700_000_000),
+    }
+}
+
+pub fn demo_payload(recipe: Option<&Path>, cache: Option<&Path>) -> Result<PathBuf> {
+    let dir = recipe.map(Path::to_path_buf).unwrap_or_else(|| repo_root().join("payloads/demo"));
+    let r = forge::recipe::Recipe::load(&dir)?;
+    let cache = forge::recipe::Cache { root: cache_dir(cache) };
+    let log = logger();
+    forge::recipe::build(&r, &cache, recipe_epoch()?, &log)
+}
+
+fn boot_test(image: &Path, platform: &str, firmware: &str, disk_gib: u64, timeout: u64, negative: bool, accel: &str) -> Result<()> {
+    let p = forge::oem::load(&repo_root().join("oem"), platform)?;
+    let cfg = forge::boottest::Config {
+        image: image.canonicalize().with_context(|| format!("{}: not found", image.display()))?,
+        oem_id: p.oem_id().to_string(),
+        firmware: if firmware == "uefi" { forge::boottest::Firmware::Uefi } else { forge::boottest::Firmware::Bios },
+        disk_bytes: disk_gib << 30,
+        responder: std::env::current_exe()?,
+        timeout: std::time::Duration::from_secs(timeout),
+        negative,
+        accel: accel.to_string(),
+    };
+    let log = logger();
+    let out = forge::boottest::run(&cfg, &log)?;
+    let failed = out.checks.iter().filter(|c| !c.ok).count();
+    println!("boot-test {firmware}: {} passed, {failed} failed", out.checks.len() - failed);
+    if let Some(s) = out.boot_secs {
+        println!("boot-test {firmware}: boot time {s:.1}s (power-on to the boot report, TCG={})", accel == "tcg");
+    }
+    for l in &out.serial_logs {
+        println!("boot-test {firmware}: serial log {}", l.display());
+    }
+    if !out.ok() {
+        bail!("boot test failed ({failed} checks)");
+    }
+    Ok(())
+}
+
+fn metadata_respond(values: &Path, log: Option<&Path>) -> Result<()> {
+    let v: forge::metadata::Values = serde_json::from_slice(&std::fs::read(values)?)?;
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let mut output = std::io::stdout().lock();
+    forge::metadata::respond(&v, &mut input, &mut output, log)
 }

@@ -11,24 +11,26 @@ use super::{content_dir, run, FsJob, FsReport};
 use crate::io::sparse;
 use crate::tools;
 use anyhow::{bail, Result};
+use std::path::Path;
+use uuid::Uuid;
+
+/// Builds an erofs image file from a directory (reproducibly).
+pub fn make_image(dir: &Path, out: &Path, epoch: i64, uuid: Uuid, compression: Option<&str>) -> Result<()> {
+    let mut args: Vec<String> = vec!["--quiet".into(), format!("-T{epoch}"), format!("-U{uuid}"), "--all-root".into(), "-x-1".into()];
+    if let Some(c) = compression {
+        args.push(format!("-z{c}"));
+    }
+    args.push(out.display().to_string());
+    args.push(dir.display().to_string());
+    run(duct::cmd(tools::path(tools::MKFS_EROFS)?, &args), &format!("mkfs.erofs {}", dir.display()))?;
+    Ok(())
+}
 
 pub fn build(job: &FsJob) -> Result<FsReport> {
     let plan = job.plan;
     let (dir, _guard) = content_dir(job.content, job.scratch, job.epoch)?;
     let tmp = tempfile::Builder::new().prefix(".erofs-").tempfile_in(job.scratch)?;
-    let mut args: Vec<String> = vec![
-        "--quiet".into(),
-        format!("-T{}", job.epoch),
-        format!("-U{}", plan.uuid),
-        "--all-root".into(),
-        "-x-1".into(),
-    ];
-    if let Some(c) = &plan.compression {
-        args.push(format!("-z{c}"));
-    }
-    args.push(tmp.path().display().to_string());
-    args.push(dir.display().to_string());
-    run(duct::cmd(tools::path(tools::MKFS_EROFS)?, &args), &format!("mkfs.erofs {}", dir.display()))?;
+    make_image(&dir, tmp.path(), job.epoch, plan.uuid, plan.compression.as_deref())?;
     let size = tmp.as_file().metadata()?.len();
     if size > plan.bytes() {
         bail!(

@@ -109,7 +109,7 @@ pub(crate) fn content_dir(content: &Content, scratch: &Path, epoch: i64) -> Resu
 }
 
 /// Runs a host tool, turning a failure into an error that quotes its output.
-pub(crate) fn run(cmd: duct::Expression, what: &str) -> Result<String> {
+pub fn run(cmd: duct::Expression, what: &str) -> Result<String> {
     let out = cmd.stdout_capture().stderr_capture().unchecked().run().with_context(|| format!("{what}: cannot start"))?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {

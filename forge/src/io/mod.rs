@@ -1,2 +1,3 @@
 //! I/O adapters shared by the stages.
+pub mod compress;
 pub mod sparse;

@@ -1,0 +1,104 @@
+//! Artifacts stage: the compressed disk file, its `.DIGESTS` (md5, sha1,
+//! sha512 in upstream's layout) and `version.txt`, each written under a
+//! temporary name and renamed into place.
+
+use crate::io::compress;
+use crate::oem::Compression;
+use crate::payload::OsRelease;
+use anyhow::{anyhow, bail, Context, Result};
+use md5::Md5;
+use sha1::Sha1;
+use sha2::{Digest, Sha512};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A writer that hashes everything passing through.
+pub struct HashingWriter<W: Write> {
+    inner: W,
+    md5: Md5,
+    sha1: Sha1,
+    sha512: Sha512,
+    pub bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter { inner, md5: Md5::new(), sha1: Sha1::new(), sha512: Sha512::new(), bytes: 0 }
+    }
+    pub fn finish(self) -> (W, Digests) {
+        (self.inner, Digests { md5: hex::encode(self.md5.finalize()), sha1: hex::encode(self.sha1.finalize()), sha512: hex::encode(self.sha512.finalize()) })
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.md5.update(&buf[..n]);
+        self.sha1.update(&buf[..n]);
+        self.sha512.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digests {
+    pub md5: String,
+    pub sha1: String,
+    pub sha512: String,
+}
+
+impl Digests {
+    /// Upstream's `.DIGESTS` text for a file named `name`.
+    pub fn render(&self, name: &str) -> String {
+        format!("# MD5 HASH\n{}  {name}\n# SHA1 HASH\n{}  {name}\n# SHA512 HASH\n{}  {name}\n", self.md5, self.sha1, self.sha512)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Artifact {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub digests_path: PathBuf,
+    pub stats: Option<compress::Stats>,
+}
+
+/// Compresses the raw image at `raw` into `out_dir/<file name><suffix>` with
+/// its DIGESTS. The raw file is left in place.
+pub fn publish_disk(raw: &Path, out_dir: &Path, compression: Compression, threads: usize, progress: &dyn Fn(u64)) -> Result<Artifact> {
+    let name = format!("{}{}", raw.file_name().unwrap().to_string_lossy(), compression.suffix());
+    let final_path = out_dir.join(&name);
+    let src = std::fs::File::open(raw).with_context(|| format!("{}: cannot open", raw.display()))?;
+    let len = src.metadata()?.len();
+    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".partial").tempfile_in(out_dir)?;
+    let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp.as_file().try_clone()?));
+    let stats = match compression {
+        Compression::Bz2 => Some(compress::bzip2_sparse(&src, len, &mut w, 9, threads, progress).with_context(|| format!("compressing {}", raw.display()))?),
+        Compression::None => {
+            let mut r = std::io::BufReader::with_capacity(1 << 20, &src);
+            std::io::copy(&mut r, &mut w)?;
+            None
+        }
+        other => bail!("compression {other:?} is not implemented yet"),
+    };
+    let bytes = w.bytes;
+    let (inner, digests) = w.finish();
+    inner.into_inner().map_err(|e| anyhow!("flushing {name}: {}", e.error()))?.sync_all()?;
+    let digests_path = out_dir.join(format!("{name}.DIGESTS"));
+    crate::image::write_atomic(&digests_path, digests.render(&name).as_bytes())?;
+    tmp.persist(&final_path).map_err(|e| anyhow!("{}: cannot rename into place: {}", final_path.display(), e.error))?;
+    Ok(Artifact { path: final_path, bytes, digests_path, stats })
+}
+
+/// `version.txt` in upstream's keys, from the payload's os-release.
+pub fn version_txt(os: &OsRelease, epoch: i64, sdk_version: &str) -> String {
+    let v = os.version_id().unwrap_or("0.0.0");
+    let mut parts = v.split(['.', '+', '-']);
+    let (b, br, p) = (parts.next().unwrap_or("0"), parts.next().unwrap_or("0"), parts.next().unwrap_or("0"));
+    format!(
+        "FLATCAR_BUILD={b}\nFLATCAR_BRANCH={br}\nFLATCAR_PATCH={p}\nFLATCAR_VERSION={v}\nFLATCAR_VERSION_ID={v}\nFLATCAR_BUILD_ID=\"forge-{epoch}\"\nFLATCAR_SDK_VERSION={sdk_version}\n"
+    )
+}

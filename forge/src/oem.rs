@@ -1,0 +1,173 @@
+//! Platforms as data: `oem/<id>/platform.json` declares a platform (ID,
+//! name, layout, disk format, compression, GRUB settings, oem-release
+//! fields) and `oem/<id>/sysext/` holds its OEM system extension's files.
+//! This module turns one into the OEM partition's contents:
+//! `/sysext/oem-<id>-<version>.raw` (an erofs systemd-sysext image),
+//! `/sysext/active-oem-<id>`, `/oem-release` and `/grub.cfg`.
+
+use crate::fs::tree::{Dir, Source};
+use crate::payload::OsRelease;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Raw,
+    Qcow2,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Bz2,
+    Gz,
+    Zst,
+    Xz,
+}
+
+impl Compression {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Compression::None => "",
+            Compression::Bz2 => ".bz2",
+            Compression::Gz => ".gz",
+            Compression::Zst => ".zst",
+            Compression::Xz => ".xz",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrubSettings {
+    /// Defaults to the platform ID.
+    pub oem_id: Option<String>,
+    pub linux_append: Option<String>,
+    pub linux_console: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysextSettings {
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Platform {
+    #[serde(rename = "_comment")]
+    _comment: Option<serde_json::Value>,
+    pub id: String,
+    pub name: String,
+    pub layout: String,
+    pub format: Format,
+    pub compression: Compression,
+    pub image_name: String,
+    #[serde(default)]
+    pub firmware: Vec<String>,
+    pub max_disk_bytes: Option<u64>,
+    #[serde(default)]
+    pub grub: GrubSettings,
+    #[serde(default)]
+    pub oem_release: BTreeMap<String, String>,
+    #[serde(default)]
+    pub sysext: SysextSettings,
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// Platform IDs under `oem_root`.
+pub fn list(oem_root: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(oem_root)
+        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().join("platform.json").exists()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub fn load(oem_root: &Path, id: &str) -> Result<Platform> {
+    let dir = oem_root.join(id);
+    let file = dir.join("platform.json");
+    if !file.exists() {
+        let mut known = list(oem_root);
+        known.insert(0, "generic".into());
+        bail!("unknown platform '{id}' (known: {}; a platform is a folder {}/<id>/ with platform.json)", known.join(", "), oem_root.display());
+    }
+    let text = std::fs::read_to_string(&file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let mut p: Platform = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    if p.id != id {
+        bail!("{}: id '{}' does not match its folder name '{id}'", file.display(), p.id);
+    }
+    if !p.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+        bail!("{}: id '{}' may hold only a-z, 0-9, '-' and '_'", file.display(), p.id);
+    }
+    p.dir = dir;
+    Ok(p)
+}
+
+impl Platform {
+    pub fn oem_id(&self) -> &str {
+        self.grub.oem_id.as_deref().unwrap_or(&self.id)
+    }
+    pub fn sysext_file(&self, version: &str) -> String {
+        format!("oem-{}-{version}.raw", self.id)
+    }
+}
+
+/// `extension-release.oem-<id>`: matches the payload's os-release so
+/// systemd-sysext accepts the image on that OS.
+pub fn extension_release(p: &Platform, os: &OsRelease) -> String {
+    let version = os.version_id().unwrap_or("0");
+    let mut s = format!("ID={}\n", os.id());
+    match os.version_id() {
+        Some(v) => s.push_str(&format!("VERSION_ID={v}\n")),
+        None => s.push_str(&format!("SYSEXT_LEVEL={}\n", os.get("SYSEXT_LEVEL").unwrap_or("1.0"))),
+    }
+    s.push_str(&format!(
+        "ARCHITECTURE=x86-64\nSYSEXT_ID=oem-{}\nSYSEXT_NAME=\"{}\"\nSYSEXT_VERSION_ID={version}\nEXTENSION_RELOAD_MANAGER=1\n",
+        p.id,
+        p.sysext.name.as_deref().unwrap_or(&p.name)
+    ));
+    s
+}
+
+/// The OEM partition's tree. The sysext image is built into `scratch` (the
+/// returned guard keeps it alive until the image is written).
+pub fn build_tree(p: &Platform, os: &OsRelease, scratch: &Path, epoch: i64, uuid: uuid::Uuid) -> Result<(Dir, tempfile::TempDir)> {
+    let version = os.version_id().unwrap_or("0").to_string();
+    let tmp = tempfile::Builder::new().prefix(".oem-").tempdir_in(scratch)?;
+    let mut content = match p.dir.join("sysext") {
+        d if d.is_dir() => Dir::from_path(&d)?,
+        _ => Dir::new(),
+    };
+    content.add_file(
+        &format!("usr/lib/extension-release.d/extension-release.oem-{}", p.id),
+        Source::Bytes(extension_release(p, os).into_bytes()),
+    )?;
+    let staged = tmp.path().join("sysext-root");
+    content.materialize(&staged, epoch)?;
+    let raw = tmp.path().join(p.sysext_file(&version));
+    crate::fs::erofs::make_image(&staged, &raw, epoch, uuid, None).with_context(|| format!("building the oem-{} sysext image", p.id))?;
+
+    let mut t = Dir::new();
+    t.add_file(&format!("sysext/{}", p.sysext_file(&version)), Source::File(raw))?;
+    t.add_file(&format!("sysext/active-oem-{}", p.id), Source::Bytes(Vec::new()))?;
+    let mut rel = format!("ID={}\nNAME=\"{}\"\nVERSION_ID={version}\n", p.id, p.name);
+    for (k, v) in &p.oem_release {
+        rel.push_str(&format!("{k}=\"{v}\"\n"));
+    }
+    t.add_file("oem-release", Source::Bytes(rel.into_bytes()))?;
+    let mut g = format!("# OEM settings for {}, sourced by the main GRUB config\nset oem_id=\"{}\"\n", p.name, p.oem_id());
+    if let Some(a) = &p.grub.linux_append {
+        g.push_str(&format!("set linux_append=\"{a}\"\n"));
+    }
+    if let Some(c) = &p.grub.linux_console {
+        g.push_str(&format!("set linux_console=\"{c}\"\n"));
+    }
+    t.add_file("grub.cfg", Source::Bytes(g.into_bytes()))?;
+    Ok((t, tmp))
+}

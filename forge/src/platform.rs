@@ -1,0 +1,110 @@
+//! A platform image build: the disk pipeline (`image`) plus the boot chain
+//! (`boot`), the OEM partition (`oem`) and the artifacts (`artifacts`), as
+//! declared by `oem/<id>/platform.json`.
+
+use crate::artifacts::{self, Artifact};
+use crate::boot;
+use crate::image::{self, BootConfig, BuildOutput, BuildRequest};
+use crate::layout::IdPolicy;
+use crate::oem::Platform;
+use crate::payload::Payload;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct PlatformRequest {
+    pub platform: Platform,
+    pub payload: PathBuf,
+    pub layout_file: PathBuf,
+    /// Overrides the platform's layout.
+    pub layout: Option<String>,
+    pub output_dir: PathBuf,
+    pub ids: IdPolicy,
+    pub epoch: i64,
+    /// The static forge-init binary.
+    pub init: PathBuf,
+    /// Kernel modules the initramfs loads.
+    pub initramfs_modules: Vec<String>,
+    /// The main grub.cfg template.
+    pub grub_template: String,
+    /// Keep the uncompressed image beside the compressed one.
+    pub keep_raw: bool,
+    pub threads: usize,
+    pub sdk_version: String,
+}
+
+pub struct PlatformOutput {
+    pub build: BuildOutput,
+    pub disk: Artifact,
+    pub version_txt: PathBuf,
+    pub raw_kept: bool,
+    pub stages: Vec<(String, std::time::Duration)>,
+}
+
+pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput> {
+    let t = std::time::Instant::now();
+    let p = &req.platform;
+    let payload = Payload::open(&req.payload)?;
+    std::fs::create_dir_all(&req.output_dir).with_context(|| format!("{}: cannot create the output directory", req.output_dir.display()))?;
+    let kernel = std::fs::read(&payload.kernel)?;
+    let initramfs = boot::initramfs::build(&payload.root, &kernel, &req.init, &req.initramfs_modules, req.epoch)?;
+    log(&format!("boot: initramfs {} B (forge-init + {} modules requested)", initramfs.len(), req.initramfs_modules.len()));
+    let grub = boot::grub::make_images("EFI-SYSTEM", &req.output_dir)?;
+    log(&format!("boot: GRUB core.img {} B, bootx64.efi {} B", grub.core_img.len(), grub.efi.len()));
+    let (oem_tree, _oem_guard) = crate::oem::build_tree(p, &payload.os_release, &req.output_dir, req.epoch, req.ids.seed.uuid("oem-sysext"))?;
+    let mut stages = vec![("boot+oem".to_string(), t.elapsed())];
+    let os_name = payload.os_release.get("PRETTY_NAME").or(payload.os_release.get("NAME")).unwrap_or("Linux").to_string();
+    let breq = BuildRequest {
+        payload: req.payload.clone(),
+        layout_file: req.layout_file.clone(),
+        layout: req.layout.clone().unwrap_or_else(|| p.layout.clone()),
+        output_dir: req.output_dir.clone(),
+        image_name: p.image_name.clone(),
+        ids: req.ids.clone(),
+        epoch: req.epoch,
+        oem: Some(oem_tree),
+        esp_extra: Vec::new(),
+        boot: Some(BootConfig { grub: Arc::new(grub), template: req.grub_template.clone(), os_name, initramfs }),
+    };
+    let out = image::build(&breq, log)?;
+    stages.extend(out.stages.iter().cloned());
+    if let Some(max) = p.max_disk_bytes {
+        if out.plan.total_bytes() > max {
+            let _ = std::fs::remove_file(&out.image);
+            bail!(
+                "platform {}: the disk image is {} B but the platform's smallest disk holds {max} B (layout '{}')",
+                p.id,
+                out.plan.total_bytes(),
+                out.plan.layout
+            );
+        }
+    }
+    if p.format != crate::oem::Format::Raw {
+        bail!("platform {}: disk format {:?} is not implemented yet", p.id, p.format);
+    }
+    let t = std::time::Instant::now();
+    let total = out.plan.total_bytes();
+    let last = std::cell::Cell::new(0u64);
+    let progress = |done: u64| {
+        let pct = done * 100 / total.max(1);
+        if pct >= last.get() + 10 {
+            last.set(pct);
+            log(&format!("compress: {pct}%"));
+        }
+    };
+    let disk = artifacts::publish_disk(&out.image, &req.output_dir, p.compression, req.threads, &progress)?;
+    stages.push(("compress".into(), t.elapsed()));
+    let raw_kept = req.keep_raw || p.compression == crate::oem::Compression::None;
+    if !raw_kept {
+        std::fs::remove_file(&out.image).with_context(|| format!("{}: cannot remove the raw image", out.image.display()))?;
+    }
+    let version_txt = req.output_dir.join("version.txt");
+    image::write_atomic(&version_txt, artifacts::version_txt(&payload.os_release, req.epoch, &req.sdk_version).as_bytes())?;
+    Ok(PlatformOutput { build: out, disk, version_txt, raw_kept, stages })
+}
+
+/// Reads `boot/initramfs-modules.txt`-style lists.
+pub fn read_list(path: &Path) -> Result<Vec<String>> {
+    let t = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(t.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
+}

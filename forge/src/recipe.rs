@@ -1,0 +1,434 @@
+//! Payload recipes: a root tree assembled without root from Debian packages
+//! (`apt-get` resolves and downloads into our cache; `dpkg-deb` + our own
+//! tar unpacking; no chroot, no maintainer scripts), binaries built from the
+//! crate registry, and an overlay of files. The result is a payload directory
+//! (see `payload.rs`), cached by a hash of everything that goes into it.
+//!
+//! A recipe directory holds `packages.txt` (one package per line),
+//! optionally `crates.txt` (`crate version binary destination`), and
+//! `overlay/` (copied over the unpacked packages).
+
+use crate::fs::tree::set_times;
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct CrateBin {
+    pub krate: String,
+    pub version: String,
+    pub binary: String,
+    pub dest: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Recipe {
+    pub dir: PathBuf,
+    pub name: String,
+    pub packages: Vec<String>,
+    pub crates: Vec<CrateBin>,
+}
+
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+impl Recipe {
+    pub fn load(dir: &Path) -> Result<Recipe> {
+        let p = dir.join("packages.txt");
+        let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read the recipe's package list", p.display()))?;
+        let packages: Vec<String> = lines(&text).map(str::to_string).collect();
+        if packages.is_empty() {
+            bail!("{}: no packages", p.display());
+        }
+        let mut crates = Vec::new();
+        if let Ok(t) = std::fs::read_to_string(dir.join("crates.txt")) {
+            for l in lines(&t) {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                if f.len() != 4 {
+                    bail!("{}: '{l}': expected `crate version binary destination`", dir.join("crates.txt").display());
+                }
+                crates.push(CrateBin { krate: f[0].into(), version: f[1].into(), binary: f[2].into(), dest: f[3].into() });
+            }
+        }
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "payload".into());
+        Ok(Recipe { dir: dir.to_path_buf(), name, packages, crates })
+    }
+
+    /// Hash of the recipe's files (package list, crate list, overlay tree).
+    pub fn hash(&self) -> Result<String> {
+        let mut h = Sha256::new();
+        h.update(b"forge-recipe-v1\0");
+        hash_tree(&self.dir, &self.dir, &mut h)?;
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
+fn hash_tree(root: &Path, p: &Path, h: &mut Sha256) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(p)?.collect::<std::io::Result<Vec<_>>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let m = std::fs::symlink_metadata(&path)?;
+        use std::os::unix::fs::PermissionsExt;
+        h.update(format!("{rel}\0{:o}\0", m.permissions().mode()).as_bytes());
+        if m.file_type().is_symlink() {
+            h.update(std::fs::read_link(&path)?.to_string_lossy().as_bytes());
+        } else if m.is_dir() {
+            hash_tree(root, &path, h)?;
+        } else {
+            h.update(std::fs::read(&path)?);
+        }
+        h.update(b"\0");
+    }
+    Ok(())
+}
+
+/// Where a build keeps downloads and finished payloads.
+pub struct Cache {
+    pub root: PathBuf,
+}
+
+impl Cache {
+    fn apt(&self) -> PathBuf {
+        self.root.join("apt")
+    }
+    fn debs(&self) -> PathBuf {
+        self.root.join("debs")
+    }
+}
+
+/// Builds (or reuses from the cache) the payload for `recipe`; returns the
+/// payload directory.
+pub fn build(recipe: &Recipe, cache: &Cache, epoch: i64, log: &dyn Fn(&str)) -> Result<PathBuf> {
+    let bins: Vec<(CrateBin, PathBuf)> = recipe.crates.iter().map(|c| Ok((c.clone(), cargo_install(c, cache, log)?))).collect::<Result<_>>()?;
+    let mut h = Sha256::new();
+    h.update(recipe.hash()?.as_bytes());
+    h.update(epoch.to_le_bytes());
+    for (c, p) in &bins {
+        h.update(c.dest.as_bytes());
+        h.update(std::fs::read(p)?);
+    }
+    let key = hex::encode(h.finalize());
+    let out = cache.root.join("payloads").join(format!("{}-{}", recipe.name, &key[..16]));
+    let root = out.join("root");
+    if out.join(".complete").exists() {
+        log(&format!("payload '{}': cached at {}", recipe.name, root.display()));
+        return Ok(root);
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("{}: cannot clear a stale payload", out.display()))?;
+    }
+    std::fs::create_dir_all(&out)?;
+    let debs = download(recipe, cache, log)?;
+    std::fs::write(out.join("packages.lock"), debs.iter().map(|(n, v, _)| format!("{n} {v}\n")).collect::<String>())?;
+    let staging = out.join("root.partial");
+    std::fs::create_dir_all(&staging)?;
+    log(&format!("payload '{}': unpacking {} packages", recipe.name, debs.len()));
+    for (_, _, deb) in &debs {
+        unpack_deb(deb, &staging).with_context(|| format!("unpacking {}", deb.display()))?;
+    }
+    merge_usr(&staging)?;
+    install_kernel(&staging)?;
+    for (c, p) in &bins {
+        let d = staging.join(&c.dest);
+        std::fs::create_dir_all(d.parent().unwrap())?;
+        std::fs::copy(p, &d).with_context(|| format!("installing {} to {}", p.display(), c.dest))?;
+    }
+    copy_overlay(&recipe.dir.join("overlay"), &staging)?;
+    depmod(&staging)?;
+    clamp_times(&staging, epoch)?;
+    crate::payload::Payload::open(&staging).context("the assembled payload breaks the payload contract")?;
+    std::fs::rename(&staging, &root)?;
+    std::fs::write(out.join(".complete"), "")?;
+    log(&format!("payload '{}': ready at {}", recipe.name, root.display()));
+    Ok(root)
+}
+
+/// `cargo install <crate> --version <v> --locked` into the cache (once).
+fn cargo_install(c: &CrateBin, cache: &Cache, log: &dyn Fn(&str)) -> Result<PathBuf> {
+    let dir = cache.root.join("crates").join(format!("{}-{}", c.krate, c.version));
+    let bin = dir.join("bin").join(&c.binary);
+    if bin.exists() {
+        return Ok(bin);
+    }
+    log(&format!("building {} {} from the crate registry (cargo install; a few minutes, once)", c.krate, c.version));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = duct::cmd!(cargo, "install", &c.krate, "--version", &c.version, "--locked", "--root", &dir)
+        .env("CARGO_TARGET_DIR", cache.root.join("crates").join("target"))
+        .env_remove("RUSTFLAGS")
+        .stderr_to_stdout()
+        .stdout_capture()
+        .unchecked()
+        .run()?;
+    if !out.status.success() || !bin.exists() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        bail!(
+            "cargo install {} {} failed (it needs the crate registry, gcc, pkg-config and libssl-dev):\n{}",
+            c.krate,
+            c.version,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(bin)
+}
+
+fn apt_cmd(cache: &Cache, args: &[&str]) -> Result<duct::Expression> {
+    let apt = cache.apt();
+    for d in ["state/lists/partial", "cache/archives/partial"] {
+        std::fs::create_dir_all(apt.join(d))?;
+    }
+    std::fs::create_dir_all(cache.debs().join("partial"))?;
+    let status = apt.join("status");
+    if !status.exists() {
+        std::fs::write(&status, "")?;
+    }
+    let user = unsafe { libc::geteuid() };
+    let user = if user == 0 { "root".to_string() } else { std::env::var("USER").unwrap_or_else(|_| user.to_string()) };
+    let mut v: Vec<String> = vec![
+        format!("-oDir::State={}", apt.join("state").display()),
+        format!("-oDir::State::status={}", status.display()),
+        format!("-oDir::Cache={}", apt.join("cache").display()),
+        format!("-oDir::Cache::archives={}", cache.debs().display()),
+        "-oDebug::NoLocking=1".into(),
+        format!("-oAPT::Sandbox::User={user}"),
+        "-oAcquire::Languages=none".into(),
+        "-oAPT::Install-Recommends=false".into(),
+        "-oAPT::Get::AllowUnauthenticated=false".into(),
+        "-q".into(),
+    ];
+    v.extend(args.iter().map(|s| s.to_string()));
+    Ok(duct::cmd(crate::tools::path(crate::tools::Tool { program: "apt-get", package: "apt" })?, v).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Resolves the package set with apt (as if nothing were installed) and
+/// downloads it; returns (name, version, .deb path), sorted by name.
+fn download(recipe: &Recipe, cache: &Cache, log: &dyn Fn(&str)) -> Result<Vec<(String, String, PathBuf)>> {
+    let lists = cache.apt().join("state/lists");
+    let have_lists = std::fs::read_dir(&lists).map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().ends_with("Packages") || e.file_name().to_string_lossy().contains("Packages."))).unwrap_or(false);
+    if !have_lists {
+        log("apt: fetching package lists into the cache");
+        let out = apt_cmd(cache, &["update"])?.stderr_to_stdout().stdout_capture().unchecked().run()?;
+        if !out.status.success() {
+            bail!("apt-get update failed: {}", String::from_utf8_lossy(&out.stdout).trim());
+        }
+    }
+    let mut args = vec!["install", "-s", "-y"];
+    args.extend(recipe.packages.iter().map(String::as_str));
+    let sim = apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().run()?;
+    let text = String::from_utf8_lossy(&sim.stdout).into_owned();
+    if !sim.status.success() {
+        bail!("apt cannot resolve the recipe's packages: {}", text.trim());
+    }
+    let mut pkgs: Vec<(String, String, String)> = Vec::new();
+    for l in text.lines() {
+        // "Inst name (version suite [arch])"
+        let Some(rest) = l.strip_prefix("Inst ") else { continue };
+        let name = rest.split_whitespace().next().unwrap_or_default().to_string();
+        let inner = rest.split_once('(').map(|x| x.1).unwrap_or_default();
+        let version = inner.split_whitespace().next().unwrap_or_default().to_string();
+        let arch = inner.split('[').nth(1).and_then(|a| a.split(']').next()).unwrap_or("amd64").to_string();
+        pkgs.push((name, version, arch));
+    }
+    if pkgs.is_empty() {
+        bail!("apt resolved no packages: {}", text.trim());
+    }
+    pkgs.sort();
+    let deb_path = |n: &str, v: &str, a: &str| cache.debs().join(format!("{n}_{}_{a}.deb", v.replace(':', "%3a")));
+    let missing: Vec<&(String, String, String)> = pkgs.iter().filter(|(n, v, a)| !deb_path(n, v, a).exists()).collect();
+    if !missing.is_empty() {
+        log(&format!("apt: downloading {} of {} packages", missing.len(), pkgs.len()));
+        let mut args = vec!["install", "--download-only", "-y"];
+        args.extend(recipe.packages.iter().map(String::as_str));
+        let out = apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().run()?;
+        if !out.status.success() {
+            bail!("apt-get --download-only failed: {}", String::from_utf8_lossy(&out.stdout).trim());
+        }
+    }
+    pkgs.into_iter()
+        .map(|(n, v, a)| {
+            let p = deb_path(&n, &v, &a);
+            if !p.exists() {
+                bail!("{}: not downloaded", p.display());
+            }
+            Ok((n, v, p))
+        })
+        .collect()
+}
+
+/// Unpacks a .deb's data archive with our own tar reader: modes (including
+/// set-uid bits) and mtimes from the archive, owner = whoever builds (owners
+/// are set to root when the filesystems are made), no device nodes.
+fn unpack_deb(deb: &Path, dest: &Path) -> Result<()> {
+    let child = duct::cmd!("dpkg-deb", "--fsys-tarfile", deb).stdout_capture().stderr_capture().run()?;
+    let mut ar = tar::Archive::new(&child.stdout[..]);
+    for entry in ar.entries()? {
+        let mut e = entry?;
+        let path = e.path()?.into_owned();
+        let rel: PathBuf = path.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let target = dest.join(&rel);
+        let kind = e.header().entry_type();
+        let mode = e.header().mode()? & 0o7777;
+        let mtime = e.header().mtime().unwrap_or(0) as i64;
+        if let Some(p) = target.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        match kind {
+            tar::EntryType::Directory => {
+                std::fs::create_dir_all(&target)?;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode | 0o700))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                remove_any(&target)?;
+                let mut f = std::fs::File::create(&target)?;
+                std::io::copy(&mut e, &mut f)?;
+                drop(f);
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+                set_times(&target, mtime)?;
+            }
+            tar::EntryType::Symlink => {
+                remove_any(&target)?;
+                let link = e.link_name()?.ok_or_else(|| anyhow!("symlink without target"))?;
+                std::os::unix::fs::symlink(link.as_ref(), &target)?;
+                set_times(&target, mtime)?;
+            }
+            tar::EntryType::Link => {
+                remove_any(&target)?;
+                let link = e.link_name()?.ok_or_else(|| anyhow!("hard link without target"))?;
+                let src: PathBuf = link.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
+                std::fs::hard_link(dest.join(src), &target)?;
+            }
+            _ => {} // device nodes, fifos: not in a payload
+        }
+    }
+    Ok(())
+}
+
+fn remove_any(p: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p)?,
+        Ok(_) => std::fs::remove_file(p)?,
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// Moves /bin, /sbin, /lib* into /usr and leaves symlinks (merged /usr).
+fn merge_usr(root: &Path) -> Result<()> {
+    for d in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        let top = root.join(d);
+        let m = match std::fs::symlink_metadata(&top) {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        if m.is_dir() {
+            move_into(&top, &root.join("usr").join(d))?;
+            std::fs::remove_dir_all(&top)?;
+        } else {
+            std::fs::remove_file(&top)?;
+        }
+        if root.join("usr").join(d).exists() {
+            std::os::unix::fs::symlink(format!("usr/{d}"), &top)?;
+        }
+    }
+    Ok(())
+}
+
+fn move_into(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let (s, d) = (e.path(), dst.join(e.file_name()));
+        let sm = std::fs::symlink_metadata(&s)?;
+        match std::fs::symlink_metadata(&d) {
+            Ok(dm) if dm.is_dir() && sm.is_dir() => move_into(&s, &d)?,
+            Ok(_) => {
+                remove_any(&d)?;
+                std::fs::rename(&s, &d)?;
+            }
+            Err(_) => std::fs::rename(&s, &d)?,
+        }
+    }
+    Ok(())
+}
+
+/// Moves the packaged kernel to usr/boot/vmlinuz (the payload contract).
+fn install_kernel(root: &Path) -> Result<()> {
+    let boot = root.join("boot");
+    let mut kernels: Vec<PathBuf> = std::fs::read_dir(&boot)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-")).collect())
+        .unwrap_or_default();
+    kernels.sort();
+    let k = kernels.pop().ok_or_else(|| anyhow!("no kernel (boot/vmlinuz-*) among the packages"))?;
+    let ub = root.join("usr/boot");
+    std::fs::create_dir_all(&ub)?;
+    for e in std::fs::read_dir(&boot)? {
+        let e = e?;
+        std::fs::rename(e.path(), ub.join(e.file_name()))?;
+    }
+    std::fs::remove_dir(&boot)?;
+    std::fs::copy(ub.join(k.file_name().unwrap()), ub.join("vmlinuz"))?;
+    Ok(())
+}
+
+fn copy_overlay(src: &Path, dst: &Path) -> Result<()> {
+    if !src.exists() {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let (s, d) = (e.path(), dst.join(e.file_name()));
+        let m = std::fs::symlink_metadata(&s)?;
+        if m.is_dir() {
+            std::fs::create_dir_all(&d)?;
+            copy_overlay(&s, &d)?;
+        } else if m.file_type().is_symlink() {
+            remove_any(&d)?;
+            std::os::unix::fs::symlink(std::fs::read_link(&s)?, &d)?;
+        } else {
+            remove_any(&d)?;
+            std::fs::copy(&s, &d)?;
+        }
+    }
+    Ok(())
+}
+
+/// Generates modules.dep & co. for every kernel in usr/lib/modules.
+fn depmod(root: &Path) -> Result<()> {
+    let mods = root.join("usr/lib/modules");
+    for e in std::fs::read_dir(&mods).with_context(|| format!("{}: no kernel modules", mods.display()))? {
+        let v = e?.file_name().to_string_lossy().into_owned();
+        let depmod = crate::tools::path(crate::tools::Tool { program: "depmod", package: "kmod" })?;
+        crate::fs::run(duct::cmd!(depmod, "-b", root, &v), &format!("depmod {v}"))?;
+    }
+    Ok(())
+}
+
+/// Clamps every mtime to at most `epoch` (SOURCE_DATE_EPOCH semantics), so
+/// files the build wrote carry no build time.
+fn clamp_times(p: &Path, epoch: i64) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for e in std::fs::read_dir(p)? {
+        let e = e?;
+        let path = e.path();
+        let m = std::fs::symlink_metadata(&path)?;
+        if m.is_dir() {
+            clamp_times(&path, epoch)?;
+        }
+        if m.mtime() > epoch {
+            set_times(&path, epoch)?;
+        }
+    }
+    let m = std::fs::symlink_metadata(p)?;
+    if m.mtime() > epoch {
+        set_times(p, epoch)?;
+    }
+    Ok(())
+}
+
