@@ -105,3 +105,27 @@ pub fn extract_partition(image: &Path, start_sector: u64, sectors: u64, dest: &P
         sectors * 512
     ));
 }
+
+pub const TEST_KERNEL_VERSION: &str = "6.1.0-test";
+
+/// A payload the platform build accepts: `make_payload` plus a kernel with
+/// an x86 setup header naming its version, and a modules directory whose
+/// modules.builtin lists every module the initramfs asks for.
+pub fn make_bootable_payload(dir: &Path) {
+    make_payload(dir);
+    let mut k = bytes(9, 2_000_000);
+    k[0x202..0x206].copy_from_slice(b"HdrS");
+    let at = 0x1000usize;
+    k[0x20e..0x210].copy_from_slice(&((at - 0x200) as u16).to_le_bytes());
+    let v = format!("{TEST_KERNEL_VERSION} (forge@test) #1 SMP\0");
+    k[at..at + v.len()].copy_from_slice(v.as_bytes());
+    std::fs::write(dir.join("usr/boot/vmlinuz"), k).unwrap();
+    let m = dir.join(format!("usr/lib/modules/{TEST_KERNEL_VERSION}"));
+    std::fs::create_dir_all(m.join("kernel/drivers")).unwrap();
+    std::fs::write(m.join("kernel/drivers/dm-verity.ko"), bytes(11, 3000)).unwrap();
+    std::fs::write(m.join("kernel/drivers/dm-mod.ko"), bytes(12, 3000)).unwrap();
+    std::fs::write(m.join("modules.dep"), "kernel/drivers/dm-verity.ko: kernel/drivers/dm-mod.ko\nkernel/drivers/dm-mod.ko:\n").unwrap();
+    let builtin: String = ["virtio_pci", "virtio_scsi", "virtio_blk", "sd_mod", "erofs", "ext4"].iter().map(|n| format!("kernel/x/{n}.ko\n")).collect();
+    std::fs::write(m.join("modules.builtin"), builtin).unwrap();
+    sh(&format!("chmod -R a+rX {}", dir.display()));
+}

@@ -4,45 +4,67 @@
 use anyhow::{bail, Result};
 use forge::tools::{self, Tool};
 
-/// Every host program the build, the boot tests and the test suite run.
-pub const HOST_TOOLS: &[Tool] = &[
-    Tool { program: "sfdisk", package: "fdisk" },
-    Tool { program: "fsck.fat", package: "dosfstools" },
-    Tool { program: "mkfs.fat", package: "dosfstools" },
-    Tool { program: "mcopy", package: "mtools" },
+/// Host programs `build-image` runs (filesystems, GRUB, the demo payload).
+pub const BUILD_TOOLS: &[Tool] = &[
     Tool { program: "mkfs.ext4", package: "e2fsprogs" },
     Tool { program: "debugfs", package: "e2fsprogs" },
     Tool { program: "e2fsck", package: "e2fsprogs" },
     Tool { program: "mkfs.erofs", package: "erofs-utils" },
     Tool { program: "fsck.erofs", package: "erofs-utils" },
-    Tool { program: "mkfs.btrfs", package: "btrfs-progs" },
-    Tool { program: "veritysetup", package: "cryptsetup-bin" },
-    Tool { program: "setpriv", package: "util-linux" },
-    Tool { program: "blkid", package: "util-linux" },
-    Tool { program: "bzip2", package: "bzip2" },
-    // demo payload: apt resolves and downloads, dpkg-deb unpacks, depmod indexes modules;
-    // afterburn is built from the crate registry against libssl.
+    Tool { program: "fsck.fat", package: "dosfstools" },
     Tool { program: "apt-get", package: "apt" },
     Tool { program: "dpkg-deb", package: "dpkg" },
     Tool { program: "depmod", package: "kmod" },
     Tool { program: "pkg-config", package: "pkg-config" },
     Tool { program: "/usr/include/openssl/ssl.h", package: "libssl-dev" },
-    // boot chain: GRUB images from Debian's module packages
     Tool { program: "grub-mkimage", package: "grub-common" },
     Tool { program: "/usr/lib/grub/i386-pc/boot.img", package: "grub-pc-bin" },
     Tool { program: "/usr/lib/grub/x86_64-efi/linux.mod", package: "grub-efi-amd64-bin" },
-    // boot tests
+];
+
+/// Host programs the test suite, the boot tests and the benchmarks run besides the build's.
+pub const TEST_TOOLS: &[Tool] = &[
+    Tool { program: "sfdisk", package: "fdisk" },
+    Tool { program: "mkfs.fat", package: "dosfstools" },
+    Tool { program: "mcopy", package: "mtools" },
+    Tool { program: "mkfs.btrfs", package: "btrfs-progs" },
+    Tool { program: "veritysetup", package: "cryptsetup-bin" },
+    Tool { program: "setpriv", package: "util-linux" },
+    Tool { program: "blkid", package: "util-linux" },
+    Tool { program: "bzip2", package: "bzip2" },
+    Tool { program: "cpio", package: "cpio" },
     Tool { program: "qemu-system-x86_64", package: "qemu-system-x86" },
     Tool { program: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf" },
     Tool { program: "ssh", package: "openssh-client" },
     Tool { program: "ssh-keygen", package: "openssh-client" },
-    // reference tools for benchmarks
     Tool { program: "lbzip2", package: "lbzip2" },
     Tool { program: "pbzip2", package: "pbzip2" },
 ];
 
+pub fn missing_of(set: &[Tool]) -> Vec<Tool> {
+    set.iter().copied().filter(|t| tools::find(t.program).is_none()).collect()
+}
+
 pub fn missing() -> Vec<Tool> {
-    HOST_TOOLS.iter().copied().filter(|t| tools::find(t.program).is_none()).collect()
+    let mut v = missing_of(BUILD_TOOLS);
+    v.extend(missing_of(TEST_TOOLS));
+    v
+}
+
+/// Names every missing build tool and its package (no installing).
+pub fn check_build() -> Result<()> {
+    let miss = missing_of(BUILD_TOOLS);
+    if miss.is_empty() {
+        return Ok(());
+    }
+    let mut pkgs: Vec<&str> = miss.iter().map(|t| t.package).collect();
+    pkgs.sort();
+    pkgs.dedup();
+    bail!(
+        "missing host tools: {} — install them with: sudo apt-get install {} (or run `cargo xtask deps --install` as root)",
+        miss.iter().map(|t| t.program).collect::<Vec<_>>().join(", "),
+        pkgs.join(" ")
+    )
 }
 
 /// Makes sure every host tool is present: installs the missing packages when

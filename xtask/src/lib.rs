@@ -71,6 +71,9 @@ enum Cmd {
     },
     /// Install (as root) or name the missing host packages, then run the test suite.
     Test {
+        /// Skip building the Hetzner image from the demo payload and booting it (BIOS and UEFI).
+        #[arg(long)]
+        no_boot: bool,
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_args: Vec<String>,
@@ -153,7 +156,7 @@ pub fn main_with<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         Cmd::BuildImage(a) => build_image(&a),
         Cmd::Inspect { image, json } => inspect(&image, json),
         Cmd::Bench { which } => bench::run(which),
-        Cmd::Test { cargo_args } => run_tests(&cargo_args),
+        Cmd::Test { no_boot, cargo_args } => run_tests(no_boot, &cargo_args),
         Cmd::BootTest { image, platform, firmware, disk_gib, timeout, no_negative, accel } => boot_test(&image, &platform, &firmware, disk_gib, timeout, !no_negative, &accel),
         Cmd::MetadataRespond { values, log } => metadata_respond(&values, log.as_deref()),
         Cmd::Payload { recipe, cache_dir } => demo_payload(recipe.as_deref(), cache_dir.as_deref()).map(|p| println!("{}", p.display())),
@@ -229,6 +232,7 @@ pub fn build_image(a: &BuildArgs) -> Result<()> {
         return Ok(());
     }
     let platform = forge::oem::load(&repo_root().join("oem"), &a.platform)?;
+    deps::check_build()?;
     let base = match &a.base {
         Some(b) => b.clone(),
         None => demo_payload(None, a.cache_dir.as_deref())?,
@@ -302,13 +306,51 @@ fn inspect(image: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn run_tests(extra: &[String]) -> Result<()> {
+fn run_tests(no_boot: bool, extra: &[String]) -> Result<()> {
     deps::ensure(true)?;
+    let log = logger();
+    let init = init_binary(&log)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut args = vec!["test".to_string(), "--workspace".into(), "--no-fail-fast".into()];
     args.extend(extra.iter().cloned());
-    let st = std::process::Command::new(cargo).args(&args).current_dir(repo_root()).status()?;
+    let st = std::process::Command::new(&cargo).args(&args).current_dir(repo_root()).env("FORGE_INIT", &init).status()?;
+    let unit_ok = st.success();
+    if no_boot {
+        if !unit_ok {
+            bail!("tests failed");
+        }
+        return Ok(());
+    }
+    // The main job, fresh, then both boot tests of its output.
+    let out_dir = repo_root().join("target/ci-hetzner");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    log("test: building the Hetzner image from the demo payload");
+    let st = std::process::Command::new(std::env::current_exe()?)
+        .args(["build-image", "--platform", "hetzner", "--output-dir"])
+        .arg(&out_dir)
+        .env("FORGE_INIT", &init)
+        .status()?;
     if !st.success() {
+        bail!("building the Hetzner image failed");
+    }
+    let image = out_dir.join("flatcar_production_hetzner_image.bin.bz2");
+    let (mut passed, mut failed) = (0, 0);
+    for fw in ["bios", "uefi"] {
+        log(&format!("test: boot test ({fw})"));
+        let o = std::process::Command::new(std::env::current_exe()?).args(["boot-test"]).arg(&image).args(["--firmware", fw]).output()?;
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+        print!("{text}");
+        passed += text.lines().filter(|l| l.contains("] PASS ")).count();
+        failed += text.lines().filter(|l| l.contains("] FAIL ")).count();
+        if !o.status.success() && !text.contains("] FAIL ") {
+            failed += 1; // the boot test itself failed
+        }
+    }
+    if !unit_ok {
+        println!("cargo test reported failures (see above)");
+    }
+    println!("boot-tests: {passed} passed, {failed} failed");
+    if !unit_ok || failed > 0 {
         bail!("tests failed");
     }
     Ok(())
