@@ -66,14 +66,16 @@ pub struct Artifact {
     pub stats: Option<compress::Stats>,
 }
 
-/// Compresses the raw image at `raw` into `out_dir/<file name><suffix>` with
-/// its DIGESTS. The raw file is left in place.
-pub fn publish_disk(raw: &Path, out_dir: &Path, compression: Compression, threads: usize, progress: &dyn Fn(u64)) -> Result<Artifact> {
-    let name = format!("{}{}", raw.file_name().unwrap().to_string_lossy(), compression.suffix());
-    let final_path = out_dir.join(&name);
+/// Compresses `raw` to `dest` (under a temporary name, verified by a full
+/// decode unless `verify` is off, then renamed); returns the compressed size,
+/// its digests and the compressor's statistics.
+pub fn compress_file(raw: &Path, dest: &Path, compression: Compression, threads: usize, verify: bool, progress: &dyn Fn(u64)) -> Result<(u64, Digests, Option<compress::Stats>)> {
     let src = std::fs::File::open(raw).with_context(|| format!("{}: cannot open", raw.display()))?;
     let len = src.metadata()?.len();
-    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".partial").tempfile_in(out_dir)?;
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    crate::image::clean_stale(dir);
+    let tmp = crate::image::partial_file(dir, &name)?;
     let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp.as_file().try_clone()?));
     let stats = match compression {
         Compression::Bz2 => Some(compress::bzip2_sparse(&src, len, &mut w, 9, threads, progress).with_context(|| format!("compressing {}", raw.display()))?),
@@ -87,9 +89,22 @@ pub fn publish_disk(raw: &Path, out_dir: &Path, compression: Compression, thread
     let bytes = w.bytes;
     let (inner, digests) = w.finish();
     inner.into_inner().map_err(|e| anyhow!("flushing {name}: {}", e.error()))?.sync_all()?;
+    if verify && compression == Compression::Bz2 {
+        compress::verify_bz2(tmp.path(), &src, threads)?;
+    }
+    tmp.persist(dest).map_err(|e| anyhow!("{}: cannot rename into place: {}", dest.display(), e.error))?;
+    Ok((bytes, digests, stats))
+}
+
+/// Compresses the raw image at `raw` into `out_dir/<image_name><suffix>`
+/// with its DIGESTS. The raw file is left in place.
+pub fn publish_disk(raw: &Path, image_name: &str, out_dir: &Path, compression: Compression, threads: usize, verify: bool, progress: &dyn Fn(u64)) -> Result<Artifact> {
+    let name = format!("{image_name}{}", compression.suffix());
+    let final_path = out_dir.join(&name);
     let digests_path = out_dir.join(format!("{name}.DIGESTS"));
+    // The DIGESTS go first under their final name only after the disk is in place.
+    let (bytes, digests, stats) = compress_file(raw, &final_path, compression, threads, verify, progress)?;
     crate::image::write_atomic(&digests_path, digests.render(&name).as_bytes())?;
-    tmp.persist(&final_path).map_err(|e| anyhow!("{}: cannot rename into place: {}", final_path.display(), e.error))?;
     Ok(Artifact { path: final_path, bytes, digests_path, stats })
 }
 

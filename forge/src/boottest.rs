@@ -80,10 +80,8 @@ pub fn prepare_disk(image: &Path, dest: &Path, disk_bytes: u64) -> Result<()> {
     let f = std::fs::File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
     let name = image.to_string_lossy();
     let written = if name.ends_with(".bz2") {
-        let mut data = Vec::new();
-        BufReader::new(f).read_to_end(&mut data)?;
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        crate::io::compress::bunzip2_sparse(&data, &out, threads).with_context(|| format!("{}: decompressing", image.display()))?
+        crate::io::compress::bunzip2_sparse(BufReader::with_capacity(1 << 20, f), &out, threads).with_context(|| format!("{}: decompressing", image.display()))?
     } else {
         let len = f.metadata()?.len();
         sparse::splice(&f, 0, len, &out, 0, false)?;

@@ -33,6 +33,12 @@ pub struct BuildRequest {
     pub esp_extra: Vec<(String, Source)>,
     /// The boot chain (GRUB and initramfs); None for a disk without one.
     pub boot: Option<BootConfig>,
+    /// Verify before publishing (GPT, fsck, verity); false only on request.
+    pub verify: bool,
+    /// Rename the image to its final name; false keeps it under its
+    /// temporary name (deleted when the output is dropped), for builds whose
+    /// published artifact is a compressed copy.
+    pub publish: bool,
 }
 
 /// Everything the boot chain needs besides the plan.
@@ -64,6 +70,8 @@ pub struct BuildOutput {
     pub stages: Vec<(String, Duration)>,
     /// Bytes the image occupies on disk (its non-zero blocks).
     pub allocated: u64,
+    /// Holds the unpublished image (when `publish` was false) until dropped.
+    pub temp: Option<std::sync::Arc<tempfile::TempPath>>,
 }
 
 /// Slot letter of an A/B partition from its label (`USR-A` → `a`).
@@ -123,11 +131,8 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str)) -> Result<BuildOutput> {
     std::fs::create_dir_all(&req.output_dir)
         .with_context(|| format!("{}: cannot create the output directory", req.output_dir.display()))?;
     let final_path = req.output_dir.join(&req.image_name);
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", req.image_name))
-        .suffix(".partial")
-        .tempfile_in(&req.output_dir)
-        .with_context(|| format!("{}: cannot create a temporary file", req.output_dir.display()))?;
+    clean_stale(&req.output_dir);
+    let tmp = partial_file(&req.output_dir, &req.image_name)?;
     let image_path = tmp.path().to_path_buf();
     let mut image = tmp.as_file().try_clone()?;
     image.set_len(plan.total_bytes()).with_context(|| format!("{}: cannot size the image", image_path.display()))?;
@@ -138,7 +143,8 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str)) -> Result<BuildOutput> {
     }
     st.mark("partitions");
 
-    let scratch = req.output_dir.as_path();
+    let scratch_guard = scratch_dir(&req.output_dir)?;
+    let scratch = scratch_guard.path();
     let mut filesystems = Vec::new();
     let mut verity_infos = Vec::new();
     // Verity-protected partitions first: the ESP carries their root hashes.
@@ -181,7 +187,11 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str)) -> Result<BuildOutput> {
         filesystems.push((p.number, rep));
     }
 
-    verify(&image, &image_path, &plan, &verity_infos, scratch, log)?;
+    if req.verify {
+        verify(&image, &image_path, &plan, &verity_infos, scratch, log)?;
+    } else {
+        log("verify: SKIPPED (--no-verify): GPT, filesystems and dm-verity were not checked");
+    }
     st.mark("verify");
 
     image.sync_all()?;
@@ -194,9 +204,15 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str)) -> Result<BuildOutput> {
         }
         None => None,
     };
-    tmp.persist(&final_path).map_err(|e| anyhow!("{}: cannot rename into place: {}", final_path.display(), e.error))?;
+    let (image_path, temp) = if req.publish {
+        tmp.persist(&final_path).map_err(|e| anyhow!("{}: cannot rename into place: {}", final_path.display(), e.error))?;
+        (final_path, None)
+    } else {
+        let tp = tmp.into_temp_path();
+        (tp.to_path_buf(), Some(std::sync::Arc::new(tp)))
+    };
     st.mark("publish");
-    Ok(BuildOutput { image: final_path, plan, filesystems, verity: verity_infos, verity_file, stages: st.0, allocated })
+    Ok(BuildOutput { image: image_path, plan, filesystems, verity: verity_infos, verity_file, stages: st.0, allocated, temp })
 }
 
 fn p_usr_type() -> uuid::Uuid {
@@ -299,11 +315,54 @@ pub fn verify(
     Ok(())
 }
 
+/// A temporary file in `dir` for the artifact `name`, named
+/// `.<name>.<pid>.<random>.partial` so a later run can tell it was left by a
+/// process that died (SIGKILL leaves no chance to clean up) and remove it.
+pub fn partial_file(dir: &Path, name: &str) -> Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}.{}.", std::process::id()))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))
+}
+
+/// A scratch directory in `dir` for one run, removed when dropped, and by a
+/// later run if this process dies.
+pub fn scratch_dir(dir: &Path) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!(".forge-scratch.{}.", std::process::id()))
+        .suffix(".partial")
+        .tempdir_in(dir)
+        .with_context(|| format!("{}: cannot create a scratch directory", dir.display()))
+}
+
+/// Removes `.*.<pid>.*.partial` files and directories in `dir` whose process is gone.
+pub fn clean_stale(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if !(n.starts_with('.') && n.ends_with(".partial")) {
+            continue;
+        }
+        let parts: Vec<&str> = n.trim_end_matches(".partial").rsplitn(3, '.').collect();
+        let Some(pid) = parts.get(1).and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let alive = unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            if e.path().is_dir() {
+                let _ = std::fs::remove_dir_all(e.path());
+            } else {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Writes a small file under a temporary name, then renames it into place.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    std::fs::write(tmp.path(), data)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = partial_file(dir, &name)?;
+    std::fs::write(tmp.path(), data).with_context(|| format!("{}: cannot write", tmp.path().display()))?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| anyhow!("{}: cannot rename into place: {}", path.display(), e.error))?;
     Ok(())

@@ -31,6 +31,8 @@ pub struct PlatformRequest {
     pub keep_raw: bool,
     pub threads: usize,
     pub sdk_version: String,
+    /// Check everything before publishing (fsck, GPT, verity, a full decode of the compressed disk).
+    pub verify: bool,
 }
 
 pub struct PlatformOutput {
@@ -46,12 +48,14 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
     let p = &req.platform;
     let payload = Payload::open(&req.payload)?;
     std::fs::create_dir_all(&req.output_dir).with_context(|| format!("{}: cannot create the output directory", req.output_dir.display()))?;
+    crate::image::clean_stale(&req.output_dir);
+    let scratch = crate::image::scratch_dir(&req.output_dir)?;
     let kernel = std::fs::read(&payload.kernel)?;
     let initramfs = boot::initramfs::build(&payload.root, &kernel, &req.init, &req.initramfs_modules, req.epoch)?;
     log(&format!("boot: initramfs {} B (forge-init + {} modules requested)", initramfs.len(), req.initramfs_modules.len()));
-    let grub = boot::grub::make_images("EFI-SYSTEM", &req.output_dir)?;
+    let grub = boot::grub::make_images("EFI-SYSTEM", scratch.path())?;
     log(&format!("boot: GRUB core.img {} B, bootx64.efi {} B", grub.core_img.len(), grub.efi.len()));
-    let (oem_tree, _oem_guard) = crate::oem::build_tree(p, &payload.os_release, &req.output_dir, req.epoch, req.ids.seed.uuid("oem-sysext"))?;
+    let (oem_tree, _oem_guard) = crate::oem::build_tree(p, &payload.os_release, scratch.path(), req.epoch, req.ids.seed.uuid("oem-sysext"))?;
     let mut stages = vec![("boot+oem".to_string(), t.elapsed())];
     let os_name = payload.os_release.get("PRETTY_NAME").or(payload.os_release.get("NAME")).unwrap_or("Linux").to_string();
     let breq = BuildRequest {
@@ -65,6 +69,8 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
         oem: Some(oem_tree),
         esp_extra: Vec::new(),
         boot: Some(BootConfig { grub: Arc::new(grub), template: req.grub_template.clone(), os_name, initramfs }),
+        verify: req.verify,
+        publish: req.keep_raw || p.compression == crate::oem::Compression::None,
     };
     let out = image::build(&breq, log)?;
     stages.extend(out.stages.iter().cloned());
@@ -92,12 +98,12 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
             log(&format!("compress: {pct}%"));
         }
     };
-    let disk = artifacts::publish_disk(&out.image, &req.output_dir, p.compression, req.threads, &progress)?;
-    stages.push(("compress".into(), t.elapsed()));
-    let raw_kept = req.keep_raw || p.compression == crate::oem::Compression::None;
-    if !raw_kept {
-        std::fs::remove_file(&out.image).with_context(|| format!("{}: cannot remove the raw image", out.image.display()))?;
+    let disk = artifacts::publish_disk(&out.image, &p.image_name, &req.output_dir, p.compression, req.threads, req.verify, &progress)?;
+    if req.verify {
+        log(&format!("verify: {} decoded in full and compared with the raw image", disk.path.display()));
     }
+    stages.push(("compress".into(), t.elapsed()));
+    let raw_kept = out.temp.is_none();
     let version_txt = req.output_dir.join("version.txt");
     image::write_atomic(&version_txt, artifacts::version_txt(&payload.os_release, req.epoch, &req.sdk_version).as_bytes())?;
     Ok(PlatformOutput { build: out, disk, version_txt, raw_kept, stages })

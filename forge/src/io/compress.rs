@@ -188,102 +188,183 @@ pub fn bzip2_sparse(src: &File, len: u64, out: &mut dyn Write, level: u32, threa
     Ok(st)
 }
 
-/// Offsets of the streams of a multi-stream bzip2 file: byte-aligned
-/// "BZh[1-9]" followed by a block or end-of-stream magic.
-fn stream_starts(data: &[u8]) -> Vec<usize> {
-    const BLOCK_MAGIC: [u8; 6] = [0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
-    const EOS_MAGIC: [u8; 6] = [0x17, 0x72, 0x45, 0x38, 0x50, 0x90];
-    let mut v = Vec::new();
-    let mut i = 0;
-    while i + 10 <= data.len() {
-        if &data[i..i + 3] == b"BZh" && (b'1'..=b'9').contains(&data[i + 3]) && (data[i + 4..i + 10] == BLOCK_MAGIC || data[i + 4..i + 10] == EOS_MAGIC) {
-            v.push(i);
-            i += 10;
-        } else {
-            i += 1;
+const BLOCK_MAGIC: [u8; 6] = [0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
+const EOS_MAGIC: [u8; 6] = [0x17, 0x72, 0x45, 0x38, 0x50, 0x90];
+
+fn is_stream_start(d: &[u8]) -> bool {
+    d.len() >= 10 && &d[0..3] == b"BZh" && (b'1'..=b'9').contains(&d[3]) && (d[4..10] == BLOCK_MAGIC || d[4..10] == EOS_MAGIC)
+}
+
+/// Splits a multi-stream bzip2 file into its streams as it reads (bounded
+/// memory): a stream starts byte-aligned with "BZh[1-9]" and a block or
+/// end-of-stream magic. A false split inside compressed data would make the
+/// decoder of the piece fail, so it cannot go unnoticed.
+pub struct Streams<R: std::io::Read> {
+    r: R,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl<R: std::io::Read> Streams<R> {
+    pub fn new(r: R) -> Self {
+        Streams { r, buf: Vec::new(), eof: false }
+    }
+    fn fill(&mut self) -> Result<bool> {
+        if self.eof {
+            return Ok(false);
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + (4 << 20), 0);
+        let n = self.r.read(&mut self.buf[old..])?;
+        self.buf.truncate(old + n);
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n > 0)
+    }
+    /// The next stream's bytes, or None at the end.
+    pub fn next_stream(&mut self) -> Result<Option<Vec<u8>>> {
+        while self.buf.len() < 10 && self.fill()? {}
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        if !is_stream_start(&self.buf) {
+            anyhow::bail!("not a bzip2 stream");
+        }
+        let mut from = 10;
+        loop {
+            if let Some(k) = (from..self.buf.len().saturating_sub(9)).find(|&k| self.buf[k] == b'B' && is_stream_start(&self.buf[k..])) {
+                let rest = self.buf.split_off(k);
+                return Ok(Some(std::mem::replace(&mut self.buf, rest)));
+            }
+            from = self.buf.len().saturating_sub(9).max(10);
+            if !self.fill()? {
+                return Ok(Some(std::mem::take(&mut self.buf)));
+            }
         }
     }
-    v
 }
 
 fn decode_one(stream: &[u8]) -> Result<Vec<u8>> {
     let mut d = bzip2::read::BzDecoder::new(stream);
     let mut out = Vec::new();
     std::io::Read::read_to_end(&mut d, &mut out)?;
+    // One stream per piece: trailing bytes mean the split was wrong.
+    if d.total_in() as usize != stream.len() {
+        anyhow::bail!("bzip2 stream boundary mismatch");
+    }
     Ok(out)
 }
 
-/// Decompresses multi-stream bzip2 `data` into `dst` (sparse: zero blocks
-/// are not written), streams decoded on every core; the streams of zeros
-/// this module emits are recognized and skipped without decoding. Falls back
-/// to one sequential decoder if the stream boundaries do not check out.
-/// Returns the decompressed length.
-pub fn bunzip2_sparse(data: &[u8], dst: &File, threads: usize) -> Result<u64> {
-    let starts = stream_starts(data);
+/// What a decoded piece is: bytes, or a run of zeros recognized without decoding.
+pub enum Piece {
+    Data(Vec<u8>),
+    Zeros(u64),
+}
+
+/// Decodes a multi-stream bzip2 file, streams in parallel, in order, with
+/// bounded memory; streams identical to our precomputed zero unit are not
+/// decoded (that unit was decoded and checked once here). `sink` gets each
+/// piece at its offset.
+pub fn decode_streams(r: impl std::io::Read, threads: usize, sink: &mut dyn FnMut(u64, Piece) -> Result<()>) -> Result<u64> {
     let zero_unit = bz2(&vec![0u8; ZERO_UNIT as usize], 9)?;
-    let parallel = || -> Result<u64> {
-        if starts.first() != Some(&0) {
-            anyhow::bail!("not a bzip2 stream at offset 0");
+    let check = decode_one(&zero_unit)?;
+    if check.len() as u64 != ZERO_UNIT || !sparse::is_zero(&check) {
+        anyhow::bail!("the zero-run stream does not decode to zeros");
+    }
+    drop(check);
+    let mut streams = Streams::new(r);
+    let mut pos = 0u64;
+    let mut pending: Vec<Vec<u8>> = Vec::new();
+    let flush = |pending: &mut Vec<Vec<u8>>, pos: &mut u64, sink: &mut dyn FnMut(u64, Piece) -> Result<()>| -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
         }
-        let mut bounds: Vec<(usize, usize)> = starts.windows(2).map(|w| (w[0], w[1])).collect();
-        bounds.push((*starts.last().unwrap(), data.len()));
-        let mut pos = 0u64;
-        let mut i = 0;
-        while i < bounds.len() {
-            let (s, e) = bounds[i];
-            if data[s..e] == zero_unit[..] {
-                pos += ZERO_UNIT;
-                i += 1;
-                continue;
-            }
-            let mut j = i;
-            while j < bounds.len() && j - i < threads.max(1) * 2 && data[bounds[j].0..bounds[j].1] != zero_unit[..] {
-                j += 1;
-            }
-            let batch = &bounds[i..j];
-            let results: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
-                let per = batch.len().div_ceil(threads.max(1)).max(1);
-                let hs: Vec<_> = batch.chunks(per).map(|g| scope.spawn(move || g.iter().map(|&(s, e)| decode_one(&data[s..e])).collect::<Vec<_>>())).collect();
-                hs.into_iter().flat_map(|h| h.join().expect("decoder thread panicked")).collect()
-            });
-            for r in results {
-                let out = r?;
-                sparse::write_nonzero_at(dst, pos, &out)?;
-                pos += out.len() as u64;
-            }
-            i = j;
+        let batch = std::mem::take(pending);
+        let results: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
+            let per = batch.len().div_ceil(threads.max(1)).max(1);
+            let hs: Vec<_> = batch.chunks(per).map(|g| scope.spawn(move || g.iter().map(|s| decode_one(s)).collect::<Vec<_>>())).collect();
+            hs.into_iter().flat_map(|h| h.join().expect("decoder thread panicked")).collect()
+        });
+        for r in results {
+            let out = r?;
+            let n = out.len() as u64;
+            sink(*pos, Piece::Data(out))?;
+            *pos += n;
         }
-        Ok(pos)
+        Ok(())
     };
-    match parallel() {
-        Ok(n) => {
-            dst.set_len(dst.metadata()?.len().max(n))?;
-            Ok(n)
+    while let Some(st) = streams.next_stream()? {
+        if st == zero_unit {
+            flush(&mut pending, &mut pos, sink)?;
+            sink(pos, Piece::Zeros(ZERO_UNIT))?;
+            pos += ZERO_UNIT;
+            continue;
         }
-        Err(_) => {
-            // Sequential fallback: whatever produced the file.
-            let mut d = bzip2::read::MultiBzDecoder::new(data);
-            let mut buf = vec![0u8; 4 << 20];
-            let mut pos = 0u64;
-            loop {
-                let mut n = 0;
-                while n < buf.len() {
-                    let k = std::io::Read::read(&mut d, &mut buf[n..]).context("corrupt bzip2 data")?;
-                    if k == 0 {
-                        break;
-                    }
-                    n += k;
-                }
-                if n == 0 {
-                    break;
-                }
-                sparse::write_nonzero_at(dst, pos, &buf[..n])?;
-                pos += n as u64;
-            }
-            dst.set_len(dst.metadata()?.len().max(pos))?;
-            Ok(pos)
+        pending.push(st);
+        if pending.len() >= threads.max(1) * 2 {
+            flush(&mut pending, &mut pos, sink)?;
         }
     }
+    flush(&mut pending, &mut pos, sink)?;
+    Ok(pos)
+}
+
+/// Decompresses into `dst` (sparse: zero blocks are not written).
+pub fn bunzip2_sparse(r: impl std::io::Read, dst: &File, threads: usize) -> Result<u64> {
+    let n = decode_streams(r, threads, &mut |pos, piece| {
+        if let Piece::Data(d) = piece {
+            sparse::write_nonzero_at(dst, pos, &d)?;
+        }
+        Ok(())
+    })?;
+    dst.set_len(dst.metadata()?.len().max(n))?;
+    Ok(n)
+}
+
+/// Decodes the compressed file completely and compares every byte with the
+/// raw image (zero runs against the raw image's content at that range).
+pub fn verify_bz2(compressed: &std::path::Path, raw: &File, threads: usize) -> Result<()> {
+    let len = raw.metadata()?.len();
+    let f = File::open(compressed)?;
+    let mut buf = Vec::new();
+    let n = decode_streams(std::io::BufReader::with_capacity(1 << 20, f), threads, &mut |pos, piece| {
+        match piece {
+            Piece::Data(d) => {
+                if pos + d.len() as u64 > len {
+                    anyhow::bail!("decodes past the end of the raw image");
+                }
+                buf.resize(d.len(), 0);
+                raw.read_exact_at(&mut buf, pos)?;
+                if buf != d {
+                    anyhow::bail!("decoded bytes differ from the raw image near offset {pos}");
+                }
+            }
+            Piece::Zeros(z) => {
+                if pos + z > len {
+                    anyhow::bail!("decodes past the end of the raw image");
+                }
+                for (s, e) in sparse::data_extents(raw, pos, pos + z)? {
+                    let mut p = s;
+                    while p < e {
+                        let k = ((e - p) as usize).min(1 << 20);
+                        buf.resize(k, 0);
+                        raw.read_exact_at(&mut buf, p)?;
+                        if !sparse::is_zero(&buf) {
+                            anyhow::bail!("a zero run in the output covers data of the raw image at {p}");
+                        }
+                        p += k as u64;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .with_context(|| format!("{}: verifying", compressed.display()))?;
+    if n != len {
+        anyhow::bail!("{}: decodes to {n} B, the raw image has {len} B", compressed.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -308,9 +389,15 @@ mod tests {
         assert!(dec[..5 << 20].iter().all(|b| *b == 0));
         // Our parallel, zero-aware decoder gives the same bytes.
         let g = sparse::create(&d.path().join("out"), 0).unwrap();
-        assert_eq!(bunzip2_sparse(&out, &g, 2).unwrap(), 100 << 20);
+        assert_eq!(bunzip2_sparse(&out[..], &g, 2).unwrap(), 100 << 20);
         let mut back = Vec::new();
         std::io::Read::read_to_end(&mut std::fs::File::open(d.path().join("out")).unwrap(), &mut back).unwrap();
         assert_eq!(back, dec);
+        // verify_bz2 accepts it, and refuses a changed raw image.
+        let c = d.path().join("img.bz2");
+        std::fs::write(&c, &out).unwrap();
+        verify_bz2(&c, &f, 2).unwrap();
+        f.write_all_at(b"x", 50 << 20).unwrap();
+        assert!(verify_bz2(&c, &f, 2).is_err());
     }
 }
