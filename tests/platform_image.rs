@@ -150,3 +150,30 @@ fn platform_builds_are_reproducible_and_leave_no_raw() {
         assert_eq!(sha256_file(&out.join(&f)), sha256_file(&out2.join(&f)), "{f} differs between builds");
     }
 }
+
+#[test]
+fn qemu_platform_writes_a_qcow2_that_qemu_img_accepts() {
+    let tmp = open_tempdir();
+    let payload = tmp.path().join("payload");
+    make_bootable_payload(&payload);
+    let out = tmp.path().join("out");
+    let o = cli(&["build-image", "--platform", "qemu", "--base", payload.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--keep-raw"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let q = out.join("flatcar_production_qemu_image.img");
+    let info = sh(&format!("qemu-img info --output=json {}", q.display()));
+    let j: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(j["format"], "qcow2");
+    assert_eq!(j["virtual-size"], 25804800u64 * 512);
+    let (ok, o) = sh_status(&format!("qemu-img check {}", q.display()));
+    assert!(ok && o.contains("No errors were found"), "{o}");
+    // Only allocated clusters are stored: the file is far smaller than the disk.
+    assert!(std::fs::metadata(&q).unwrap().len() < 200 << 20);
+    // The OEM grub.cfg carries the platform's settings.
+    let conv = tmp.path().join("back.raw");
+    sh(&format!("qemu-img convert -f qcow2 -O raw {} {}", q.display(), conv.display()));
+    let (s, _) = part(&conv, "OEM");
+    let g = sh(&format!("debugfs -R 'cat /grub.cfg' '{}?offset={}' 2>/dev/null", conv.display(), s * 512));
+    assert!(g.contains("set oem_id=\"qemu\"") && g.contains("set linux_append=\"flatcar.autologin\""), "{g}");
+    let digests = std::fs::read_to_string(out.join("flatcar_production_qemu_image.img.DIGESTS")).unwrap();
+    sh(&format!("cd {} && echo '{}' | sha512sum -c --quiet", out.display(), digests.lines().nth(5).unwrap()));
+}

@@ -80,9 +80,17 @@ pub fn compress_file(raw: &Path, dest: &Path, compression: Compression, threads:
     let stats = match compression {
         Compression::Bz2 => Some(compress::bzip2_sparse(&src, len, &mut w, 9, threads, progress).with_context(|| format!("compressing {}", raw.display()))?),
         Compression::None => {
+            // Hash every byte, but keep the copy sparse.
+            drop(w);
+            let mut h = HashingWriter::new(std::io::sink());
             let mut r = std::io::BufReader::with_capacity(1 << 20, &src);
-            std::io::copy(&mut r, &mut w)?;
-            None
+            std::io::copy(&mut r, &mut h)?;
+            crate::io::sparse::splice(&src, 0, len, tmp.as_file(), 0, false)?;
+            tmp.as_file().set_len(len)?;
+            tmp.as_file().sync_all()?;
+            let (_, digests) = h.finish();
+            tmp.persist(dest).map_err(|e| anyhow!("{}: cannot rename into place: {}", dest.display(), e.error))?;
+            return Ok((len, digests, None));
         }
         other => bail!("compression {other:?} is not implemented yet"),
     };

@@ -85,9 +85,6 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
             );
         }
     }
-    if p.format != crate::oem::Format::Raw {
-        bail!("platform {}: disk format {:?} is not implemented yet", p.id, p.format);
-    }
     let t = std::time::Instant::now();
     let total = out.plan.total_bytes();
     let last = std::cell::Cell::new(0u64);
@@ -98,7 +95,28 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
             log(&format!("compress: {pct}%"));
         }
     };
-    let disk = artifacts::publish_disk(&out.image, &p.image_name, &req.output_dir, p.compression, req.threads, req.verify, &progress)?;
+    // The disk in the platform's format: raw as built, or qcow2 converted from it.
+    let _qcow2_guard;
+    let disk_src = match p.format {
+        crate::oem::Format::Raw => out.image.clone(),
+        crate::oem::Format::Qcow2 => {
+            let tmp = crate::image::partial_file(&req.output_dir, &p.image_name)?;
+            let raw = std::fs::File::open(&out.image)?;
+            let len = raw.metadata()?.len();
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file().try_clone()?);
+            let st = crate::io::qcow2::write(&raw, len, &mut w)?;
+            std::io::Write::flush(&mut w)?;
+            log(&format!("qcow2: {} data clusters, {} B", st.data_clusters, st.file_size));
+            if req.verify {
+                verify_qcow2(tmp.path(), &out.image)?;
+                log("verify: qemu-img check clean, qemu-img compare identical to the raw image");
+            }
+            let path = tmp.path().to_path_buf();
+            _qcow2_guard = tmp.into_temp_path();
+            path
+        }
+    };
+    let disk = artifacts::publish_disk(&disk_src, &p.image_name, &req.output_dir, p.compression, req.threads, req.verify, &progress)?;
     if req.verify {
         log(&format!("verify: {} decoded in full and compared with the raw image", disk.path.display()));
     }
@@ -113,4 +131,12 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
 pub fn read_list(path: &Path) -> Result<Vec<String>> {
     let t = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     Ok(t.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
+}
+
+/// `qemu-img check` and `qemu-img compare` against the raw image.
+pub fn verify_qcow2(qcow2: &Path, raw: &Path) -> Result<()> {
+    let qemu_img = crate::tools::path(crate::tools::Tool { program: "qemu-img", package: "qemu-utils" })?;
+    crate::fs::run(duct::cmd!(&qemu_img, "check", "-q", "-f", "qcow2", qcow2), "qemu-img check")?;
+    crate::fs::run(duct::cmd!(&qemu_img, "compare", "-q", "-f", "raw", "-F", "qcow2", raw, qcow2), "qemu-img compare")?;
+    Ok(())
 }

@@ -34,6 +34,7 @@ pub const TEST_TOOLS: &[Tool] = &[
     Tool { program: "bzip2", package: "bzip2" },
     Tool { program: "cpio", package: "cpio" },
     Tool { program: "qemu-system-x86_64", package: "qemu-system-x86" },
+    Tool { program: "qemu-img", package: "qemu-utils" },
     Tool { program: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf" },
     Tool { program: "ssh", package: "openssh-client" },
     Tool { program: "ssh-keygen", package: "openssh-client" },
