@@ -273,6 +273,7 @@ pub fn build_image(a: &BuildArgs) -> Result<()> {
         threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         sdk_version: env!("CARGO_PKG_VERSION").into(),
         verify: !a.no_verify,
+        progress: progress_bars(),
     };
     let out = forge::platform::build(&req, &log)?;
     eprintln!("\nbuilt {} ({} B)", out.disk.path.display(), out.disk.bytes);
@@ -499,4 +500,35 @@ fn compress_cmd(input: &Path, output: &Path, format: &str, verify: bool) -> Resu
     }
     eprintln!("sha512 {}", digests.sha512);
     Ok(())
+}
+
+/// Progress bars with throughput and ETA when stderr is a terminal; None
+/// (plain log lines) otherwise.
+fn progress_bars() -> Option<std::sync::Arc<dyn Fn(&str, u64, u64) + Send + Sync>> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let current: std::sync::Mutex<Option<(String, indicatif::ProgressBar)>> = std::sync::Mutex::new(None);
+    Some(std::sync::Arc::new(move |step: &str, done: u64, total: u64| {
+        let mut cur = current.lock().unwrap();
+        if cur.as_ref().map(|(s, _)| s.as_str()) != Some(step) {
+            if let Some((_, b)) = cur.take() {
+                b.finish();
+            }
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+                    .unwrap()
+                    .progress_chars("=> "),
+            );
+            b.set_message(step.to_string());
+            *cur = Some((step.to_string(), b));
+        }
+        let (_, b) = cur.as_ref().unwrap();
+        b.set_position(done);
+        if done >= total {
+            b.finish();
+        }
+    }))
 }
