@@ -25,6 +25,9 @@ pub struct CrateBin {
 pub struct Recipe {
     pub dir: PathBuf,
     pub name: String,
+    /// `payload` (an OS payload: kernel, modules, the payload contract) or
+    /// `rootfs` (a plain root tree, e.g. the SDK container), from the file `kind`.
+    pub kind: String,
     pub packages: Vec<String>,
     pub crates: Vec<CrateBin>,
 }
@@ -52,7 +55,11 @@ impl Recipe {
             }
         }
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "payload".into());
-        Ok(Recipe { dir: dir.to_path_buf(), name, packages, crates })
+        let kind = std::fs::read_to_string(dir.join("kind")).map(|k| k.trim().to_string()).unwrap_or_else(|_| "payload".into());
+        if kind != "payload" && kind != "rootfs" {
+            bail!("{}: kind '{kind}' is neither payload nor rootfs", dir.join("kind").display());
+        }
+        Ok(Recipe { dir: dir.to_path_buf(), name, kind, packages, crates })
     }
 
     /// Hash of the recipe's files (package list, crate list, overlay tree).
@@ -130,16 +137,23 @@ pub fn build(recipe: &Recipe, cache: &Cache, epoch: i64, log: &dyn Fn(&str)) -> 
         unpack_deb(deb, &staging).with_context(|| format!("unpacking {}", deb.display()))?;
     }
     merge_usr(&staging)?;
-    install_kernel(&staging)?;
+    let payload = recipe.kind == "payload";
+    if payload {
+        install_kernel(&staging)?;
+    }
     for (c, p) in &bins {
         let d = staging.join(&c.dest);
         std::fs::create_dir_all(d.parent().unwrap())?;
         std::fs::copy(p, &d).with_context(|| format!("installing {} to {}", p.display(), c.dest))?;
     }
     copy_overlay(&recipe.dir.join("overlay"), &staging)?;
-    depmod(&staging)?;
+    if payload {
+        depmod(&staging)?;
+    }
     clamp_times(&staging, epoch)?;
-    crate::payload::Payload::open(&staging).context("the assembled payload breaks the payload contract")?;
+    if payload {
+        crate::payload::Payload::open(&staging).context("the assembled payload breaks the payload contract")?;
+    }
     std::fs::rename(&staging, &root)?;
     std::fs::write(out.join(".complete"), "")?;
     log(&format!("payload '{}': ready at {}", recipe.name, root.display()));

@@ -88,6 +88,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_args: Vec<String>,
     },
+    /// Build the SDK container image (forge-sdk:latest) from sdk/ with podman (or docker).
+    SdkImage {
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Container engine (default: podman if present, else docker).
+        #[arg(long)]
+        engine: Option<String>,
+    },
     /// Check the host tools; with --install (as root), apt-get the missing ones.
     Deps {
         #[arg(long)]
@@ -175,6 +183,7 @@ pub fn main_with<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         Cmd::Compress { input, output, format, no_verify } => compress_cmd(&input, &output, &format, !no_verify),
         Cmd::Payload { recipe, cache_dir } => demo_payload(recipe.as_deref(), cache_dir.as_deref()).map(|p| println!("{}", p.display())),
         Cmd::Deps { install } => deps::ensure(install),
+        Cmd::SdkImage { cache_dir, engine } => sdk_image(cache_dir.as_deref(), engine.as_deref()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,7 +200,7 @@ fn logger() -> impl Fn(&str) {
 }
 
 pub fn default_epoch(base: &Path) -> Result<i64> {
-    if let Some(v) = std::env::var_os("SOURCE_DATE_EPOCH") {
+    if let Some(v) = std::env::var_os("SOURCE_DATE_EPOCH").filter(|v| !v.is_empty()) {
         let s = v.to_string_lossy();
         return s.trim().parse().map_err(|_| anyhow!("SOURCE_DATE_EPOCH={s} is not an integer"));
     }
@@ -436,7 +445,7 @@ pub fn cache_dir(arg: Option<&Path>) -> PathBuf {
 
 /// The epoch payloads built from recipes are stamped with.
 pub fn recipe_epoch() -> Result<i64> {
-    match std::env::var_os("SOURCE_DATE_EPOCH") {
+    match std::env::var_os("SOURCE_DATE_EPOCH").filter(|v| !v.is_empty()) {
         Some(v) => v.to_string_lossy().trim().parse().map_err(|_| anyhow!("SOURCE_DATE_EPOCH is not an integer")),
         // Fixed default: rebuilds are identical unless the caller asks otherwise.
         None => Ok(1_700_000_000),
@@ -531,4 +540,35 @@ fn progress_bars() -> Option<std::sync::Arc<dyn Fn(&str, u64, u64) + Send + Sync
             b.finish();
         }
     }))
+}
+
+/// The SDK image: the sdk/ recipe's root tree (built without root, like a
+/// payload), packed into a tar with fixed owners, order and times, imported
+/// as `forge-sdk:latest` (and `forge-sdk:<recipe hash>`).
+fn sdk_image(cache: Option<&Path>, engine: Option<&str>) -> Result<()> {
+    let engine = match engine {
+        Some(e) => e.to_string(),
+        None => ["podman", "docker"].iter().find(|e| forge::tools::find(e).is_some()).map(|e| e.to_string()).ok_or_else(|| anyhow!("neither podman nor docker is installed (apt-get install podman runc)"))?,
+    };
+    let recipe = forge::recipe::Recipe::load(&repo_root().join("sdk"))?;
+    let c = forge::recipe::Cache { root: cache_dir(cache) };
+    let log = logger();
+    let epoch = recipe_epoch()?;
+    let root = forge::recipe::build(&recipe, &c, epoch, &log)?;
+    let tag = &recipe.hash()?[..12];
+    let tar = root.parent().unwrap().join("sdk.tar");
+    log(&format!("packing {} into {}", root.display(), tar.display()));
+    forge::fs::run(
+        duct::cmd!("tar", "--sort=name", "--numeric-owner", "--owner=0", "--group=0", format!("--mtime=@{epoch}"), "--clamp-mtime", "-C", &root, "-cf", &tar, "."),
+        "tar",
+    )?;
+    log(&format!("importing into {engine} as forge-sdk:latest and forge-sdk:{tag}"));
+    let id = forge::fs::run(
+        duct::cmd!(&engine, "import", "--change", "CMD [\"/bin/bash\"]", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "--change", format!("LABEL forge.sdk.recipe={tag}"), &tar, format!("forge-sdk:{tag}")),
+        &format!("{engine} import"),
+    )?;
+    forge::fs::run(duct::cmd!(&engine, "tag", format!("forge-sdk:{tag}"), "forge-sdk:latest"), &format!("{engine} tag"))?;
+    let _ = std::fs::remove_file(&tar);
+    println!("forge-sdk:latest ({})", id.trim().lines().last().unwrap_or(""));
+    Ok(())
 }
