@@ -40,6 +40,9 @@ pub const TEST_TOOLS: &[Tool] = &[
     Tool { program: "ssh-keygen", package: "openssh-client" },
     Tool { program: "lbzip2", package: "lbzip2" },
     Tool { program: "pbzip2", package: "pbzip2" },
+    // the SDK container
+    Tool { program: "podman", package: "podman" },
+    Tool { program: "runc", package: "runc" },
 ];
 
 pub fn missing_of(set: &[Tool]) -> Vec<Tool> {

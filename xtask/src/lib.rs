@@ -426,6 +426,35 @@ fn run_tests(no_boot: bool, extra: &[String]) -> Result<()> {
             failed += 1; // the boot test itself failed before its checks
         }
     }
+    // Parity: the same build in the SDK container gives the same bytes, and
+    // the boot test passes when run inside the container too.
+    if forge::tools::find("podman").is_some() || forge::tools::find("docker").is_some() {
+        log("test: SDK container image and parity build");
+        let script = repo_root().join("run_sdk_container");
+        let sdk_out = repo_root().join("target/ci-sdk");
+        let _ = std::fs::remove_dir_all(&sdk_out);
+        let built = std::process::Command::new(&script).arg("--build-image").args(["cargo", "xtask", "build-image", "--platform", "hetzner", "--output-dir"]).arg(&sdk_out).status()?.success();
+        let same_bytes = built && same(&out_dir, &sdk_out)?;
+        println!("[{}] {} build-image --platform hetzner inside the SDK container gives the host build's sha256", if same_bytes { "ok" } else { "!!" }, if same_bytes { "PASS" } else { "FAIL" });
+        if same_bytes { passed += 1 } else { failed += 1 }
+        let o = std::process::Command::new(&script)
+            .args(["cargo", "xtask", "boot-test"])
+            .arg(sdk_out.join("flatcar_production_hetzner_image.bin.bz2"))
+            .args(["--firmware", "bios", "--no-negative"])
+            .output()?;
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+        let f = text.lines().filter(|l| l.contains("] FAIL ")).count();
+        let ok = o.status.success() && f == 0;
+        println!("[{}] {} the BIOS boot test passes inside the SDK container ({} checks)", if ok { "ok" } else { "!!" }, if ok { "PASS" } else { "FAIL" }, text.lines().filter(|l| l.contains("] PASS ")).count());
+        if !ok {
+            print!("{text}");
+            failed += 1;
+        } else {
+            passed += 1;
+        }
+    } else {
+        println!("neither podman nor docker: the SDK container parity checks are not run");
+    }
     if !unit_ok {
         println!("cargo test reported failures (see above)");
     }
