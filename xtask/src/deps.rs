@@ -57,18 +57,7 @@ pub fn missing() -> Vec<Tool> {
 
 /// Names every missing build tool and its package (no installing).
 pub fn check_build() -> Result<()> {
-    let miss = missing_of(BUILD_TOOLS);
-    if miss.is_empty() {
-        return Ok(());
-    }
-    let mut pkgs: Vec<&str> = miss.iter().map(|t| t.package).collect();
-    pkgs.sort();
-    pkgs.dedup();
-    bail!(
-        "missing host tools: {} — install them with: sudo apt-get install {} (or run `cargo xtask deps --install` as root)",
-        miss.iter().map(|t| t.program).collect::<Vec<_>>().join(", "),
-        pkgs.join(" ")
-    )
+    tools::require(BUILD_TOOLS).map_err(|e| anyhow::anyhow!("{e} (as root, `cargo xtask deps --install` does it)"))
 }
 
 /// Makes sure every host tool is present: installs the missing packages when
@@ -94,9 +83,5 @@ pub fn ensure(install: bool) -> Result<()> {
         }
         return Ok(());
     }
-    bail!(
-        "missing host tools: {} — install them with: sudo apt-get install {}",
-        miss.iter().map(|t| t.program).collect::<Vec<_>>().join(", "),
-        pkgs.join(" ")
-    )
+    tools::require(&miss)
 }
