@@ -168,7 +168,7 @@ fn start_vm(cfg: &Config, disk: &Path, serial: &Path, work: &Path, values_file: 
         "-machine".into(), "q35".into(),
         "-accel".into(), cfg.accel.clone(),
         "-m".into(), "2048".into(),
-        "-smp".into(), "2".into(),
+        "-smp".into(), "1".into(),
         "-display".into(), "none".into(),
         "-monitor".into(), "none".into(),
         "-no-reboot".into(),
