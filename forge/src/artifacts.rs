@@ -76,32 +76,31 @@ pub fn compress_file(raw: &Path, dest: &Path, compression: Compression, threads:
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     crate::image::clean_stale(dir);
     let tmp = crate::image::partial_file(dir, &name)?;
-    let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp.as_file().try_clone()?));
-    let stats = match compression {
-        Compression::Bz2 => Some(compress::bzip2_sparse(&src, len, &mut w, 9, threads, progress).with_context(|| format!("compressing {}", raw.display()))?),
+    let result = match compression {
+        Compression::Bz2 => {
+            let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp.as_file().try_clone()?));
+            let st = compress::bzip2_sparse(&src, len, &mut w, 9, threads, progress).with_context(|| format!("compressing {}", raw.display()))?;
+            let bytes = w.bytes;
+            let (inner, digests) = w.finish();
+            inner.into_inner().map_err(|e| anyhow!("flushing {name}: {}", e.error()))?.sync_all()?;
+            if verify {
+                compress::verify_bz2(tmp.path(), &src, threads)?;
+            }
+            (bytes, digests, Some(st))
+        }
         Compression::None => {
             // Hash every byte, but keep the copy sparse.
-            drop(w);
             let mut h = HashingWriter::new(std::io::sink());
-            let mut r = std::io::BufReader::with_capacity(1 << 20, &src);
-            std::io::copy(&mut r, &mut h)?;
+            std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, &src), &mut h)?;
             crate::io::sparse::splice(&src, 0, len, tmp.as_file(), 0, false)?;
             tmp.as_file().set_len(len)?;
             tmp.as_file().sync_all()?;
-            let (_, digests) = h.finish();
-            tmp.persist(dest).map_err(|e| anyhow!("{}: cannot rename into place: {}", dest.display(), e.error))?;
-            return Ok((len, digests, None));
+            (len, h.finish().1, None)
         }
         other => bail!("compression {other:?} is not implemented yet"),
     };
-    let bytes = w.bytes;
-    let (inner, digests) = w.finish();
-    inner.into_inner().map_err(|e| anyhow!("flushing {name}: {}", e.error()))?.sync_all()?;
-    if verify && compression == Compression::Bz2 {
-        compress::verify_bz2(tmp.path(), &src, threads)?;
-    }
     tmp.persist(dest).map_err(|e| anyhow!("{}: cannot rename into place: {}", dest.display(), e.error))?;
-    Ok((bytes, digests, stats))
+    Ok(result)
 }
 
 /// Compresses the raw image at `raw` into `out_dir/<image_name><suffix>`

@@ -215,10 +215,6 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str)) -> Result<BuildOutput> {
     Ok(BuildOutput { image: image_path, plan, filesystems, verity: verity_infos, verity_file, stages: st.0, allocated, temp })
 }
 
-fn p_usr_type() -> uuid::Uuid {
-    uuid::Uuid::parse_str("5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6").unwrap()
-}
-
 /// What goes into a partition, by where the OS mounts it.
 fn content_for(req: &BuildRequest, payload: &Payload, plan: &DiskPlan, p: &PartitionPlan, verity: &[(u32, String, VerityInfo)]) -> Result<Content> {
     Ok(match p.mount.as_deref() {
@@ -241,7 +237,7 @@ fn content_for(req: &BuildRequest, payload: &Payload, plan: &DiskPlan, p: &Parti
                 let slots: Vec<crate::boot::grub::Slot> = plan
                     .partitions
                     .iter()
-                    .filter(|q| q.mount.as_deref() == Some("/usr") || q.type_guid == p_usr_type())
+                    .filter(|q| q.mount.as_deref() == Some("/usr") || Some(q.type_guid) == crate::layout::type_guid("flatcar-rootfs"))
                     .filter_map(|q| slot_of(q).map(|letter| crate::boot::grub::Slot { letter, partuuid: q.uuid.to_string() }))
                     .collect();
                 let ctx = crate::boot::grub::ConfigContext::flatcar(&b.os_name, slots);

@@ -607,12 +607,13 @@ impl LayoutFile {
     }
 }
 
+/// The GPT type GUID of a named partition type (`efi`, `bios`, `flatcar-rootfs`, …).
+pub fn type_guid(name: &str) -> Option<Uuid> {
+    PARTITION_TYPES.iter().find(|(n, _, _)| *n == name).map(|(_, g, _)| Uuid::parse_str(g).unwrap())
+}
+
 fn parse_type(kind: &str) -> Option<Uuid> {
-    PARTITION_TYPES
-        .iter()
-        .find(|(n, _, _)| *n == kind)
-        .map(|(_, g, _)| Uuid::parse_str(g).unwrap())
-        .or_else(|| Uuid::parse_str(kind).ok().filter(|u| !u.is_nil()))
+    type_guid(kind).or_else(|| Uuid::parse_str(kind).ok().filter(|u| !u.is_nil()))
 }
 
 fn parse_layout(f: &str, name: &str, entries: Pairs<Value>) -> Result<RawLayout> {

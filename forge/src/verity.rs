@@ -163,18 +163,8 @@ pub fn format(
         Ok(())
     })?;
 
-    // Build levels bottom-up; each level's blocks hold the digests of the level below.
-    let mut levels: Vec<Vec<u8>> = Vec::new();
-    let mut digests = level0;
-    for &n in &sizes {
-        let mut blocks = vec![0u8; (n * BLOCK) as usize];
-        for (i, d) in digests.iter().enumerate() {
-            blocks[i * DIGEST..(i + 1) * DIGEST].copy_from_slice(d);
-        }
-        digests = blocks.chunks(BLOCK as usize).map(|b| hash_block(&salt, b)).collect();
-        levels.push(blocks);
-    }
-    let root_hash = digests[0];
+    let (levels, root_hash) = build_levels(level0, &salt);
+    debug_assert_eq!(levels.iter().map(|l| l.len() as u64 / BLOCK).collect::<Vec<_>>(), sizes);
 
     // Superblock, then the top level first, level 0 last.
     let sb = superblock(data_blocks, &salt, uuid);
@@ -195,6 +185,26 @@ pub fn format(
         hash_bytes,
         uuid,
     })
+}
+
+/// The hash tree above `level0` (digests of the data blocks), level 0 first:
+/// each level's blocks hold the digests of the level below, zero-padded; the
+/// root hash is the digest of the single top block.
+fn build_levels(level0: Vec<[u8; 32]>, salt: &[u8]) -> (Vec<Vec<u8>>, [u8; 32]) {
+    let mut levels = Vec::new();
+    let mut digests = level0;
+    loop {
+        let n = (digests.len() as u64).div_ceil(PER_BLOCK);
+        let mut blocks = vec![0u8; (n * BLOCK) as usize];
+        for (i, d) in digests.iter().enumerate() {
+            blocks[i * DIGEST..(i + 1) * DIGEST].copy_from_slice(d);
+        }
+        digests = blocks.chunks(BLOCK as usize).map(|b| hash_block(salt, b)).collect();
+        levels.push(blocks);
+        if n <= 1 {
+            return (levels, digests[0]);
+        }
+    }
 }
 
 fn superblock(data_blocks: u64, salt: &[u8; 32], uuid: Uuid) -> [u8; 512] {
@@ -253,18 +263,8 @@ pub fn compute_root(image: &File, part_offset: u64, hash_offset: u64) -> Result<
     }
     let zero = hash_block(&sb.salt, &[0u8; BLOCK as usize]);
     let extents = sparse::data_extents(image, part_offset, part_offset + sb.data_blocks * BLOCK)?;
-    let mut digests = hash_data(image, part_offset, 0, sb.data_blocks, &extents, &sb.salt, &zero)?;
-    loop {
-        let n = (digests.len() as u64).div_ceil(PER_BLOCK);
-        let mut blocks = vec![0u8; (n * BLOCK) as usize];
-        for (i, d) in digests.iter().enumerate() {
-            blocks[i * DIGEST..(i + 1) * DIGEST].copy_from_slice(d);
-        }
-        digests = blocks.chunks(BLOCK as usize).map(|b| hash_block(&sb.salt, b)).collect();
-        if n <= 1 {
-            return Ok(Some(digests[0]));
-        }
-    }
+    let level0 = hash_data(image, part_offset, 0, sb.data_blocks, &extents, &sb.salt, &zero)?;
+    Ok(Some(build_levels(level0, &sb.salt).1))
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ pub fn install_bios(image: &File, plan: &DiskPlan, boot_img: &[u8], core_img: &[
     let bios = plan
         .partitions
         .iter()
-        .find(|p| p.type_guid == uuid::Uuid::parse_str("21686148-6449-6e6f-744e-656564454649").unwrap())
+        .find(|p| Some(p.type_guid) == crate::layout::type_guid("bios"))
         .context("the layout has no BIOS boot partition (type bios) for GRUB's core.img")?;
     let sectors = core_img.len().div_ceil(512) as u64;
     if sectors > bios.blocks {
