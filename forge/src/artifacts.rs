@@ -68,27 +68,33 @@ pub struct Artifact {
 
 /// Compresses `raw` to `dest` (under a temporary name, verified by a full
 /// decode unless `verify` is off, then renamed); returns the compressed size,
-/// its digests and the compressor's statistics.
-pub fn compress_file(raw: &Path, dest: &Path, compression: Compression, threads: usize, verify: bool, progress: &dyn Fn(u64)) -> Result<(u64, Digests, Option<compress::Stats>)> {
+/// its digests and the compressor's statistics. `level` defaults to the
+/// stock tool's. `progress` gets (step, bytes done, bytes total).
+pub fn compress_file(raw: &Path, dest: &Path, compression: Compression, level: Option<u32>, threads: usize, verify: bool, progress: &dyn Fn(&str, u64, u64)) -> Result<(u64, Digests, Option<compress::Stats>)> {
     let src = std::fs::File::open(raw).with_context(|| format!("{}: cannot open", raw.display()))?;
     let len = src.metadata()?.len();
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     crate::image::clean_stale(dir);
     let tmp = crate::image::partial_file(dir, &name)?;
-    let result = match compression {
-        Compression::Bz2 => {
+    let result = match compression.codec() {
+        Some(codec) => {
+            let level = level.unwrap_or(codec.default_level());
             let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp.as_file().try_clone()?));
-            let st = compress::bzip2_sparse(&src, len, &mut w, 9, threads, progress).with_context(|| format!("compressing {}", raw.display()))?;
+            let st = compress::compress_sparse(&src, len, &mut w, codec, level, threads, &|d| progress("compress", d, len))
+                .with_context(|| format!("compressing {} into {}", raw.display(), dest.display()))?;
             let bytes = w.bytes;
             let (inner, digests) = w.finish();
-            inner.into_inner().map_err(|e| anyhow!("flushing {name}: {}", e.error()))?.sync_all()?;
+            inner.into_inner().map_err(|e| anyhow!("{}: writing: {}", dest.display(), e.error()))?.sync_all().with_context(|| format!("{}: writing", dest.display()))?;
             if verify {
-                compress::verify_bz2(tmp.path(), &src, threads)?;
+                compress::verify(tmp.path(), &src, codec, &st.members, threads, &|d| progress("verify", d, len))?;
             }
             (bytes, digests, Some(st))
         }
-        Compression::None => {
+        None => {
+            if level.is_some() {
+                bail!("a compression level was given for an uncompressed output");
+            }
             // Hash every byte, but keep the copy sparse.
             let mut h = HashingWriter::new(std::io::sink());
             std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, &src), &mut h)?;
@@ -97,7 +103,6 @@ pub fn compress_file(raw: &Path, dest: &Path, compression: Compression, threads:
             tmp.as_file().sync_all()?;
             (len, h.finish().1, None)
         }
-        other => bail!("compression {other:?} is not implemented yet"),
     };
     tmp.persist(dest).map_err(|e| anyhow!("{}: cannot rename into place: {}", dest.display(), e.error))?;
     Ok(result)
@@ -105,12 +110,12 @@ pub fn compress_file(raw: &Path, dest: &Path, compression: Compression, threads:
 
 /// Compresses the raw image at `raw` into `out_dir/<image_name><suffix>`
 /// with its DIGESTS. The raw file is left in place.
-pub fn publish_disk(raw: &Path, image_name: &str, out_dir: &Path, compression: Compression, threads: usize, verify: bool, progress: &dyn Fn(u64)) -> Result<Artifact> {
+pub fn publish_disk(raw: &Path, image_name: &str, out_dir: &Path, compression: Compression, level: Option<u32>, threads: usize, verify: bool, progress: &dyn Fn(&str, u64, u64)) -> Result<Artifact> {
     let name = format!("{image_name}{}", compression.suffix());
     let final_path = out_dir.join(&name);
     let digests_path = out_dir.join(format!("{name}.DIGESTS"));
     // The DIGESTS go first under their final name only after the disk is in place.
-    let (bytes, digests, stats) = compress_file(raw, &final_path, compression, threads, verify, progress)?;
+    let (bytes, digests, stats) = compress_file(raw, &final_path, compression, level, threads, verify, progress)?;
     crate::image::write_atomic(&digests_path, digests.render(&name).as_bytes())?;
     Ok(Artifact { path: final_path, bytes, digests_path, stats })
 }

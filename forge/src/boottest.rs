@@ -12,7 +12,7 @@ use crate::io::sparse;
 use crate::metadata::Values;
 use crate::table;
 use anyhow::{anyhow, bail, Context, Result};
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -74,14 +74,13 @@ impl Outcome {
     }
 }
 
-/// Writes the image (raw or .bz2) as a sparse raw disk of `disk_bytes`.
+/// Writes the image (raw, .bz2, .gz, .zst or .xz) as a sparse raw disk of `disk_bytes`.
 pub fn prepare_disk(image: &Path, dest: &Path, disk_bytes: u64) -> Result<()> {
     let out = sparse::create(dest, 0)?;
     let f = std::fs::File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
-    let name = image.to_string_lossy();
-    let written = if name.ends_with(".bz2") {
+    let written = if let Some(codec) = crate::io::codec::Codec::from_path(image) {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        crate::io::compress::bunzip2_sparse(BufReader::with_capacity(1 << 20, f), &out, threads).with_context(|| format!("{}: decompressing", image.display()))?
+        crate::io::compress::decompress_sparse(image, codec, &out, threads).with_context(|| format!("{}: decompressing", image.display()))?
     } else {
         let len = f.metadata()?.len();
         sparse::splice(&f, 0, len, &out, 0, false)?;

@@ -16,6 +16,7 @@ pub mod metadata;
 pub mod oem;
 pub mod payload;
 pub mod platform;
+pub mod progress;
 pub mod recipe;
 pub mod seed;
 pub mod table;

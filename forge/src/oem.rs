@@ -39,6 +39,17 @@ impl Compression {
             Compression::Xz => ".xz",
         }
     }
+
+    pub fn codec(self) -> Option<crate::io::codec::Codec> {
+        use crate::io::codec::Codec;
+        match self {
+            Compression::None => None,
+            Compression::Bz2 => Some(Codec::Bz2),
+            Compression::Gz => Some(Codec::Gz),
+            Compression::Zst => Some(Codec::Zst),
+            Compression::Xz => Some(Codec::Xz),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -66,6 +77,8 @@ pub struct Platform {
     pub layout: String,
     pub format: Format,
     pub compression: Compression,
+    /// Defaults to the stock tool's level (bzip2 9, gzip 6, zstd 3, xz 6).
+    pub compression_level: Option<u32>,
     pub image_name: String,
     #[serde(default)]
     pub firmware: Vec<String>,
@@ -104,6 +117,12 @@ pub fn load(oem_root: &Path, id: &str) -> Result<Platform> {
     }
     if !p.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
         bail!("{}: id '{}' may hold only a-z, 0-9, '-' and '_'", file.display(), p.id);
+    }
+    if let Some(level) = p.compression_level {
+        match p.compression.codec() {
+            Some(c) => c.check_level(level).map_err(|e| anyhow!("{}: compression_level: {e}", file.display()))?,
+            None => bail!("{}: compression_level is set but compression is none", file.display()),
+        }
     }
     p.dir = dir;
     Ok(p)

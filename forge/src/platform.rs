@@ -34,7 +34,7 @@ pub struct PlatformRequest {
     /// Check everything before publishing (fsck, GPT, verity, a full decode of the compressed disk).
     pub verify: bool,
     /// Progress of long steps: (step, bytes done, bytes total). None: log lines every 10 %.
-    pub progress: Option<Arc<dyn Fn(&str, u64, u64) + Send + Sync>>,
+    pub progress: Option<crate::progress::Sink>,
 }
 
 pub struct PlatformOutput {
@@ -88,18 +88,7 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
         }
     }
     let t = std::time::Instant::now();
-    let total = out.plan.total_bytes();
-    let last = std::cell::Cell::new(0u64);
-    let progress = |done: u64| match &req.progress {
-        Some(f) => f("compress", done, total),
-        None => {
-            let pct = done * 100 / total.max(1);
-            if pct >= last.get() + 10 {
-                last.set(pct);
-                log(&format!("compress: {pct}%"));
-            }
-        }
-    };
+    let progress = crate::progress::reporter(req.progress.as_ref(), log);
     // The disk in the platform's format: raw as built, or qcow2 converted from it.
     let _qcow2_guard;
     let disk_src = match p.format {
@@ -121,7 +110,7 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
             path
         }
     };
-    let disk = artifacts::publish_disk(&disk_src, &p.image_name, &req.output_dir, p.compression, req.threads, req.verify, &progress)?;
+    let disk = artifacts::publish_disk(&disk_src, &p.image_name, &req.output_dir, p.compression, p.compression_level, req.threads, req.verify, &progress)?;
     if req.verify {
         log(&format!("verify: {} decoded in full and compared with the raw image", disk.path.display()));
     }

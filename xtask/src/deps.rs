@@ -40,6 +40,10 @@ pub const TEST_TOOLS: &[Tool] = &[
     Tool { program: "ssh-keygen", package: "openssh-client" },
     Tool { program: "lbzip2", package: "lbzip2" },
     Tool { program: "pbzip2", package: "pbzip2" },
+    Tool { program: "gzip", package: "gzip" },
+    Tool { program: "pigz", package: "pigz" },
+    Tool { program: "zstd", package: "zstd" },
+    Tool { program: "xz", package: "xz-utils" },
     // the SDK container
     Tool { program: "podman", package: "podman" },
     Tool { program: "runc", package: "runc" },

@@ -65,8 +65,12 @@ enum Cmd {
     Compress {
         input: PathBuf,
         output: PathBuf,
+        /// none, bz2, gz, zst or xz.
         #[arg(long, default_value = "bz2")]
         format: String,
+        /// The format's level (default: the stock tool's: bz2 9, gz 6, zst 3, xz 6).
+        #[arg(long)]
+        level: Option<u32>,
         /// Skip the full decode-and-compare before publishing.
         #[arg(long)]
         no_verify: bool,
@@ -180,7 +184,7 @@ pub fn main_with<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         Cmd::Test { no_boot, cargo_args } => run_tests(no_boot, &cargo_args),
         Cmd::BootTest { image, platform, firmware, disk_gib, timeout, no_negative, accel } => boot_test(&image, &platform, &firmware, disk_gib, timeout, !no_negative, &accel),
         Cmd::MetadataRespond { values, log } => metadata_respond(&values, log.as_deref()),
-        Cmd::Compress { input, output, format, no_verify } => compress_cmd(&input, &output, &format, !no_verify),
+        Cmd::Compress { input, output, format, level, no_verify } => compress_cmd(&input, &output, &format, level, !no_verify),
         Cmd::Payload { recipe, cache_dir } => demo_payload(recipe.as_deref(), cache_dir.as_deref()).map(|p| println!("{}", p.display())),
         Cmd::Deps { install } => deps::ensure(install),
         Cmd::SdkImage { cache_dir, engine } => sdk_image(cache_dir.as_deref(), engine.as_deref()),
@@ -525,16 +529,24 @@ fn metadata_respond(values: &Path, log: Option<&Path>) -> Result<()> {
     forge::metadata::respond(&v, &mut input, &mut output, log)
 }
 
-fn compress_cmd(input: &Path, output: &Path, format: &str, verify: bool) -> Result<()> {
-    let compression = match format {
-        "bz2" => forge::oem::Compression::Bz2,
-        "none" => forge::oem::Compression::None,
-        other => bail!("--format {other}: only bz2 and none are implemented so far"),
-    };
+fn compress_cmd(input: &Path, output: &Path, format: &str, level: Option<u32>, verify: bool) -> Result<()> {
+    let compression: forge::oem::Compression = serde_json::from_value(serde_json::Value::String(format.to_string())).map_err(|_| anyhow!("--format {format}: expected none, bz2, gz, zst or xz"))?;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let (bytes, digests, stats) = forge::artifacts::compress_file(input, output, compression, threads, verify, &|_| {})?;
+    let bars = progress_bars();
+    let log = logger();
+    let progress = forge::progress::reporter(bars.as_ref(), &log);
+    let t = std::time::Instant::now();
+    let (bytes, digests, stats) = forge::artifacts::compress_file(input, output, compression, level, threads, verify, &progress)?;
     if let Some(st) = stats {
-        eprintln!("{} B in, {bytes} B out, {} streams ({} B data, {} B zero runs)", st.input, st.streams, st.data_bytes, st.zero_bytes);
+        eprintln!(
+            "{} B in, {bytes} B out in {:.1}s, {} members ({} B data, {} B zero runs){}",
+            st.input,
+            t.elapsed().as_secs_f64(),
+            st.members.len(),
+            st.data_bytes,
+            st.zero_bytes,
+            if verify { ", verified by a full decode" } else { ", NOT verified (--no-verify)" }
+        );
     }
     eprintln!("sha512 {}", digests.sha512);
     Ok(())
@@ -542,7 +554,7 @@ fn compress_cmd(input: &Path, output: &Path, format: &str, verify: bool) -> Resu
 
 /// Progress bars with throughput and ETA when stderr is a terminal; None
 /// (plain log lines) otherwise.
-fn progress_bars() -> Option<std::sync::Arc<dyn Fn(&str, u64, u64) + Send + Sync>> {
+fn progress_bars() -> Option<forge::progress::Sink> {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {
         return None;

@@ -1,114 +1,41 @@
-//! bzip2 for sparse disk images, on every core, without pushing zero runs
-//! through the compressor byte by byte.
+//! Compression of sparse disk images on every core, without pushing zero
+//! runs through the compressor byte by byte.
 //!
-//! The image is cut into segments: data (up to `DATA_CHUNK` bytes,
-//! compressed as an independent bzip2 stream, several at once) and zero runs
-//! of at least `MIN_ZERO_RUN` (found with SEEK_DATA/SEEK_HOLE and all-zero
-//! 4 KiB blocks), emitted as precomputed bzip2 streams of zeros. The output
-//! is ordinary multi-stream bzip2: `bzip2 -d`, `bzip2 -cd | dd conv=sparse`
-//! and every other decoder turn it back into the exact image. Memory stays
-//! bounded by (threads × 2) chunks whatever the image size.
+//! One pass over the image: a reader walks the data extents
+//! (SEEK_DATA/SEEK_HOLE) and cuts them into data chunks (up to `DATA_CHUNK`
+//! bytes) and zero runs (holes and all-zero 4 KiB blocks, at least
+//! `MIN_ZERO_RUN` long; shorter runs stay inside the data). Workers compress
+//! the chunks as independent members (`io::codec`), a writer puts them back
+//! in order and emits each zero run as precomputed members of zeros. The
+//! result is an ordinary multi-member file of the format (bzip2 streams, gzip
+//! members, zstd frames, xz streams) that the stock tools decode into the
+//! exact image, e.g. `bzip2 -cd | dd of=DISK bs=4M conv=sparse`. Memory is
+//! bounded by `IN_FLIGHT` chunks whatever the image size.
 
+use crate::io::codec::Codec;
 use crate::io::sparse;
-use anyhow::{Context, Result};
-use std::collections::HashMap;
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::sync::mpsc;
+use std::sync::Mutex;
 
-pub const DATA_CHUNK: u64 = 8 << 20;
+pub const DATA_CHUNK: usize = 8 << 20;
 pub const MIN_ZERO_RUN: u64 = 1 << 20;
-/// Zero streams are emitted in units of this many bytes (one bzip2 block).
+/// Zero runs are emitted in members of at most this many bytes.
 const ZERO_UNIT: u64 = 32 << 20;
-const BLOCK: u64 = 4096;
+const BLOCK: usize = sparse::BLOCK;
+const READ: usize = 1 << 20;
 
+/// Where one member sits in the output and what it stands for in the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Seg {
-    Data(u64, u64),
-    Zero(u64),
-}
-
-/// Splits `[0, len)` of `f` into data and zero segments.
-fn segments(f: &File, len: u64) -> Result<Vec<Seg>> {
-    // First pass: extents; within extents, all-zero blocks are found while
-    // reading, so here we only split on holes.
-    let mut out = Vec::new();
-    let mut pos = 0;
-    let push_zero = |out: &mut Vec<Seg>, n: u64| {
-        if n > 0 {
-            if let Some(Seg::Zero(z)) = out.last_mut() {
-                *z += n;
-            } else {
-                out.push(Seg::Zero(n));
-            }
-        }
-    };
-    let mut buf = vec![0u8; 1 << 20];
-    for (s, e) in sparse::data_extents(f, 0, len)? {
-        push_zero(&mut out, s - pos);
-        // Scan the extent for zero runs of at least MIN_ZERO_RUN.
-        let mut p = s;
-        let mut data_start = s;
-        let mut zero_start: Option<u64> = None;
-        while p < e {
-            let n = ((e - p) as usize).min(buf.len());
-            f.read_exact_at(&mut buf[..n], p)?;
-            for (i, blk) in buf[..n].chunks(BLOCK as usize).enumerate() {
-                let at = p + i as u64 * BLOCK;
-                if sparse::is_zero(blk) {
-                    zero_start.get_or_insert(at);
-                } else if let Some(z) = zero_start.take() {
-                    if at - z >= MIN_ZERO_RUN {
-                        push_data(&mut out, data_start, z);
-                        push_zero(&mut out, at - z);
-                        data_start = at;
-                    }
-                }
-            }
-            p += n as u64;
-        }
-        match zero_start {
-            Some(z) if e - z >= MIN_ZERO_RUN => {
-                push_data(&mut out, data_start, z);
-                push_zero(&mut out, e - z);
-            }
-            _ => push_data(&mut out, data_start, e),
-        }
-        pos = e;
-    }
-    push_zero(&mut out, len - pos);
-    Ok(out)
-}
-
-fn push_data(out: &mut Vec<Seg>, start: u64, end: u64) {
-    let mut s = start;
-    while s < end {
-        let n = (end - s).min(DATA_CHUNK);
-        out.push(Seg::Data(s, n));
-        s += n;
-    }
-}
-
-fn bz2(data: &[u8], level: u32) -> Result<Vec<u8>> {
-    let mut e = bzip2::write::BzEncoder::new(Vec::with_capacity(data.len() / 3 + 128), bzip2::Compression::new(level));
-    e.write_all(data)?;
-    Ok(e.finish()?)
-}
-
-/// Precomputed streams of zeros, by length.
-struct Zeros {
-    level: u32,
-    cache: HashMap<u64, Vec<u8>>,
-}
-
-impl Zeros {
-    fn stream(&mut self, n: u64) -> Result<&[u8]> {
-        if !self.cache.contains_key(&n) {
-            let s = bz2(&vec![0u8; n as usize], self.level)?;
-            self.cache.insert(n, s);
-        }
-        Ok(&self.cache[&n])
-    }
+pub struct Member {
+    pub out_offset: u64,
+    pub out_len: u64,
+    pub in_offset: u64,
+    pub in_len: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -117,76 +44,342 @@ pub struct Stats {
     pub output: u64,
     pub data_bytes: u64,
     pub zero_bytes: u64,
-    pub streams: u64,
+    pub members: Vec<Member>,
 }
 
-/// Compresses the first `len` bytes of `src` into `out` as multi-stream bzip2.
-/// `progress` gets the number of input bytes done so far.
-pub fn bzip2_sparse(src: &File, len: u64, out: &mut dyn Write, level: u32, threads: usize, progress: &dyn Fn(u64)) -> Result<Stats> {
-    let segs = segments(src, len)?;
-    let mut zeros = Zeros { level, cache: HashMap::new() };
-    let mut st = Stats { input: len, ..Default::default() };
-    let threads = threads.max(1);
-    let mut done = 0u64;
-    let mut i = 0;
-    while i < segs.len() {
-        match segs[i] {
-            Seg::Zero(n) => {
-                let mut left = n;
-                while left > 0 {
-                    let k = left.min(ZERO_UNIT);
-                    let s = zeros.stream(k)?;
-                    out.write_all(s)?;
-                    st.output += s.len() as u64;
-                    st.streams += 1;
-                    left -= k;
-                }
-                st.zero_bytes += n;
-                done += n;
-                progress(done);
-                i += 1;
+enum Piece {
+    Data(u64, Vec<u8>),
+    Zero(u64, u64),
+}
+
+/// Cuts the image into pieces as it reads it (once).
+struct Cutter<'a> {
+    data: Vec<u8>,
+    data_off: u64,
+    /// Zero bytes seen but not yet placed, ending at `pos`.
+    zeros: u64,
+    pos: u64,
+    emit: &'a mut dyn FnMut(Piece) -> Result<()>,
+}
+
+impl Cutter<'_> {
+    fn push_bytes(&mut self, mut b: &[u8], at: u64) -> Result<()> {
+        let mut at = at;
+        while !b.is_empty() {
+            if self.data.is_empty() {
+                self.data_off = at;
             }
-            Seg::Data(..) => {
-                // A batch of consecutive data segments, compressed in parallel.
-                let mut j = i;
-                while j < segs.len() && j - i < threads * 2 && matches!(segs[j], Seg::Data(..)) {
-                    j += 1;
-                }
-                let batch: Vec<(u64, u64)> = segs[i..j].iter().map(|s| if let Seg::Data(a, b) = s { (*a, *b) } else { unreachable!() }).collect();
-                let results: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
-                    let per = batch.len().div_ceil(threads);
-                    let handles: Vec<_> = batch
-                        .chunks(per.max(1))
-                        .map(|group| {
-                            scope.spawn(move || {
-                                group
-                                    .iter()
-                                    .map(|&(s, n)| {
-                                        let mut buf = vec![0u8; n as usize];
-                                        src.read_exact_at(&mut buf, s).context("reading the image")?;
-                                        bz2(&buf, level)
-                                    })
-                                    .collect::<Vec<_>>()
-                            })
-                        })
-                        .collect();
-                    handles.into_iter().flat_map(|h| h.join().expect("compression thread panicked")).collect()
-                });
-                for (r, (_, n)) in results.into_iter().zip(&batch) {
-                    let c = r?;
-                    out.write_all(&c)?;
-                    st.output += c.len() as u64;
-                    st.streams += 1;
-                    st.data_bytes += n;
-                    done += n;
-                }
-                progress(done);
-                i = j;
+            let n = b.len().min(DATA_CHUNK - self.data.len());
+            self.data.extend_from_slice(&b[..n]);
+            b = &b[n..];
+            at += n as u64;
+            if self.data.len() == DATA_CHUNK {
+                self.flush()?;
             }
         }
+        Ok(())
     }
+    fn flush(&mut self) -> Result<()> {
+        if !self.data.is_empty() {
+            let d = std::mem::replace(&mut self.data, Vec::with_capacity(DATA_CHUNK));
+            (self.emit)(Piece::Data(self.data_off, d))?;
+        }
+        Ok(())
+    }
+    /// Places the pending zeros: a run of their own, or bytes of the data.
+    fn settle(&mut self) -> Result<()> {
+        let z = std::mem::take(&mut self.zeros);
+        let start = self.pos - z;
+        if z >= MIN_ZERO_RUN {
+            self.flush()?;
+            (self.emit)(Piece::Zero(start, z))?;
+        } else if z > 0 {
+            let zero = [0u8; BLOCK];
+            let mut p = start;
+            while p < self.pos {
+                let n = ((self.pos - p) as usize).min(BLOCK);
+                self.push_bytes(&zero[..n], p)?;
+                p += n as u64;
+            }
+        }
+        Ok(())
+    }
+    fn hole(&mut self, n: u64) {
+        self.zeros += n;
+        self.pos += n;
+    }
+    fn bytes(&mut self, buf: &[u8]) -> Result<()> {
+        for blk in buf.chunks(BLOCK) {
+            if sparse::is_zero(blk) {
+                self.hole(blk.len() as u64);
+            } else {
+                if self.zeros > 0 {
+                    self.settle()?;
+                }
+                let at = self.pos;
+                self.pos += blk.len() as u64;
+                self.push_bytes(blk, at)?;
+            }
+        }
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.settle()?;
+        self.flush()
+    }
+}
+
+/// Reads `[0, len)` of `f` once, giving data chunks and zero runs in order.
+fn cut(f: &File, len: u64, emit: &mut dyn FnMut(Piece) -> Result<()>) -> Result<()> {
+    let mut c = Cutter { data: Vec::with_capacity(DATA_CHUNK), data_off: 0, zeros: 0, pos: 0, emit };
+    let mut buf = vec![0u8; READ];
+    for (s, e) in sparse::data_extents(f, 0, len)? {
+        c.hole(s - c.pos);
+        let mut p = s;
+        while p < e {
+            let n = ((e - p) as usize).min(READ);
+            f.read_exact_at(&mut buf[..n], p).context("reading the image")?;
+            c.bytes(&buf[..n])?;
+            p += n as u64;
+        }
+    }
+    let rest = len - c.pos;
+    c.hole(rest);
+    c.finish()
+}
+
+/// Precomputed members of zeros, by length.
+struct Zeros {
+    codec: Codec,
+    level: u32,
+    cache: HashMap<u64, Vec<u8>>,
+}
+
+impl Zeros {
+    fn member(&mut self, n: u64) -> Result<&[u8]> {
+        if !self.cache.contains_key(&n) {
+            let m = self.codec.encode(&vec![0u8; n as usize], self.level)?;
+            self.cache.insert(n, m);
+        }
+        Ok(&self.cache[&n])
+    }
+}
+
+/// Data chunks in flight at once (read, queued, compressing, or waiting for
+/// their turn to be written), per thread.
+const IN_FLIGHT: usize = 3;
+
+/// Compresses the first `len` bytes of `src` into `out` as multi-member
+/// `codec` output. `progress` gets the number of input bytes done so far.
+pub fn compress_sparse(src: &File, len: u64, out: &mut dyn Write, codec: Codec, level: u32, threads: usize, progress: &dyn Fn(u64)) -> Result<Stats> {
+    codec.check_level(level)?;
+    let threads = threads.max(1);
+    let mut zeros = Zeros { codec, level, cache: HashMap::new() };
+    let mut st = Stats { input: len, ..Default::default() };
+    // Pieces are numbered in image order; results come back in any order.
+    // (seq, input offset, input length, the member or None for a zero run)
+    type Done = Result<(u64, u64, u64, Option<Vec<u8>>)>;
+    let (done_tx, done_rx) = mpsc::channel::<Done>();
+    let (job_tx, job_rx) = mpsc::sync_channel::<(u64, u64, Vec<u8>)>(threads * IN_FLIGHT);
+    let job_rx = Mutex::new(job_rx);
+    // A token per data chunk in flight; the writer returns it once written.
+    let (token_tx, token_rx) = mpsc::sync_channel::<()>(threads * IN_FLIGHT);
+    for _ in 0..threads * IN_FLIGHT {
+        token_tx.send(()).expect("fresh channel");
+    }
+    std::thread::scope(|scope| -> Result<()> {
+        // Owned here so that a writer error drops it and unblocks the reader.
+        let token_tx = token_tx;
+        let reader_done = done_tx.clone();
+        scope.spawn(move || {
+            let mut seq = 0u64;
+            let r = cut(src, len, &mut |p| {
+                match p {
+                    Piece::Data(off, d) => {
+                        token_rx.recv().map_err(|_| anyhow!("writer stopped"))?;
+                        job_tx.send((seq, off, d)).map_err(|_| anyhow!("workers stopped"))?;
+                    }
+                    Piece::Zero(off, n) => reader_done.send(Ok((seq, off, n, None))).map_err(|_| anyhow!("writer stopped"))?,
+                }
+                seq += 1;
+                Ok(())
+            });
+            if let Err(e) = r {
+                let _ = reader_done.send(Err(e));
+            }
+        });
+        for _ in 0..threads {
+            let tx = done_tx.clone();
+            let rx = &job_rx;
+            scope.spawn(move || loop {
+                let job = rx.lock().unwrap().recv();
+                let Ok((seq, off, data)) = job else { return };
+                let r = codec.encode(&data, level).map(|m| (seq, off, data.len() as u64, Some(m)));
+                if tx.send(r).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(done_tx);
+        // The writer, on this thread: members in image order.
+        let mut waiting = BTreeMap::new();
+        let mut next = 0u64;
+        let mut pos = 0u64;
+        for r in done_rx.iter() {
+            let (seq, off, n, member) = r?;
+            waiting.insert(seq, (off, n, member));
+            while let Some((off, n, member)) = waiting.remove(&next) {
+                if off != pos {
+                    bail!("internal error: piece {next} starts at {off}, expected {pos}");
+                }
+                match member {
+                    Some(m) => {
+                        out.write_all(&m)?;
+                        st.members.push(Member { out_offset: st.output, out_len: m.len() as u64, in_offset: off, in_len: n });
+                        st.output += m.len() as u64;
+                        st.data_bytes += n;
+                        let _ = token_tx.try_send(());
+                    }
+                    None => {
+                        let mut at = off;
+                        while at < off + n {
+                            let k = (off + n - at).min(ZERO_UNIT);
+                            let m = zeros.member(k)?;
+                            out.write_all(m)?;
+                            st.members.push(Member { out_offset: st.output, out_len: m.len() as u64, in_offset: at, in_len: k });
+                            st.output += m.len() as u64;
+                            at += k;
+                        }
+                        st.zero_bytes += n;
+                    }
+                }
+                pos = off + n;
+                next += 1;
+                progress(pos);
+            }
+        }
+        if pos != len {
+            bail!("internal error: compressed {pos} of {len} B");
+        }
+        Ok(())
+    })?;
     Ok(st)
 }
+
+/// Decodes the compressed file member by member (in parallel) and compares
+/// every byte with the raw image. The member table only says where to cut:
+/// members must tile the file and the image exactly, and each must decode
+/// on its own to exactly its bytes; since every one of these formats defines
+/// a file of members as the concatenation of their contents, the whole file
+/// then decodes to the image. Identical small members (the zero runs) are
+/// decoded once.
+pub fn verify(compressed: &std::path::Path, raw: &File, codec: Codec, members: &[Member], threads: usize, progress: &dyn Fn(u64)) -> Result<()> {
+    let name = compressed.display();
+    let len = raw.metadata()?.len();
+    let f = File::open(compressed).with_context(|| format!("{name}: cannot open"))?;
+    let flen = f.metadata()?.len();
+    let (mut o, mut i) = (0u64, 0u64);
+    for m in members {
+        if m.out_offset != o || m.in_offset != i {
+            bail!("{name}: the member table has a gap or overlap at output {o}, input {i}");
+        }
+        o += m.out_len;
+        i += m.in_len;
+    }
+    if o != flen || i != len {
+        bail!("{name}: members cover {o} B of {flen} B of output and {i} B of {len} B of image");
+    }
+    // Small members already decoded: bytes → decoded length, if all zero.
+    let mut known: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut buf = Vec::new();
+    let check_zero = |buf: &mut Vec<u8>, at: u64, n: u64| -> Result<()> {
+        for (s, e) in sparse::data_extents(raw, at, at + n)? {
+            let mut p = s;
+            while p < e {
+                let k = ((e - p) as usize).min(READ);
+                buf.resize(k, 0);
+                raw.read_exact_at(buf, p)?;
+                if !sparse::is_zero(buf) {
+                    bail!("{name}: a run of zeros in the output covers data of the image near {p}");
+                }
+                p += k as u64;
+            }
+        }
+        Ok(())
+    };
+    let batch = threads.max(1) * 2;
+    let mut k = 0;
+    while k < members.len() {
+        let mut group = Vec::new();
+        while k < members.len() && group.len() < batch {
+            let m = members[k];
+            let mut bytes = vec![0u8; m.out_len as usize];
+            f.read_exact_at(&mut bytes, m.out_offset).with_context(|| format!("{name}: reading"))?;
+            match known.get(&bytes) {
+                Some(&n) if n == m.in_len => check_zero(&mut buf, m.in_offset, m.in_len)?,
+                _ => group.push((m, bytes)),
+            }
+            k += 1;
+        }
+        let decoded: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
+            let per = group.len().div_ceil(threads.max(1)).max(1);
+            let hs: Vec<_> = group.chunks(per).map(|g| scope.spawn(move || g.iter().map(|(m, b)| codec.decode_member(b, m.in_len as usize)).collect::<Vec<_>>())).collect();
+            hs.into_iter().flat_map(|h| h.join().expect("decoder thread panicked")).collect()
+        });
+        for ((m, bytes), d) in group.into_iter().zip(decoded) {
+            let d = d.with_context(|| format!("{name}: the member at {}", m.out_offset))?;
+            if d.len() as u64 != m.in_len {
+                bail!("{name}: the member at {} decodes to {} B, expected {}", m.out_offset, d.len(), m.in_len);
+            }
+            if bytes.len() <= 1 << 16 && sparse::is_zero(&d) {
+                known.insert(bytes, m.in_len);
+                check_zero(&mut buf, m.in_offset, m.in_len)?;
+            } else {
+                buf.resize(d.len(), 0);
+                raw.read_exact_at(&mut buf, m.in_offset)?;
+                if buf != d {
+                    bail!("{name}: decoded bytes differ from the image near offset {}", m.in_offset);
+                }
+            }
+            progress(m.in_offset + m.in_len);
+        }
+    }
+    Ok(())
+}
+
+/// Decompresses a file in any of the formats into `dst`, sparse (zero
+/// blocks are not written); bzip2 in parallel, the others in order.
+pub fn decompress_sparse(src: &std::path::Path, codec: Codec, dst: &File, threads: usize) -> Result<u64> {
+    let f = std::io::BufReader::with_capacity(1 << 20, File::open(src).with_context(|| format!("{}: cannot open", src.display()))?);
+    let n = if codec == Codec::Bz2 {
+        bunzip2_sparse(f, dst, threads)?
+    } else {
+        let mut r = codec.reader(f)?;
+        let mut buf = vec![0u8; READ];
+        let mut pos = 0u64;
+        loop {
+            let mut got = 0;
+            while got < buf.len() {
+                let k = r.read(&mut buf[got..]).with_context(|| format!("{}: decoding {}", src.display(), codec.name()))?;
+                if k == 0 {
+                    break;
+                }
+                got += k;
+            }
+            if got == 0 {
+                break;
+            }
+            sparse::write_nonzero_at(dst, pos, &buf[..got])?;
+            pos += got as u64;
+        }
+        pos
+    };
+    dst.set_len(dst.metadata()?.len().max(n))?;
+    Ok(n)
+}
+
+// bzip2 files from anywhere (not only ours) split into streams without a
+// member table, decoded in parallel: what `boot-test` uses to unpack images.
 
 const BLOCK_MAGIC: [u8; 6] = [0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
 const EOS_MAGIC: [u8; 6] = [0x17, 0x72, 0x45, 0x38, 0x50, 0x90];
@@ -246,18 +439,11 @@ impl<R: std::io::Read> Streams<R> {
 }
 
 fn decode_one(stream: &[u8]) -> Result<Vec<u8>> {
-    let mut d = bzip2::read::BzDecoder::new(stream);
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut d, &mut out)?;
-    // One stream per piece: trailing bytes mean the split was wrong.
-    if d.total_in() as usize != stream.len() {
-        anyhow::bail!("bzip2 stream boundary mismatch");
-    }
-    Ok(out)
+    Codec::Bz2.decode_member(stream, 0)
 }
 
 /// What a decoded piece is: bytes, or a run of zeros recognized without decoding.
-pub enum Piece {
+pub enum Decoded {
     Data(Vec<u8>),
     Zeros(u64),
 }
@@ -266,8 +452,8 @@ pub enum Piece {
 /// bounded memory; streams identical to our precomputed zero unit are not
 /// decoded (that unit was decoded and checked once here). `sink` gets each
 /// piece at its offset.
-pub fn decode_streams(r: impl std::io::Read, threads: usize, sink: &mut dyn FnMut(u64, Piece) -> Result<()>) -> Result<u64> {
-    let zero_unit = bz2(&vec![0u8; ZERO_UNIT as usize], 9)?;
+pub fn decode_streams(r: impl std::io::Read, threads: usize, sink: &mut dyn FnMut(u64, Decoded) -> Result<()>) -> Result<u64> {
+    let zero_unit = Codec::Bz2.encode(&vec![0u8; ZERO_UNIT as usize], 9)?;
     let check = decode_one(&zero_unit)?;
     if check.len() as u64 != ZERO_UNIT || !sparse::is_zero(&check) {
         anyhow::bail!("the zero-run stream does not decode to zeros");
@@ -276,7 +462,7 @@ pub fn decode_streams(r: impl std::io::Read, threads: usize, sink: &mut dyn FnMu
     let mut streams = Streams::new(r);
     let mut pos = 0u64;
     let mut pending: Vec<Vec<u8>> = Vec::new();
-    let flush = |pending: &mut Vec<Vec<u8>>, pos: &mut u64, sink: &mut dyn FnMut(u64, Piece) -> Result<()>| -> Result<()> {
+    let flush = |pending: &mut Vec<Vec<u8>>, pos: &mut u64, sink: &mut dyn FnMut(u64, Decoded) -> Result<()>| -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
@@ -289,7 +475,7 @@ pub fn decode_streams(r: impl std::io::Read, threads: usize, sink: &mut dyn FnMu
         for r in results {
             let out = r?;
             let n = out.len() as u64;
-            sink(*pos, Piece::Data(out))?;
+            sink(*pos, Decoded::Data(out))?;
             *pos += n;
         }
         Ok(())
@@ -297,7 +483,7 @@ pub fn decode_streams(r: impl std::io::Read, threads: usize, sink: &mut dyn FnMu
     while let Some(st) = streams.next_stream()? {
         if st == zero_unit {
             flush(&mut pending, &mut pos, sink)?;
-            sink(pos, Piece::Zeros(ZERO_UNIT))?;
+            sink(pos, Decoded::Zeros(ZERO_UNIT))?;
             pos += ZERO_UNIT;
             continue;
         }
@@ -313,7 +499,7 @@ pub fn decode_streams(r: impl std::io::Read, threads: usize, sink: &mut dyn FnMu
 /// Decompresses into `dst` (sparse: zero blocks are not written).
 pub fn bunzip2_sparse(r: impl std::io::Read, dst: &File, threads: usize) -> Result<u64> {
     let n = decode_streams(r, threads, &mut |pos, piece| {
-        if let Piece::Data(d) = piece {
+        if let Decoded::Data(d) = piece {
             sparse::write_nonzero_at(dst, pos, &d)?;
         }
         Ok(())
@@ -322,82 +508,87 @@ pub fn bunzip2_sparse(r: impl std::io::Read, dst: &File, threads: usize) -> Resu
     Ok(n)
 }
 
-/// Decodes the compressed file completely and compares every byte with the
-/// raw image (zero runs against the raw image's content at that range).
-pub fn verify_bz2(compressed: &std::path::Path, raw: &File, threads: usize) -> Result<()> {
-    let len = raw.metadata()?.len();
-    let f = File::open(compressed)?;
-    let mut buf = Vec::new();
-    let n = decode_streams(std::io::BufReader::with_capacity(1 << 20, f), threads, &mut |pos, piece| {
-        match piece {
-            Piece::Data(d) => {
-                if pos + d.len() as u64 > len {
-                    anyhow::bail!("decodes past the end of the raw image");
-                }
-                buf.resize(d.len(), 0);
-                raw.read_exact_at(&mut buf, pos)?;
-                if buf != d {
-                    anyhow::bail!("decoded bytes differ from the raw image near offset {pos}");
-                }
-            }
-            Piece::Zeros(z) => {
-                if pos + z > len {
-                    anyhow::bail!("decodes past the end of the raw image");
-                }
-                for (s, e) in sparse::data_extents(raw, pos, pos + z)? {
-                    let mut p = s;
-                    while p < e {
-                        let k = ((e - p) as usize).min(1 << 20);
-                        buf.resize(k, 0);
-                        raw.read_exact_at(&mut buf, p)?;
-                        if !sparse::is_zero(&buf) {
-                            anyhow::bail!("a zero run in the output covers data of the raw image at {p}");
-                        }
-                        p += k as u64;
-                    }
-                }
-            }
-        }
-        Ok(())
-    })
-    .with_context(|| format!("{}: verifying", compressed.display()))?;
-    if n != len {
-        anyhow::bail!("{}: decodes to {n} B, the raw image has {len} B", compressed.display());
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
 
-    #[test]
-    fn roundtrip_sparse() {
-        let d = tempfile::tempdir().unwrap();
-        let f = sparse::create(&d.path().join("img"), 100 << 20).unwrap();
-        f.write_all_at(&[7u8; 3_000_000], 5 << 20).unwrap();
+    fn image(d: &std::path::Path) -> File {
+        let f = sparse::create(&d.join("img"), 100 << 20).unwrap();
+        // Data, a short zero gap (stays inside the data), more data, a long run.
+        let noisy: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        f.write_all_at(&noisy, 5 << 20).unwrap();
+        f.write_all_at(&[7u8; 100_000], (5 << 20) + 3_000_000 + 300_000).unwrap();
+        f.write_all_at(&[0u8; 4096], 60 << 20).unwrap(); // allocated zeros
         f.write_all_at(b"tail", (100 << 20) - 4).unwrap();
+        f
+    }
+
+    #[test]
+    fn every_codec_roundtrips_and_verifies() {
+        let d = tempfile::tempdir().unwrap();
+        let f = image(d.path());
+        let mut raw = Vec::new();
+        File::open(d.path().join("img")).unwrap().read_to_end(&mut raw).unwrap();
+        for codec in [Codec::Bz2, Codec::Gz, Codec::Zst, Codec::Xz] {
+            let mut out = Vec::new();
+            let st = compress_sparse(&f, 100 << 20, &mut out, codec, codec.default_level(), 2, &|_| {}).unwrap();
+            assert!(st.zero_bytes > 90 << 20, "{codec:?} {st:?}");
+            assert_eq!(st.output, out.len() as u64);
+            // The short gap stayed inside the data: one data member before the long run.
+            assert_eq!(st.members[1].in_offset, 5 << 20, "{codec:?}");
+            assert_eq!(st.members[1].in_len, (((5 << 20) + 3_400_000u64).div_ceil(4096) * 4096) - (5 << 20), "{codec:?}");
+            // The format's own whole-file decoder gives the image.
+            let mut dec = Vec::new();
+            codec.reader(&out[..]).unwrap().read_to_end(&mut dec).unwrap();
+            assert!(dec == raw, "{codec:?}");
+            // Same input, same bytes, whatever the thread count.
+            let mut again = Vec::new();
+            compress_sparse(&f, 100 << 20, &mut again, codec, codec.default_level(), 1, &|_| {}).unwrap();
+            assert!(again == out, "{codec:?}");
+            // verify accepts it and refuses a changed image or a bad table.
+            let c = d.path().join("img.c");
+            std::fs::write(&c, &out).unwrap();
+            verify(&c, &f, codec, &st.members, 2, &|_| {}).unwrap();
+            let mut bad = st.members.clone();
+            bad[1].in_len -= 1;
+            assert!(verify(&c, &f, codec, &bad, 2, &|_| {}).is_err());
+            f.write_all_at(b"x", 50 << 20).unwrap();
+            assert!(verify(&c, &f, codec, &st.members, 2, &|_| {}).is_err(), "{codec:?}");
+            f.write_all_at(b"\0", 50 << 20).unwrap();
+            // A flipped byte in a data member is caught.
+            let mut broken = out.clone();
+            let m = st.members[1];
+            broken[(m.out_offset + m.out_len / 2) as usize] ^= 0x40;
+            std::fs::write(&c, &broken).unwrap();
+            assert!(verify(&c, &f, codec, &st.members, 2, &|_| {}).is_err(), "{codec:?}");
+            // decompress_sparse gives the image back, sparse.
+            std::fs::write(&c, &out).unwrap();
+            let g = sparse::create(&d.path().join("back"), 0).unwrap();
+            assert_eq!(decompress_sparse(&c, codec, &g, 2).unwrap(), 100 << 20);
+            let mut back = Vec::new();
+            File::open(d.path().join("back")).unwrap().read_to_end(&mut back).unwrap();
+            assert!(back == raw, "{codec:?}");
+            assert!(sparse::allocated_bytes(&g).unwrap() < 8 << 20);
+        }
+    }
+
+    #[test]
+    fn stream_splitter_decodes_foreign_bzip2() {
+        let d = tempfile::tempdir().unwrap();
+        let f = image(d.path());
         let mut out = Vec::new();
-        let st = bzip2_sparse(&f, 100 << 20, &mut out, 9, 2, &|_| {}).unwrap();
-        assert!(st.zero_bytes > 90 << 20, "{st:?}");
-        let mut dec = Vec::new();
-        bzip2::read::MultiBzDecoder::new(&out[..]).read_to_end(&mut dec).unwrap();
-        assert_eq!(dec.len(), 100 << 20);
-        assert!(dec[5 << 20..(5 << 20) + 3_000_000].iter().all(|b| *b == 7));
-        assert_eq!(&dec[dec.len() - 4..], b"tail");
-        assert!(dec[..5 << 20].iter().all(|b| *b == 0));
-        // Our parallel, zero-aware decoder gives the same bytes.
+        compress_sparse(&f, 100 << 20, &mut out, Codec::Bz2, 9, 2, &|_| {}).unwrap();
         let g = sparse::create(&d.path().join("out"), 0).unwrap();
         assert_eq!(bunzip2_sparse(&out[..], &g, 2).unwrap(), 100 << 20);
-        let mut back = Vec::new();
-        std::io::Read::read_to_end(&mut std::fs::File::open(d.path().join("out")).unwrap(), &mut back).unwrap();
-        assert_eq!(back, dec);
-        // verify_bz2 accepts it, and refuses a changed raw image.
-        let c = d.path().join("img.bz2");
-        std::fs::write(&c, &out).unwrap();
-        verify_bz2(&c, &f, 2).unwrap();
-        f.write_all_at(b"x", 50 << 20).unwrap();
-        assert!(verify_bz2(&c, &f, 2).is_err());
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        File::open(d.path().join("out")).unwrap().read_to_end(&mut a).unwrap();
+        File::open(d.path().join("img")).unwrap().read_to_end(&mut b).unwrap();
+        assert!(a == b);
+        // A single-stream file from another compressor.
+        let one = Codec::Bz2.encode(&b[..(8 << 20)], 9).unwrap();
+        let h = sparse::create(&d.path().join("one"), 0).unwrap();
+        assert_eq!(bunzip2_sparse(&one[..], &h, 2).unwrap(), 8 << 20);
     }
 }

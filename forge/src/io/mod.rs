@@ -1,4 +1,5 @@
 //! I/O adapters shared by the stages.
+pub mod codec;
 pub mod compress;
 pub mod qcow2;
 pub mod sparse;
