@@ -105,8 +105,9 @@ impl Stages {
     }
 }
 
-/// Builds an image. `log` receives one line per step.
-pub fn build(req: &BuildRequest, log: &dyn Fn(&str)) -> Result<BuildOutput> {
+/// Builds an image. `log` receives one line per step, `progress` (step,
+/// bytes done, bytes total) as each filesystem is built and checked.
+pub fn build(req: &BuildRequest, log: &dyn Fn(&str), progress: &dyn Fn(&str, u64, u64)) -> Result<BuildOutput> {
     let mut st = Stages(Vec::new(), Instant::now());
     let payload = Payload::open(&req.payload)?;
     st.mark("payload");
@@ -150,6 +151,8 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str)) -> Result<BuildOutput> {
     // Verity-protected partitions first: the ESP carries their root hashes.
     let mut order: Vec<&PartitionPlan> = plan.partitions.iter().filter(|p| p.fs.is_some()).collect();
     order.sort_by_key(|p| (!p.has(Feature::Verity), p.mount.as_deref() == Some("/boot"), p.number));
+    let fs_total: u64 = order.iter().map(|p| plan.size(p)).sum();
+    let mut fs_done = 0;
     for p in order {
         let fsp = p.fs.as_ref().unwrap();
         let what = format!("partition {} ({}, {})", p.number, p.label, fsp.kind.name());
@@ -185,10 +188,12 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str)) -> Result<BuildOutput> {
             st.mark(&format!("verity {}", p.label));
         }
         filesystems.push((p.number, rep));
+        fs_done += plan.size(p);
+        progress("filesystems", fs_done, fs_total);
     }
 
     if req.verify {
-        verify(&image, &image_path, &plan, &verity_infos, scratch, log)?;
+        verify(&image, &image_path, &plan, &verity_infos, scratch, log, progress)?;
     } else {
         log("verify: SKIPPED (--no-verify): GPT, filesystems and dm-verity were not checked");
     }
@@ -283,6 +288,7 @@ pub fn verify(
     verity: &[(u32, String, VerityInfo)],
     scratch: &Path,
     log: &dyn Fn(&str),
+    progress: &dyn Fn(&str, u64, u64),
 ) -> Result<()> {
     let t = table::read(image).context("verify: reading back the GPT")?;
     if t.disk_guid != plan.disk_guid || t.entries.len() != plan.partitions.len() {
@@ -293,11 +299,17 @@ pub fn verify(
             bail!("verify: GPT entry {} read back differs from the layout", e.number);
         }
     }
+    let fsck = |f: &crate::layout::FsPlan| matches!(f.kind, crate::layout::FsKind::Vfat | crate::layout::FsKind::Ext2 | crate::layout::FsKind::Ext4);
+    let total: u64 = plan.partitions.iter().filter(|p| p.fs.as_ref().is_some_and(fsck)).map(|p| plan.size(p)).sum::<u64>()
+        + verity.iter().filter_map(|(num, _, _)| plan.partitions.iter().find(|p| p.number == *num)).map(|p| plan.size(p)).sum::<u64>();
+    let mut done = 0;
     for p in &plan.partitions {
         let Some(f) = &p.fs else { continue };
-        if matches!(f.kind, crate::layout::FsKind::Vfat | crate::layout::FsKind::Ext2 | crate::layout::FsKind::Ext4) {
+        if fsck(f) {
             fs::check(f.kind, image, image_path, plan.offset(p), f.bytes(), scratch)
                 .with_context(|| format!("verify: partition {} ({})", p.number, p.label))?;
+            done += plan.size(p);
+            progress("verify", done, total);
         }
     }
     for (num, _, info) in verity {
@@ -306,6 +318,8 @@ pub fn verify(
         if root != Some(info.root_hash) {
             bail!("verify: partition {} ({}): dm-verity root hash does not match the data", p.number, p.label);
         }
+        done += plan.size(p);
+        progress("verify", done, total);
     }
     log("verify: GPT, filesystems and dm-verity checked");
     Ok(())

@@ -74,7 +74,8 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
         verify: req.verify,
         publish: req.keep_raw || p.compression == crate::oem::Compression::None,
     };
-    let out = image::build(&breq, log)?;
+    let progress = crate::progress::reporter(req.progress.as_ref(), log);
+    let out = image::build(&breq, log, &progress)?;
     stages.extend(out.stages.iter().cloned());
     if let Some(max) = p.max_disk_bytes {
         if out.plan.total_bytes() > max {
@@ -88,7 +89,6 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
         }
     }
     let t = std::time::Instant::now();
-    let progress = crate::progress::reporter(req.progress.as_ref(), log);
     // The disk in the platform's format: raw as built, or qcow2 converted from it.
     let _qcow2_guard;
     let disk_src = match p.format {

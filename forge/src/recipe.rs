@@ -108,7 +108,9 @@ impl Cache {
 
 /// Builds (or reuses from the cache) the payload for `recipe`; returns the
 /// payload directory.
-pub fn build(recipe: &Recipe, cache: &Cache, epoch: i64, log: &dyn Fn(&str)) -> Result<PathBuf> {
+/// `progress` gets (step, bytes done, bytes total) for the download and
+/// the unpacking.
+pub fn build(recipe: &Recipe, cache: &Cache, epoch: i64, log: &dyn Fn(&str), progress: &dyn Fn(&str, u64, u64)) -> Result<PathBuf> {
     let bins: Vec<(CrateBin, PathBuf)> = recipe.crates.iter().map(|c| Ok((c.clone(), cargo_install(c, cache, log)?))).collect::<Result<_>>()?;
     let mut h = Sha256::new();
     h.update(recipe.hash()?.as_bytes());
@@ -128,13 +130,18 @@ pub fn build(recipe: &Recipe, cache: &Cache, epoch: i64, log: &dyn Fn(&str)) -> 
         std::fs::remove_dir_all(&out).with_context(|| format!("{}: cannot clear a stale payload", out.display()))?;
     }
     std::fs::create_dir_all(&out)?;
-    let debs = download(recipe, cache, log)?;
+    let debs = download(recipe, cache, log, progress)?;
     std::fs::write(out.join("packages.lock"), debs.iter().map(|(n, v, _)| format!("{n} {v}\n")).collect::<String>())?;
     let staging = out.join("root.partial");
     std::fs::create_dir_all(&staging)?;
     log(&format!("payload '{}': unpacking {} packages", recipe.name, debs.len()));
-    for (_, _, deb) in &debs {
+    let sizes: Vec<u64> = debs.iter().map(|(_, _, d)| std::fs::metadata(d).map(|m| m.len()).unwrap_or(0)).collect();
+    let total: u64 = sizes.iter().sum();
+    let mut done = 0;
+    for ((_, _, deb), n) in debs.iter().zip(sizes) {
         unpack_deb(deb, &staging).with_context(|| format!("unpacking {}", deb.display()))?;
+        done += n;
+        progress("unpack", done, total);
     }
     merge_usr(&staging)?;
     let payload = recipe.kind == "payload";
@@ -219,7 +226,7 @@ fn apt_cmd(cache: &Cache, args: &[&str]) -> Result<duct::Expression> {
 
 /// Resolves the package set with apt (as if nothing were installed) and
 /// downloads it; returns (name, version, .deb path), sorted by name.
-fn download(recipe: &Recipe, cache: &Cache, log: &dyn Fn(&str)) -> Result<Vec<(String, String, PathBuf)>> {
+fn download(recipe: &Recipe, cache: &Cache, log: &dyn Fn(&str), progress: &dyn Fn(&str, u64, u64)) -> Result<Vec<(String, String, PathBuf)>> {
     let lists = cache.apt().join("state/lists");
     let have_lists = std::fs::read_dir(&lists).map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().ends_with("Packages") || e.file_name().to_string_lossy().contains("Packages."))).unwrap_or(false);
     if !have_lists {
@@ -253,10 +260,36 @@ fn download(recipe: &Recipe, cache: &Cache, log: &dyn Fn(&str)) -> Result<Vec<(S
     let deb_path = |n: &str, v: &str, a: &str| cache.debs().join(format!("{n}_{}_{a}.deb", v.replace(':', "%3a")));
     let missing: Vec<&(String, String, String)> = pkgs.iter().filter(|(n, v, a)| !deb_path(n, v, a).exists()).collect();
     if !missing.is_empty() {
-        log(&format!("apt: downloading {} of {} packages", missing.len(), pkgs.len()));
+        // apt names each file and its size up front, so the download can be
+        // followed by watching the cache fill.
+        let mut args = vec!["install", "--print-uris", "-qq", "-y"];
+        args.extend(recipe.packages.iter().map(String::as_str));
+        let uris = apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().run()?;
+        let want: Vec<(PathBuf, u64)> = String::from_utf8_lossy(&uris.stdout)
+            .lines()
+            .filter_map(|l| {
+                // 'URI' name_version_arch.deb size SHA256:…
+                let mut w = l.split_whitespace();
+                let (_uri, file, size) = (w.next()?, w.next()?, w.next()?.parse().ok()?);
+                Some((cache.debs().join(file), size))
+            })
+            .collect();
+        let total: u64 = want.iter().map(|w| w.1).sum();
+        log(&format!("apt: downloading {} of {} packages ({total} B)", missing.len(), pkgs.len()));
         let mut args = vec!["install", "--download-only", "-y"];
         args.extend(recipe.packages.iter().map(String::as_str));
-        let out = apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().run()?;
+        let handle = apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().start()?;
+        let partial = cache.debs().join("partial");
+        let out = loop {
+            if let Some(out) = handle.try_wait()? {
+                break out.clone();
+            }
+            let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            let done: u64 = want.iter().map(|(p, n)| size(p).max(size(&partial.join(p.file_name().unwrap()))).min(*n)).sum();
+            progress("download", done, total.max(1));
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        progress("download", total.max(1), total.max(1));
         if !out.status.success() {
             bail!("apt-get --download-only failed: {}", String::from_utf8_lossy(&out.stdout).trim());
         }

@@ -114,9 +114,12 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 pub struct BuildArgs {
-    /// Platform: `generic`, or a folder under oem/.
+    /// Platform: `generic`, or a folder under the OEM directory.
     #[arg(long, default_value = "generic")]
     platform: String,
+    /// Where platform folders live (default: oem/ in the checkout).
+    #[arg(long)]
+    oem_dir: Option<PathBuf>,
     /// Payload directory (root tree with usr/, usr/lib/os-release, usr/boot/vmlinuz).
     /// Default for platform builds: the demo payload, built from Debian packages and cached.
     #[arg(long)]
@@ -251,7 +254,8 @@ pub fn build_image(a: &BuildArgs) -> Result<()> {
             verify: !a.no_verify,
             publish: true,
         };
-        let out = image::build(&req, &log)?;
+        let bars = progress_bars();
+        let out = image::build(&req, &log, &forge::progress::reporter(bars.as_ref(), &log))?;
         eprintln!("\nbuilt {}", out.image.display());
         eprintln!("  size {} B, {} B allocated (non-zero)", out.plan.total_bytes(), out.allocated);
         if let Some(v) = &out.verity_file {
@@ -260,7 +264,7 @@ pub fn build_image(a: &BuildArgs) -> Result<()> {
         print_stages(&out.stages);
         return Ok(());
     }
-    let platform = forge::oem::load(&repo_root().join("oem"), &a.platform)?;
+    let platform = forge::oem::load(&a.oem_dir.clone().unwrap_or_else(|| repo_root().join("oem")), &a.platform)?;
     deps::check_build()?;
     let base = match &a.base {
         Some(b) => b.clone(),
@@ -490,7 +494,9 @@ pub fn demo_payload(recipe: Option<&Path>, cache: Option<&Path>) -> Result<PathB
     let r = forge::recipe::Recipe::load(&dir)?;
     let cache = forge::recipe::Cache { root: cache_dir(cache) };
     let log = logger();
-    forge::recipe::build(&r, &cache, recipe_epoch()?, &log)
+    let bars = progress_bars();
+    let root = forge::recipe::build(&r, &cache, recipe_epoch()?, &log, &forge::progress::reporter(bars.as_ref(), &log))?;
+    Ok(root)
 }
 
 fn boot_test(image: &Path, platform: &str, firmware: &str, disk_gib: u64, timeout: u64, negative: bool, accel: &str) -> Result<()> {
@@ -548,7 +554,10 @@ fn compress_cmd(input: &Path, output: &Path, format: &str, level: Option<u32>, v
             if verify { ", verified by a full decode" } else { ", NOT verified (--no-verify)" }
         );
     }
-    eprintln!("sha512 {}", digests.sha512);
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dpath = output.with_file_name(format!("{name}.DIGESTS"));
+    forge::image::write_atomic(&dpath, digests.render(&name).as_bytes())?;
+    eprintln!("{}: sha512 {}", dpath.display(), digests.sha512);
     Ok(())
 }
 
@@ -595,7 +604,8 @@ fn sdk_image(cache: Option<&Path>, engine: Option<&str>) -> Result<()> {
     let c = forge::recipe::Cache { root: cache_dir(cache) };
     let log = logger();
     let epoch = recipe_epoch()?;
-    let root = forge::recipe::build(&recipe, &c, epoch, &log)?;
+    let bars = progress_bars();
+    let root = forge::recipe::build(&recipe, &c, epoch, &log, &forge::progress::reporter(bars.as_ref(), &log))?;
     let tag = &recipe.hash()?[..12];
     let tar = root.parent().unwrap().join("sdk.tar");
     log(&format!("packing {} into {}", root.display(), tar.display()));
