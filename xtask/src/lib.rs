@@ -203,8 +203,26 @@ pub fn main_with<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
 
 fn logger() -> impl Fn(&str) {
     let start = Instant::now();
-    move |m: &str| eprintln!("[{:>7.2}s] {m}", start.elapsed().as_secs_f64())
+    move |m: &str| {
+        let line = format!("[{:>7.2}s] {m}", start.elapsed().as_secs_f64());
+        // Above the progress bar, if one is drawn, not through it.
+        match BAR.lock().unwrap().as_ref() {
+            Some((_, b)) if !b.is_finished() => b.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
 }
+
+/// Ends the progress bar's line, if one was drawn, before a summary.
+fn end_bars() {
+    if let Some((_, b)) = BAR.lock().unwrap().take() {
+        b.finish();
+        eprintln!();
+    }
+}
+
+/// The progress bar being drawn, and its step.
+static BAR: std::sync::Mutex<Option<(String, indicatif::ProgressBar)>> = std::sync::Mutex::new(None);
 
 pub fn default_epoch(base: &Path) -> Result<i64> {
     if let Some(v) = std::env::var_os("SOURCE_DATE_EPOCH").filter(|v| !v.is_empty()) {
@@ -256,6 +274,7 @@ pub fn build_image(a: &BuildArgs) -> Result<()> {
         };
         let bars = progress_bars();
         let out = image::build(&req, &log, &forge::progress::reporter(bars.as_ref(), &log))?;
+        end_bars();
         eprintln!("\nbuilt {}", out.image.display());
         eprintln!("  size {} B, {} B allocated (non-zero)", out.plan.total_bytes(), out.allocated);
         if let Some(v) = &out.verity_file {
@@ -293,6 +312,7 @@ pub fn build_image(a: &BuildArgs) -> Result<()> {
         progress: progress_bars(),
     };
     let out = forge::platform::build(&req, &log)?;
+    end_bars();
     eprintln!("\nbuilt {} ({} B)", out.disk.path.display(), out.disk.bytes);
     eprintln!("  raw image {} B, {} B non-zero{}", out.build.plan.total_bytes(), out.build.allocated, if out.raw_kept { format!(", kept at {}", out.build.image.display()) } else { String::new() });
     eprintln!("  digests {}", out.disk.digests_path.display());
@@ -496,6 +516,7 @@ pub fn demo_payload(recipe: Option<&Path>, cache: Option<&Path>) -> Result<PathB
     let log = logger();
     let bars = progress_bars();
     let root = forge::recipe::build(&r, &cache, recipe_epoch()?, &log, &forge::progress::reporter(bars.as_ref(), &log))?;
+    end_bars();
     Ok(root)
 }
 
@@ -543,6 +564,7 @@ fn compress_cmd(input: &Path, output: &Path, format: &str, level: Option<u32>, v
     let progress = forge::progress::reporter(bars.as_ref(), &log);
     let t = std::time::Instant::now();
     let (bytes, digests, stats) = forge::artifacts::compress_file(input, output, compression, level, threads, verify, &progress)?;
+    end_bars();
     if let Some(st) = stats {
         eprintln!(
             "{} B in, {bytes} B out in {:.1}s, {} members ({} B data, {} B zero runs){}",
@@ -568,16 +590,15 @@ fn progress_bars() -> Option<forge::progress::Sink> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
-    let current: std::sync::Mutex<Option<(String, indicatif::ProgressBar)>> = std::sync::Mutex::new(None);
     Some(std::sync::Arc::new(move |step: &str, done: u64, total: u64| {
-        let mut cur = current.lock().unwrap();
+        let mut cur = BAR.lock().unwrap();
         if cur.as_ref().map(|(s, _)| s.as_str()) != Some(step) {
             if let Some((_, b)) = cur.take() {
                 b.finish();
             }
             let b = indicatif::ProgressBar::new(total);
             b.set_style(
-                indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+                indicatif::ProgressStyle::with_template("{msg:>11} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
                     .unwrap()
                     .progress_chars("=> "),
             );
@@ -585,6 +606,7 @@ fn progress_bars() -> Option<forge::progress::Sink> {
             *cur = Some((step.to_string(), b));
         }
         let (_, b) = cur.as_ref().unwrap();
+        b.set_length(total);
         b.set_position(done);
         if done >= total {
             b.finish();
