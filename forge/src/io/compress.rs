@@ -167,7 +167,7 @@ impl Zeros {
 
 /// Data chunks in flight at once (read, queued, compressing, or waiting for
 /// their turn to be written), per thread.
-const IN_FLIGHT: usize = 3;
+const IN_FLIGHT: usize = 2;
 
 /// Compresses the first `len` bytes of `src` into `out` as multi-member
 /// `codec` output. `progress` gets the number of input bytes done so far.
@@ -214,7 +214,11 @@ pub fn compress_sparse(src: &File, len: u64, out: &mut dyn Write, codec: Codec, 
             scope.spawn(move || loop {
                 let job = rx.lock().unwrap().recv();
                 let Ok((seq, off, data)) = job else { return };
-                let r = codec.encode(&data, level).map(|m| (seq, off, data.len() as u64, Some(m)));
+                let r = codec.encode(&data, level).map(|mut m| {
+                    m.shrink_to_fit();
+                    (seq, off, data.len() as u64, Some(m))
+                });
+                drop(data);
                 if tx.send(r).is_err() {
                     return;
                 }
@@ -321,25 +325,34 @@ pub fn verify(compressed: &std::path::Path, raw: &File, codec: Codec, members: &
             }
             k += 1;
         }
-        let decoded: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
-            let per = group.len().div_ceil(threads.max(1)).max(1);
-            let hs: Vec<_> = group.chunks(per).map(|g| scope.spawn(move || g.iter().map(|(m, b)| codec.decode_member(b, m.in_len as usize)).collect::<Vec<_>>())).collect();
-            hs.into_iter().flat_map(|h| h.join().expect("decoder thread panicked")).collect()
-        });
-        for ((m, bytes), d) in group.into_iter().zip(decoded) {
-            let d = d.with_context(|| format!("{name}: the member at {}", m.out_offset))?;
+        // Each thread decodes its members and compares them with the image
+        // itself, so only one decoded member per thread is alive at a time.
+        // Ok(true): a small member of zeros, to remember and check here.
+        let check = |m: &Member, b: &[u8]| -> Result<bool> {
+            let d = codec.decode_member(b, m.in_len as usize).with_context(|| format!("{name}: the member at {}", m.out_offset))?;
             if d.len() as u64 != m.in_len {
                 bail!("{name}: the member at {} decodes to {} B, expected {}", m.out_offset, d.len(), m.in_len);
             }
-            if bytes.len() <= 1 << 16 && sparse::is_zero(&d) {
+            if b.len() <= 1 << 16 && sparse::is_zero(&d) {
+                return Ok(true);
+            }
+            let mut r = vec![0u8; d.len()];
+            raw.read_exact_at(&mut r, m.in_offset)?;
+            if r != d {
+                bail!("{name}: decoded bytes differ from the image near offset {}", m.in_offset);
+            }
+            Ok(false)
+        };
+        let results: Vec<Result<bool>> = std::thread::scope(|scope| {
+            let per = group.len().div_ceil(threads.max(1)).max(1);
+            let check = &check;
+            let hs: Vec<_> = group.chunks(per).map(|g| scope.spawn(move || g.iter().map(|(m, b)| check(m, b)).collect::<Vec<_>>())).collect();
+            hs.into_iter().flat_map(|h| h.join().expect("decoder thread panicked")).collect()
+        });
+        for ((m, bytes), r) in group.into_iter().zip(results) {
+            if r? {
                 known.insert(bytes, m.in_len);
                 check_zero(&mut buf, m.in_offset, m.in_len)?;
-            } else {
-                buf.resize(d.len(), 0);
-                raw.read_exact_at(&mut buf, m.in_offset)?;
-                if buf != d {
-                    bail!("{name}: decoded bytes differ from the image near offset {}", m.in_offset);
-                }
             }
             progress(m.in_offset + m.in_len);
         }
