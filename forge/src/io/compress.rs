@@ -24,7 +24,8 @@ use std::sync::Mutex;
 
 pub const DATA_CHUNK: usize = 8 << 20;
 pub const MIN_ZERO_RUN: u64 = 1 << 20;
-/// Zero runs are emitted in members of at most this many bytes.
+/// Zero runs are emitted in members of at most this many bytes (and the
+/// remainder in powers of two, see `zero_member_len`).
 const ZERO_UNIT: u64 = 32 << 20;
 const BLOCK: usize = sparse::BLOCK;
 const READ: usize = 1 << 20;
@@ -148,6 +149,19 @@ fn cut(f: &File, len: u64, emit: &mut dyn FnMut(Piece) -> Result<()>) -> Result<
     c.finish()
 }
 
+/// The length of the next zero member for a run of `left` bytes: whole
+/// units, then the remainder's powers of two (so the few lengths used over
+/// a whole image are each encoded once), then a sub-block tail.
+fn zero_member_len(left: u64) -> u64 {
+    if left >= ZERO_UNIT {
+        ZERO_UNIT
+    } else if left >= BLOCK as u64 {
+        1 << (63 - left.leading_zeros())
+    } else {
+        left
+    }
+}
+
 /// Precomputed members of zeros, by length.
 struct Zeros {
     codec: Codec,
@@ -247,7 +261,7 @@ pub fn compress_sparse(src: &File, len: u64, out: &mut dyn Write, codec: Codec, 
                     None => {
                         let mut at = off;
                         while at < off + n {
-                            let k = (off + n - at).min(ZERO_UNIT);
+                            let k = zero_member_len(off + n - at);
                             let m = zeros.member(k)?;
                             out.write_all(m)?;
                             st.members.push(Member { out_offset: st.output, out_len: m.len() as u64, in_offset: at, in_len: k });
@@ -550,8 +564,11 @@ mod tests {
             assert!(st.zero_bytes > 90 << 20, "{codec:?} {st:?}");
             assert_eq!(st.output, out.len() as u64);
             // The short gap stayed inside the data: one data member before the long run.
-            assert_eq!(st.members[1].in_offset, 5 << 20, "{codec:?}");
-            assert_eq!(st.members[1].in_len, (((5 << 20) + 3_400_000u64).div_ceil(4096) * 4096) - (5 << 20), "{codec:?}");
+            // (The 5 MiB of zeros before it: members of 4 and 1 MiB.)
+            assert_eq!(st.members[..2].iter().map(|m| m.in_len).collect::<Vec<_>>(), [4 << 20, 1 << 20], "{codec:?}");
+            let di = 2;
+            assert_eq!(st.members[di].in_offset, 5 << 20, "{codec:?}");
+            assert_eq!(st.members[di].in_len, (((5 << 20) + 3_400_000u64).div_ceil(4096) * 4096) - (5 << 20), "{codec:?}");
             // The format's own whole-file decoder gives the image.
             let mut dec = Vec::new();
             codec.reader(&out[..]).unwrap().read_to_end(&mut dec).unwrap();
@@ -565,14 +582,14 @@ mod tests {
             std::fs::write(&c, &out).unwrap();
             verify(&c, &f, codec, &st.members, 2, &|_| {}).unwrap();
             let mut bad = st.members.clone();
-            bad[1].in_len -= 1;
+            bad[di].in_len -= 1;
             assert!(verify(&c, &f, codec, &bad, 2, &|_| {}).is_err());
             f.write_all_at(b"x", 50 << 20).unwrap();
             assert!(verify(&c, &f, codec, &st.members, 2, &|_| {}).is_err(), "{codec:?}");
             f.write_all_at(b"\0", 50 << 20).unwrap();
             // A flipped byte in a data member is caught.
             let mut broken = out.clone();
-            let m = st.members[1];
+            let m = st.members[di];
             broken[(m.out_offset + m.out_len / 2) as usize] ^= 0x40;
             std::fs::write(&c, &broken).unwrap();
             assert!(verify(&c, &f, codec, &st.members, 2, &|_| {}).is_err(), "{codec:?}");
