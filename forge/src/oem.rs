@@ -31,13 +31,7 @@ pub enum Compression {
 
 impl Compression {
     pub fn suffix(self) -> &'static str {
-        match self {
-            Compression::None => "",
-            Compression::Bz2 => ".bz2",
-            Compression::Gz => ".gz",
-            Compression::Zst => ".zst",
-            Compression::Xz => ".xz",
-        }
+        self.codec().map_or("", crate::io::codec::Codec::suffix)
     }
 
     pub fn codec(self) -> Option<crate::io::codec::Codec> {

@@ -17,6 +17,18 @@ pub enum Codec {
 }
 
 impl Codec {
+    pub const ALL: [Codec; 4] = [Codec::Bz2, Codec::Gz, Codec::Zst, Codec::Xz];
+
+    /// The file name suffix, as the stock tools write it.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Codec::Bz2 => ".bz2",
+            Codec::Gz => ".gz",
+            Codec::Zst => ".zst",
+            Codec::Xz => ".xz",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Codec::Bz2 => "bzip2",
@@ -115,13 +127,8 @@ impl Codec {
 
     /// The codec of a file, by its name's suffix.
     pub fn from_path(p: &std::path::Path) -> Option<Codec> {
-        match p.extension()?.to_str()? {
-            "bz2" => Some(Codec::Bz2),
-            "gz" => Some(Codec::Gz),
-            "zst" => Some(Codec::Zst),
-            "xz" => Some(Codec::Xz),
-            _ => None,
-        }
+        let name = p.file_name()?.to_str()?;
+        Codec::ALL.into_iter().find(|c| name.ends_with(c.suffix()))
     }
 }
 
@@ -133,7 +140,8 @@ mod tests {
     fn members_roundtrip_and_concatenate() {
         let a: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let b = b"second member".to_vec();
-        for c in [Codec::Bz2, Codec::Gz, Codec::Zst, Codec::Xz] {
+        for c in Codec::ALL {
+            assert_eq!(Codec::from_path(std::path::Path::new(&format!("/x/disk.bin{}", c.suffix()))), Some(c));
             let ma = c.encode(&a, c.default_level()).unwrap();
             let mb = c.encode(&b, c.default_level()).unwrap();
             assert_eq!(c.decode_member(&ma, 0).unwrap(), a, "{c:?}");
@@ -152,5 +160,6 @@ mod tests {
             assert_eq!(&out[a.len()..], &b[..], "{c:?}");
         }
         assert!(Codec::Zst.check_level(22).is_err());
+        assert_eq!(Codec::from_path(std::path::Path::new("disk.bin")), None);
     }
 }
