@@ -107,8 +107,7 @@ impl Cache {
 }
 
 /// Builds (or reuses from the cache) the payload for `recipe`; returns the
-/// payload directory.
-/// `progress` gets (step, bytes done, bytes total) for the download and
+/// payload directory. `progress` gets (step, bytes done, bytes total) for the download and
 /// the unpacking.
 pub fn build(recipe: &Recipe, cache: &Cache, epoch: i64, log: &dyn Fn(&str), progress: &dyn Fn(&str, u64, u64)) -> Result<PathBuf> {
     let bins: Vec<(CrateBin, PathBuf)> = recipe.crates.iter().map(|c| Ok((c.clone(), cargo_install(c, cache, log)?))).collect::<Result<_>>()?;

@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use forge::layout::{FsKind, IdPolicy, LayoutFile};
 use std::fmt::Write as _;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -115,21 +114,15 @@ fn nonzero_blocks(p: &Path, mut copy: Option<&mut dyn std::io::Write>) -> Result
     let f = std::fs::File::open(p)?;
     let len = f.metadata()?.len();
     let mut n = 0;
-    let mut buf = vec![0u8; 1 << 20];
-    for (s, e) in forge::io::sparse::data_extents(&f, 0, len)? {
-        let mut pos = s;
-        while pos < e {
-            let k = ((e - pos) as usize).min(buf.len());
-            f.read_exact_at(&mut buf[..k], pos)?;
-            for c in buf[..k].chunks(4096).filter(|c| !forge::io::sparse::is_zero(c)) {
-                n += c.len() as u64;
-                if let Some(w) = copy.as_mut() {
-                    w.write_all(c)?;
-                }
+    forge::io::sparse::for_each_data_chunk(&f, 0, len, &mut |_, buf| {
+        for c in buf.chunks(4096).filter(|c| !forge::io::sparse::is_zero(c)) {
+            n += c.len() as u64;
+            if let Some(w) = copy.as_mut() {
+                w.write_all(c)?;
             }
-            pos += k as u64;
         }
-    }
+        Ok(())
+    })?;
     Ok(n)
 }
 

@@ -133,17 +133,11 @@ impl Cutter<'_> {
 /// Reads `[0, len)` of `f` once, giving data chunks and zero runs in order.
 fn cut(f: &File, len: u64, emit: &mut dyn FnMut(Piece) -> Result<()>) -> Result<()> {
     let mut c = Cutter { data: Vec::with_capacity(DATA_CHUNK), data_off: 0, zeros: 0, pos: 0, emit };
-    let mut buf = vec![0u8; READ];
-    for (s, e) in sparse::data_extents(f, 0, len)? {
-        c.hole(s - c.pos);
-        let mut p = s;
-        while p < e {
-            let n = ((e - p) as usize).min(READ);
-            f.read_exact_at(&mut buf[..n], p).context("reading the image")?;
-            c.bytes(&buf[..n])?;
-            p += n as u64;
-        }
-    }
+    sparse::for_each_data_chunk(f, 0, len, &mut |at, buf| {
+        c.hole(at - c.pos);
+        c.bytes(buf)
+    })
+    .context("reading the image")?;
     let rest = len - c.pos;
     c.hole(rest);
     c.finish()
@@ -309,21 +303,13 @@ pub fn verify(compressed: &std::path::Path, raw: &File, codec: Codec, members: &
     }
     // Small members already decoded: bytes → decoded length, if all zero.
     let mut known: HashMap<Vec<u8>, u64> = HashMap::new();
-    let mut buf = Vec::new();
-    let check_zero = |buf: &mut Vec<u8>, at: u64, n: u64| -> Result<()> {
-        for (s, e) in sparse::data_extents(raw, at, at + n)? {
-            let mut p = s;
-            while p < e {
-                let k = ((e - p) as usize).min(READ);
-                buf.resize(k, 0);
-                raw.read_exact_at(buf, p)?;
-                if !sparse::is_zero(buf) {
-                    bail!("{name}: a run of zeros in the output covers data of the image near {p}");
-                }
-                p += k as u64;
+    let check_zero = |at: u64, n: u64| -> Result<()> {
+        sparse::for_each_data_chunk(raw, at, at + n, &mut |p, buf| {
+            if !sparse::is_zero(buf) {
+                bail!("{name}: a run of zeros in the output covers data of the image near {p}");
             }
-        }
-        Ok(())
+            Ok(())
+        })
     };
     let batch = threads.max(1) * 2;
     let mut k = 0;
@@ -334,7 +320,7 @@ pub fn verify(compressed: &std::path::Path, raw: &File, codec: Codec, members: &
             let mut bytes = vec![0u8; m.out_len as usize];
             f.read_exact_at(&mut bytes, m.out_offset).with_context(|| format!("{name}: reading"))?;
             match known.get(&bytes) {
-                Some(&n) if n == m.in_len => check_zero(&mut buf, m.in_offset, m.in_len)?,
+                Some(&n) if n == m.in_len => check_zero(m.in_offset, m.in_len)?,
                 _ => group.push((m, bytes)),
             }
             k += 1;
@@ -366,7 +352,7 @@ pub fn verify(compressed: &std::path::Path, raw: &File, codec: Codec, members: &
         for ((m, bytes), r) in group.into_iter().zip(results) {
             if r? {
                 known.insert(bytes, m.in_len);
-                check_zero(&mut buf, m.in_offset, m.in_len)?;
+                check_zero(m.in_offset, m.in_len)?;
             }
             progress(m.in_offset + m.in_len);
         }

@@ -111,21 +111,34 @@ pub fn punch_hole(f: &File, offset: u64, len: u64) -> Result<()> {
 /// `consume`, each chunk is punched out of `src` once copied, so the scratch
 /// space never holds the data twice. Returns the number of bytes written.
 pub fn splice(src: &File, src_offset: u64, len: u64, dst: &File, dst_offset: u64, consume: bool) -> Result<u64> {
-    let mut buf = vec![0u8; CHUNK];
     let mut written = 0;
-    for (s, e) in data_extents(src, src_offset, src_offset + len)? {
+    for_each_data_chunk(src, src_offset, src_offset + len, &mut |pos, buf| {
+        written += write_nonzero_at(dst, dst_offset + (pos - src_offset), buf).context("writing into the disk image")?;
+        if consume {
+            punch_hole(src, pos, buf.len() as u64)?;
+        }
+        Ok(())
+    })
+    .context("reading a filesystem image")?;
+    Ok(written)
+}
+
+/// Reads the data extents of `f` within `[start, end)` in chunks of up to
+/// 1 MiB, in order, giving each chunk and its offset to `each`; holes are
+/// skipped.
+pub fn for_each_data_chunk(f: &File, start: u64, end: u64, each: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+    let mut buf = Vec::new();
+    for (s, e) in data_extents(f, start, end)? {
         let mut pos = s;
         while pos < e {
             let n = ((e - pos) as usize).min(CHUNK);
-            src.read_exact_at(&mut buf[..n], pos).context("reading a filesystem image")?;
-            written += write_nonzero_at(dst, dst_offset + (pos - src_offset), &buf[..n]).context("writing into the disk image")?;
-            if consume {
-                punch_hole(src, pos, n as u64)?;
-            }
+            buf.resize(n, 0);
+            f.read_exact_at(&mut buf, pos)?;
+            each(pos, &buf)?;
             pos += n as u64;
         }
     }
-    Ok(written)
+    Ok(())
 }
 
 #[cfg(test)]
