@@ -35,27 +35,62 @@ fn every_format_decodes_with_the_stock_tool_to_the_exact_image() {
         assert!(stderr(&o).contains("verified by a full decode"), "{}", stderr(&o));
         sh(&format!("{tool} -t {}", out.display()));
         let back = tmp.path().join(format!("back-{fmt}"));
-        sh(&format!("{tool} -cd {} | dd of={} bs=4M conv=sparse status=none && truncate -s {} {}", out.display(), back.display(), 300 << 20, back.display()));
+        sh(&format!(
+            "{tool} -cd {} | dd of={} bs=4M conv=sparse status=none && truncate -s {} {}",
+            out.display(),
+            back.display(),
+            300 << 20,
+            back.display()
+        ));
         assert_eq!(sha256_file(&back), want, "{fmt}");
         // The zero runs did not go through the compressor: the output is small.
         assert!(std::fs::metadata(&out).unwrap().len() < 20 << 20, "{fmt}");
         // DIGESTS in upstream's layout, checked by coreutils.
-        let d = std::fs::read_to_string(tmp.path().join(format!("disk.bin.{fmt}.DIGESTS"))).unwrap();
-        sh(&format!("cd {} && echo '{}' | sha512sum -c --quiet", tmp.path().display(), d.lines().nth(5).unwrap()));
+        let d =
+            std::fs::read_to_string(tmp.path().join(format!("disk.bin.{fmt}.DIGESTS"))).unwrap();
+        sh(&format!(
+            "cd {} && echo '{}' | sha512sum -c --quiet",
+            tmp.path().display(),
+            d.lines().nth(5).unwrap()
+        ));
     }
     // Levels are checked against the format.
-    let o = cli(&["compress", "--format", "gz", "--level", "12", raw.to_str().unwrap(), tmp.path().join("x.gz").to_str().unwrap()]);
-    assert!(!o.status.success() && stderr(&o).contains("gzip level 12 is out of range"), "{}", stderr(&o));
+    let o = cli(&[
+        "compress",
+        "--format",
+        "gz",
+        "--level",
+        "12",
+        raw.to_str().unwrap(),
+        tmp.path().join("x.gz").to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("gzip level 12 is out of range"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!tmp.path().join("x.gz").exists());
-    let o = cli(&["compress", "--format", "lz4", raw.to_str().unwrap(), tmp.path().join("x.lz4").to_str().unwrap()]);
+    let o = cli(&[
+        "compress",
+        "--format",
+        "lz4",
+        raw.to_str().unwrap(),
+        tmp.path().join("x.lz4").to_str().unwrap(),
+    ]);
     assert!(!o.status.success() && stderr(&o).contains("--format lz4"), "{}", stderr(&o));
 }
 
 fn platform(oem: &Path, id: &str, edit: &dyn Fn(&mut serde_json::Value)) {
     let dir = oem.join(id);
-    sh(&format!("mkdir -p {} && cp -r {}/oem/hetzner/. {}", dir.display(), repo().display(), dir.display()));
+    sh(&format!(
+        "mkdir -p {} && cp -r {}/oem/hetzner/. {}",
+        dir.display(),
+        repo().display(),
+        dir.display()
+    ));
     let p = dir.join("platform.json");
-    let mut j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     j["id"] = id.into();
     j["image_name"] = format!("flatcar_production_{id}_image.bin").into();
     edit(&mut j);
@@ -78,7 +113,21 @@ fn a_platform_asking_for_zstd_gets_a_verified_zst() {
     make_bootable_payload(&payload);
     let out = tmp.path().join("out");
     let args = |id: &'static str| -> Vec<String> {
-        ["build-image", "--platform", id, "--oem-dir", oem.to_str().unwrap(), "--base", payload.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--keep-raw"].iter().map(|s| s.to_string()).collect()
+        [
+            "build-image",
+            "--platform",
+            id,
+            "--oem-dir",
+            oem.to_str().unwrap(),
+            "--base",
+            payload.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--keep-raw",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let a = args("zsttest");
     let o = cli(&a.iter().map(String::as_str).collect::<Vec<_>>());
@@ -94,6 +143,11 @@ fn a_platform_asking_for_zstd_gets_a_verified_zst() {
     let a = args("badlevel");
     let o = cli(&a.iter().map(String::as_str).collect::<Vec<_>>());
     let e = stderr(&o);
-    assert!(!o.status.success() && e.contains("badlevel/platform.json") && e.contains("xz level 42 is out of range"), "{e}");
+    assert!(
+        !o.status.success()
+            && e.contains("badlevel/platform.json")
+            && e.contains("xz level 42 is out of range"),
+        "{e}"
+    );
     assert!(!out.join("flatcar_production_badlevel_image.bin.xz").exists());
 }

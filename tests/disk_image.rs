@@ -22,7 +22,17 @@ fn build(layout: &str, extra: &[&str]) -> Built {
     let payload = tmp.path().join("payload");
     make_payload(&payload);
     let out = tmp.path().join("out");
-    let mut args = vec!["build-image", "--platform", "generic", "--base", payload.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--layout", layout];
+    let mut args = vec![
+        "build-image",
+        "--platform",
+        "generic",
+        "--base",
+        payload.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--layout",
+        layout,
+    ];
     args.extend_from_slice(extra);
     let o = cli(&args);
     assert!(o.status.success(), "build failed: {}", stderr(&o));
@@ -99,7 +109,13 @@ fn vm_image_matches_the_layout_per_sfdisk() {
 
 fn part(image: &Path, n: u32) -> (u64, u64) {
     let j = sfdisk_json(image);
-    let p = j["partitiontable"]["partitions"].as_array().unwrap().iter().find(|p| p["node"].as_str().unwrap().ends_with(&format!("bin{n}"))).unwrap().clone();
+    let p = j["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"].as_str().unwrap().ends_with(&format!("bin{n}")))
+        .unwrap()
+        .clone();
     (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap())
 }
 
@@ -117,11 +133,19 @@ fn filesystems_are_clean_and_read_back_byte_identical() {
     assert_eq!(out.lines().count(), 2, "fsck.fat printed findings: {out}");
     assert!(sh(&format!("blkid -o export {}", esp.display())).contains("LABEL=EFI-SYSTEM"));
     sh(&format!("mcopy -n -i {} ::/flatcar/vmlinuz-a {}/k", esp.display(), b.dir.display()));
-    assert_eq!(std::fs::read(b.dir.join("k")).unwrap(), std::fs::read(b.payload.join("usr/boot/vmlinuz")).unwrap());
+    assert_eq!(
+        std::fs::read(b.dir.join("k")).unwrap(),
+        std::fs::read(b.payload.join("usr/boot/vmlinuz")).unwrap()
+    );
     sh(&format!("mcopy -n -i {} ::/flatcar/initrd-a {}/i", esp.display(), b.dir.display()));
-    assert_eq!(std::fs::read(b.dir.join("i")).unwrap(), std::fs::read(b.payload.join("usr/boot/initrd.img")).unwrap());
+    assert_eq!(
+        std::fs::read(b.dir.join("i")).unwrap(),
+        std::fs::read(b.payload.join("usr/boot/initrd.img")).unwrap()
+    );
     let cfg = sh(&format!("mtype -i {} ::/flatcar/verity-a.cfg", esp.display()));
-    let side = std::fs::read_to_string(b.image.with_file_name("flatcar_production_image_verity.txt")).unwrap();
+    let side =
+        std::fs::read_to_string(b.image.with_file_name("flatcar_production_image_verity.txt"))
+            .unwrap();
     let root_hash = side.lines().next().unwrap().to_string();
     assert_eq!(root_hash.len(), 64);
     assert!(cfg.contains(&format!("set verity_usrhash=\"{root_hash}\"")), "{cfg}");
@@ -132,11 +156,15 @@ fn filesystems_are_clean_and_read_back_byte_identical() {
         let target = format!("{}?offset={}", img.display(), s * 512);
         let (ok, out) = sh_status(&format!("e2fsck -fn '{target}'"));
         assert!(ok, "e2fsck {label}: {out}");
-        assert!(sh(&format!("dumpe2fs -h '{target}' 2>/dev/null")).contains(&format!("Filesystem volume name:   {label}")));
+        assert!(sh(&format!("dumpe2fs -h '{target}' 2>/dev/null"))
+            .contains(&format!("Filesystem volume name:   {label}")));
     }
     let (s, _) = part(img, 9);
     let target = format!("{}?offset={}", img.display(), s * 512);
-    assert_eq!(sh(&format!("debugfs -R 'cat /etc/motd' '{target}' 2>/dev/null")), "welcome to the test OS\n");
+    assert_eq!(
+        sh(&format!("debugfs -R 'cat /etc/motd' '{target}' 2>/dev/null")),
+        "welcome to the test OS\n"
+    );
     let stat = sh(&format!("debugfs -R 'stat /etc/motd' '{target}' 2>/dev/null"));
     assert!(stat.contains("User:     0   Group:     0"), "{stat}");
 
@@ -148,18 +176,26 @@ fn filesystems_are_clean_and_read_back_byte_identical() {
     assert!(ok, "fsck.erofs: {out}");
     let x = b.dir.join("usr-extracted");
     sh(&format!("fsck.erofs --extract={} {}", x.display(), usr.display()));
-    let diff = sh_status(&format!("diff -r --no-dereference {} {}", b.payload.join("usr").display(), x.display()));
+    let diff = sh_status(&format!(
+        "diff -r --no-dereference {} {}",
+        b.payload.join("usr").display(),
+        x.display()
+    ));
     assert!(diff.0, "extracted /usr differs: {}", diff.1);
-    let modes = |d: &Path| sh(&format!("cd {} && find . -printf '%p %y %m %s %l\\n' | sort", d.display()));
+    let modes =
+        |d: &Path| sh(&format!("cd {} && find . -printf '%p %y %m %s %l\\n' | sort", d.display()));
     assert_eq!(modes(&b.payload.join("usr")), modes(&x));
 }
 
 #[test]
 fn veritysetup_accepts_usr_and_rejects_a_flipped_byte() {
     let b = build("base", &[]);
-    let side = std::fs::read_to_string(b.image.with_file_name("flatcar_production_image_verity.txt")).unwrap();
+    let side =
+        std::fs::read_to_string(b.image.with_file_name("flatcar_production_image_verity.txt"))
+            .unwrap();
     let root = side.lines().next().unwrap();
-    let field = |k: &str| side.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap().to_string();
+    let field =
+        |k: &str| side.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap().to_string();
     let (s, n) = part(&b.image, 3);
     let usr = b.dir.join("usr.img");
     extract_partition(&b.image, s, n, &usr);
@@ -188,7 +224,9 @@ fn rebuilds_with_the_same_seed_are_byte_identical() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let b = build("base", &[]);
     assert_eq!(sha256_file(&a.image), sha256_file(&b.image));
-    let v = |x: &Built| std::fs::read(x.image.with_file_name("flatcar_production_image_verity.txt")).unwrap();
+    let v = |x: &Built| {
+        std::fs::read(x.image.with_file_name("flatcar_production_image_verity.txt")).unwrap()
+    };
     assert_eq!(v(&a), v(&b));
     // A different seed changes the derived IDs (and so the bytes).
     let c = build("base", &["--seed", "other"]);
@@ -197,10 +235,26 @@ fn rebuilds_with_the_same_seed_are_byte_identical() {
 
 #[test]
 fn overrides_replace_derived_ids() {
-    let b = build("base", &["--part-uuid", "ROOT=11111111-2222-4333-8444-555555555555", "--fs-uuid", "ROOT=66666666-7777-4888-9999-aaaaaaaaaaaa", "--disk-guid", "12345678-1234-4234-8234-123456789abc"]);
+    let b = build(
+        "base",
+        &[
+            "--part-uuid",
+            "ROOT=11111111-2222-4333-8444-555555555555",
+            "--fs-uuid",
+            "ROOT=66666666-7777-4888-9999-aaaaaaaaaaaa",
+            "--disk-guid",
+            "12345678-1234-4234-8234-123456789abc",
+        ],
+    );
     let j = sfdisk_json(&b.image);
     assert_eq!(j["partitiontable"]["id"], "12345678-1234-4234-8234-123456789ABC");
-    let root = j["partitiontable"]["partitions"].as_array().unwrap().iter().find(|p| p["name"] == "ROOT").unwrap().clone();
+    let root = j["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "ROOT")
+        .unwrap()
+        .clone();
     assert_eq!(root["uuid"], "11111111-2222-4333-8444-555555555555");
     let (s, _) = part(&b.image, 9);
     let blk = sh(&format!("dumpe2fs -h '{}?offset={}' 2>/dev/null", b.image.display(), s * 512));
@@ -233,14 +287,28 @@ fn too_small_a_partition_is_a_clear_error() {
     let payload = tmp.path().join("payload");
     make_payload(&payload);
     // A layout whose USR filesystem (16 blocks = 64 KiB) cannot hold the payload.
-    let text = std::fs::read_to_string(repo().join("layouts/disk_layout.json")).unwrap().replace("\"fs_blocks\": \"260094\"", "\"fs_blocks\": \"16\"");
+    let text = std::fs::read_to_string(repo().join("layouts/disk_layout.json"))
+        .unwrap()
+        .replace("\"fs_blocks\": \"260094\"", "\"fs_blocks\": \"16\"");
     let lf = tmp.path().join("small.json");
     std::fs::write(&lf, text).unwrap();
     let out = tmp.path().join("out");
-    let o = cli(&["build-image", "--base", payload.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--layout-file", lf.to_str().unwrap()]);
+    let o = cli(&[
+        "build-image",
+        "--base",
+        payload.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--layout-file",
+        lf.to_str().unwrap(),
+    ]);
     let err = stderr(&o);
     assert!(!o.status.success());
-    assert!(err.contains("partition 3 (USR-A, erofs)") && err.contains("gives the filesystem only 65536 B"), "{err}");
+    assert!(
+        err.contains("partition 3 (USR-A, erofs)")
+            && err.contains("gives the filesystem only 65536 B"),
+        "{err}"
+    );
     let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
@@ -260,10 +328,15 @@ fn inspect_reports_our_image_and_catches_corruption() {
     assert_eq!(by("OEM")["fs"]["label"], "OEM");
     let usr = by("USR-A");
     assert_eq!(usr["fs"]["type"], "erofs");
-    assert_eq!(usr["attributes_decoded"], serde_json::json!(["priority=1", "tries=0", "successful=1"]));
+    assert_eq!(
+        usr["attributes_decoded"],
+        serde_json::json!(["priority=1", "tries=0", "successful=1"])
+    );
     assert_eq!(usr["type_name"], "Flatcar /usr (CoreOS usr)");
     assert_eq!(usr["verity"]["matches"], true);
-    let side = std::fs::read_to_string(b.image.with_file_name("flatcar_production_image_verity.txt")).unwrap();
+    let side =
+        std::fs::read_to_string(b.image.with_file_name("flatcar_production_image_verity.txt"))
+            .unwrap();
     assert_eq!(usr["verity"]["computed_root_hash"], side.lines().next().unwrap());
     // blkid agrees on the filesystem UUIDs inspect reports.
     let (s, _) = part(&b.image, 9);
@@ -271,7 +344,11 @@ fn inspect_reports_our_image_and_catches_corruption() {
     assert_eq!(blk.trim(), by("ROOT")["fs"]["uuid"].as_str().unwrap());
     // One flipped byte in USR-A: inspect reports the mismatch and fails.
     let (s, _) = part(&b.image, 3);
-    sh(&format!("printf '\\x5a' | dd of={} bs=1 seek={} conv=notrunc status=none", b.image.display(), s * 512 + 1100));
+    sh(&format!(
+        "printf '\\x5a' | dd of={} bs=1 seek={} conv=notrunc status=none",
+        b.image.display(),
+        s * 512 + 1100
+    ));
     let o = cli(&["inspect", b.image.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("DOES NOT MATCH"));
@@ -309,7 +386,10 @@ END
     assert_eq!(p[0]["fs"]["label"], "FOREIGN");
     assert_eq!(p[0]["fs"]["uuid"], "1234-ABCD");
     assert_eq!(p[1]["uuid"], "aaaaaaaa-0000-4000-8000-000000000002");
-    assert_eq!(p[1]["attributes_decoded"], serde_json::json!(["priority=3", "tries=0", "successful=1"]));
+    assert_eq!(
+        p[1]["attributes_decoded"],
+        serde_json::json!(["priority=3", "tries=0", "successful=1"])
+    );
     assert_eq!(p[1]["fs"]["type"], "ext4");
     assert_eq!(p[1]["fs"]["uuid"], "0b8e2a1c-1111-4000-8000-000000000003");
     assert_eq!(j["oem"]["id"], "acme");

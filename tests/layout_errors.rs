@@ -8,26 +8,54 @@ use support::*;
 /// (fixture, layout to build, substrings the error must contain)
 const CASES: &[(&str, &str, &[&str])] = &[
     ("overlap", "base", &["layout 'base', partition 9 (ROOT)", "overlap partition 3 (USR-A)"]),
-    ("misaligned", "base", &["layout 'base', partition 9 (ROOT)", "first_block 300001 is not aligned to 4096 sectors"]),
+    (
+        "misaligned",
+        "base",
+        &["layout 'base', partition 9 (ROOT)", "first_block 300001 is not aligned to 4096 sectors"],
+    ),
     ("too-large-for-disk", "small", &["layout 'small'", "the disk has only 200000 sectors"]),
     ("unknown-fs-type", "base", &["partition 9 (ROOT)", "unknown fs_type 'zfs'"]),
-    ("duplicate-label", "base", &["partition 9 (USR-A)", "label 'USR-A' is already used by partition 3"]),
+    (
+        "duplicate-label",
+        "base",
+        &["partition 9 (USR-A)", "label 'USR-A' is already used by partition 3"],
+    ),
     ("unknown-type", "base", &["partition 3 (USR-A)", "unknown partition type 'flatcar-usr-x'"]),
     ("missing-blocks", "base", &["partition 9 (ROOT)", "missing \"blocks\""]),
     ("zero-size", "base", &["partition 9 (ROOT)", "size is 0 blocks"]),
-    ("bad-number", "base", &["layout 'base', partition 9", "\"12abc\" is not a non-negative integer"]),
+    (
+        "bad-number",
+        "base",
+        &["layout 'base', partition 9", "\"12abc\" is not a non-negative integer"],
+    ),
     ("fs-larger-than-partition", "base", &["partition 3 (USR-A)", "is larger than the partition"]),
     ("unknown-key", "base", &["layout 'base', partition 9", "unknown field `colour`"]),
     ("bad-uuid", "base", &["partition 3 (USR-A)", "invalid uuid 'not-a-uuid'"]),
-    ("unknown-feature", "base", &["partition 3 (USR-A)", "unknown or unsupported feature 'hybrid-mbr'"]),
+    (
+        "unknown-feature",
+        "base",
+        &["partition 3 (USR-A)", "unknown or unsupported feature 'hybrid-mbr'"],
+    ),
     ("verity-without-fs", "base", &["partition 3 (USR-A)", "feature 'verity' needs a filesystem"]),
-    ("label-too-long", "base", &["partition 9 (ROOT)", "fs_label 'THIS-LABEL-IS-TOO-LONG' is longer than 16 bytes"]),
+    (
+        "label-too-long",
+        "base",
+        &["partition 9 (ROOT)", "fs_label 'THIS-LABEL-IS-TOO-LONG' is longer than 16 bytes"],
+    ),
     ("partition-zero", "base", &["layout 'base'", "\"0\" is not a partition number"]),
     ("inside-primary-gpt", "base", &["partition 1 (EFI-SYSTEM)", "inside the primary GPT"]),
     ("missing-base", "vm", &["missing the \"base\" layout"]),
     ("bad-alignment", "base", &["metadata: part_alignment 4097"]),
-    ("compression-on-ext4", "base", &["partition 9 (ROOT)", "fs_compression 'zstd' is not supported for ext4"]),
-    ("broken-variant", "base", &["layout 'vm', partition 9", "\"-5\" is not a non-negative integer"]),
+    (
+        "compression-on-ext4",
+        "base",
+        &["partition 9 (ROOT)", "fs_compression 'zstd' is not supported for ext4"],
+    ),
+    (
+        "broken-variant",
+        "base",
+        &["layout 'vm', partition 9", "\"-5\" is not a non-negative integer"],
+    ),
     ("duplicate-partition", "base", &["layout 'base'", "key \"1\" appears twice"]),
     ("invalid-json", "base", &["invalid layout file", "line 1"]),
 ];
@@ -57,11 +85,16 @@ fn malformed_layouts_are_rejected_with_clear_errors() {
         ]);
         let err = stderr(&o);
         assert!(!o.status.success(), "{name}: expected failure, got success");
-        assert!(err.contains(&file.display().to_string()), "{name}: error does not name the file:\n{err}");
+        assert!(
+            err.contains(&file.display().to_string()),
+            "{name}: error does not name the file:\n{err}"
+        );
         for e in *expected {
             assert!(err.contains(e), "{name}: error lacks {e:?}:\n{err}");
         }
-        let left: Vec<_> = std::fs::read_dir(&out).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect()).unwrap_or_default();
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
         assert!(left.is_empty(), "{name}: left files behind: {left:?}");
         seen += 1;
     }
@@ -74,7 +107,15 @@ fn unknown_layout_variant_is_named() {
     let payload = tmp.path().join("payload");
     make_payload(&payload);
     let out = tmp.path().join("out");
-    let o = cli(&["build-image", "--base", payload.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--layout", "nosuch"]);
+    let o = cli(&[
+        "build-image",
+        "--base",
+        payload.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--layout",
+        "nosuch",
+    ]);
     let err = stderr(&o);
     assert!(!o.status.success());
     assert!(err.contains("layouts/disk_layout.json: no layout 'nosuch' (available: azure, base, container, vagrant, vm)"), "{err}");
@@ -94,21 +135,41 @@ fn broken_payloads_are_rejected() {
     let tmp = open_tempdir();
     let cases: &[(&str, &dyn Fn(&std::path::Path), &str)] = &[
         ("no-usr", &|d| std::fs::create_dir_all(d).unwrap(), "no usr/ directory"),
-        ("no-os-release", &|d| std::fs::create_dir_all(d.join("usr/boot")).unwrap(), "missing or unreadable usr/lib/os-release"),
-        ("no-kernel", &|d| {
-            std::fs::create_dir_all(d.join("usr/lib")).unwrap();
-            std::fs::write(d.join("usr/lib/os-release"), "ID=x\n").unwrap();
-        }, "missing kernel usr/boot/vmlinuz"),
-        ("no-id", &|d| {
-            std::fs::create_dir_all(d.join("usr/lib")).unwrap();
-            std::fs::write(d.join("usr/lib/os-release"), "NAME=x\n").unwrap();
-        }, "has no ID= line"),
+        (
+            "no-os-release",
+            &|d| std::fs::create_dir_all(d.join("usr/boot")).unwrap(),
+            "missing or unreadable usr/lib/os-release",
+        ),
+        (
+            "no-kernel",
+            &|d| {
+                std::fs::create_dir_all(d.join("usr/lib")).unwrap();
+                std::fs::write(d.join("usr/lib/os-release"), "ID=x\n").unwrap();
+            },
+            "missing kernel usr/boot/vmlinuz",
+        ),
+        (
+            "no-id",
+            &|d| {
+                std::fs::create_dir_all(d.join("usr/lib")).unwrap();
+                std::fs::write(d.join("usr/lib/os-release"), "NAME=x\n").unwrap();
+            },
+            "has no ID= line",
+        ),
     ];
     for (name, make, expected) in cases {
         let p = tmp.path().join(name);
         make(&p);
         let out = tmp.path().join(format!("out-{name}"));
-        let o = cli(&["build-image", "--base", p.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--epoch", "0"]);
+        let o = cli(&[
+            "build-image",
+            "--base",
+            p.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--epoch",
+            "0",
+        ]);
         let err = stderr(&o);
         assert!(!o.status.success(), "{name}");
         assert!(err.contains(expected) && err.contains(&p.display().to_string()), "{name}: {err}");

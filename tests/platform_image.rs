@@ -16,7 +16,15 @@ fn build(tmp: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
         make_bootable_payload(&payload);
     }
     let out = tmp.join("out");
-    let mut args = vec!["build-image", "--platform", "hetzner", "--base", payload.to_str().unwrap(), "--output-dir", out.to_str().unwrap()];
+    let mut args = vec![
+        "build-image",
+        "--platform",
+        "hetzner",
+        "--base",
+        payload.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let o = cli(&args);
     assert!(o.status.success(), "build failed: {}", stderr(&o));
@@ -24,8 +32,15 @@ fn build(tmp: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
 }
 
 fn part(image: &Path, label: &str) -> (u64, u64) {
-    let j: serde_json::Value = serde_json::from_str(&sh(&format!("sfdisk --json {}", image.display()))).unwrap();
-    let p = j["partitiontable"]["partitions"].as_array().unwrap().iter().find(|p| p["name"] == label).unwrap().clone();
+    let j: serde_json::Value =
+        serde_json::from_str(&sh(&format!("sfdisk --json {}", image.display()))).unwrap();
+    let p = j["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == label)
+        .unwrap()
+        .clone();
     (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap())
 }
 
@@ -38,7 +53,11 @@ fn hetzner_artifacts_decompress_and_verify() {
     // Stock bzip2 accepts it, and Hetzner's uploader pipeline restores the exact image.
     sh(&format!("bzip2 -t {}", bz.display()));
     let restored = tmp.path().join("restored.bin");
-    sh(&format!("bzip2 -cd {} | dd of={} bs=4M conv=sparse status=none", bz.display(), restored.display()));
+    sh(&format!(
+        "bzip2 -cd {} | dd of={} bs=4M conv=sparse status=none",
+        bz.display(),
+        restored.display()
+    ));
     sh(&format!("truncate -s $(stat -c %s {}) {}", raw.display(), restored.display()));
     assert_eq!(sha256_file(&restored), sha256_file(&raw));
     assert_eq!(std::fs::metadata(&raw).unwrap().len(), 25804800 * 512, "layout vm");
@@ -53,7 +72,15 @@ fn hetzner_artifacts_decompress_and_verify() {
         sh(&format!("cd {} && echo '{}' | {tool} -c --quiet", out.display(), lines[i]));
     }
     let version = std::fs::read_to_string(out.join("version.txt")).unwrap();
-    for k in ["FLATCAR_BUILD=1", "FLATCAR_BRANCH=2", "FLATCAR_PATCH=3", "FLATCAR_VERSION=1.2.3", "FLATCAR_VERSION_ID=1.2.3", "FLATCAR_BUILD_ID=", "FLATCAR_SDK_VERSION="] {
+    for k in [
+        "FLATCAR_BUILD=1",
+        "FLATCAR_BRANCH=2",
+        "FLATCAR_PATCH=3",
+        "FLATCAR_VERSION=1.2.3",
+        "FLATCAR_VERSION_ID=1.2.3",
+        "FLATCAR_BUILD_ID=",
+        "FLATCAR_SDK_VERSION=",
+    ] {
         assert!(version.lines().any(|l| l.starts_with(k)), "version.txt lacks {k}: {version}");
     }
 }
@@ -77,7 +104,11 @@ fn hetzner_boot_chain_and_oem_partition() {
     assert_eq!(head[0x68..440], boot[0x68..440], "boot.img code");
     let (bios_start, _) = part(&img, "BIOS-BOOT");
     assert_eq!(bios_start, 2101248);
-    assert_eq!(u64::from_le_bytes(head[0x5c..0x64].try_into().unwrap()), bios_start, "kernel sector");
+    assert_eq!(
+        u64::from_le_bytes(head[0x5c..0x64].try_into().unwrap()),
+        bios_start,
+        "kernel sector"
+    );
     assert_eq!(&head[0x66..0x68], &[0x90, 0x90]);
     assert_eq!(head[450], 0xEE, "protective MBR entry kept");
     assert_eq!(&head[510..512], &[0x55, 0xAA]);
@@ -86,7 +117,11 @@ fn hetzner_boot_chain_and_oem_partition() {
     std::fs::File::open(&img).unwrap().read_exact_at(&mut core, bios_start * 512).unwrap();
     let diskboot = std::fs::read("/usr/lib/grub/i386-pc/diskboot.img").unwrap();
     assert_eq!(core[..0x100], diskboot[..0x100], "core.img starts with diskboot.img");
-    assert_eq!(u64::from_le_bytes(core[0x1f4..0x1fc].try_into().unwrap()), bios_start + 1, "block list start");
+    assert_eq!(
+        u64::from_le_bytes(core[0x1f4..0x1fc].try_into().unwrap()),
+        bios_start + 1,
+        "block list start"
+    );
     assert!(u16::from_le_bytes(core[0x1fc..0x1fe].try_into().unwrap()) > 10, "block list length");
 
     // ESP, read with mtools.
@@ -100,13 +135,27 @@ fn hetzner_boot_chain_and_oem_partition() {
     sh(&format!("mcopy -n -i {e} ::/EFI/boot/bootx64.efi {}", efi.display()));
     assert_eq!(&std::fs::read(&efi).unwrap()[..2], b"MZ", "a PE image");
     let grub = sh(&format!("mtype -i {e} ::/flatcar/grub/grub.cfg"));
-    assert!(grub.contains("7130c94a-213a-4e5a-8e26-6cce9662f132") && grub.contains("e03dd35c-7c2d-4a47-b3fe-27f15780a57c"), "{grub}");
-    assert!(grub.contains("flatcar.oem.id=$oem_id") && grub.contains("flatcar.first_boot=detected") && grub.contains("search --no-floppy --set oem --label OEM"));
+    assert!(
+        grub.contains("7130c94a-213a-4e5a-8e26-6cce9662f132")
+            && grub.contains("e03dd35c-7c2d-4a47-b3fe-27f15780a57c"),
+        "{grub}"
+    );
+    assert!(
+        grub.contains("flatcar.oem.id=$oem_id")
+            && grub.contains("flatcar.first_boot=detected")
+            && grub.contains("search --no-floppy --set oem --label OEM")
+    );
     assert!(sh(&format!("mdir -b -i {e} ::/flatcar")).contains("first_boot"));
     let initrd = tmp.path().join("initrd");
     sh(&format!("mcopy -n -i {e} ::/flatcar/initrd-a {}", initrd.display()));
     let cpio = sh(&format!("cpio -it --quiet < {}", initrd.display()));
-    for f in ["init", "dev/console", "etc/forge-init/modules", &format!("lib/modules/{TEST_KERNEL_VERSION}/kernel/drivers/dm-verity.ko"), &format!("lib/modules/{TEST_KERNEL_VERSION}/kernel/drivers/dm-mod.ko")] {
+    for f in [
+        "init",
+        "dev/console",
+        "etc/forge-init/modules",
+        &format!("lib/modules/{TEST_KERNEL_VERSION}/kernel/drivers/dm-verity.ko"),
+        &format!("lib/modules/{TEST_KERNEL_VERSION}/kernel/drivers/dm-mod.ko"),
+    ] {
         assert!(cpio.lines().any(|l| l == f), "initramfs lacks {f}: {cpio}");
     }
 
@@ -114,17 +163,38 @@ fn hetzner_boot_chain_and_oem_partition() {
     let (s, _) = part(&img, "OEM");
     let t = format!("{i}?offset={}", s * 512);
     let dbg = |cmd: &str| sh(&format!("debugfs -R '{cmd}' '{t}' 2>/dev/null"));
-    assert_eq!(dbg("cat /grub.cfg").lines().find(|l| !l.starts_with('#')).unwrap(), "set oem_id=\"hetzner\"");
+    assert_eq!(
+        dbg("cat /grub.cfg").lines().find(|l| !l.starts_with('#')).unwrap(),
+        "set oem_id=\"hetzner\""
+    );
     let rel = dbg("cat /oem-release");
-    assert!(rel.contains("ID=hetzner\n") && rel.contains("NAME=\"Hetzner Cloud\"") && rel.contains("VERSION_ID=1.2.3"), "{rel}");
+    assert!(
+        rel.contains("ID=hetzner\n")
+            && rel.contains("NAME=\"Hetzner Cloud\"")
+            && rel.contains("VERSION_ID=1.2.3"),
+        "{rel}"
+    );
     let ls = dbg("ls -p /sysext");
     assert!(ls.contains("/oem-hetzner-1.2.3.raw/") && ls.contains("/active-oem-hetzner/"), "{ls}");
     let raw = tmp.path().join("oem.raw");
-    sh(&format!("debugfs -R 'dump /sysext/oem-hetzner-1.2.3.raw {}' '{t}' 2>/dev/null", raw.display()));
+    sh(&format!(
+        "debugfs -R 'dump /sysext/oem-hetzner-1.2.3.raw {}' '{t}' 2>/dev/null",
+        raw.display()
+    ));
     let x = tmp.path().join("sysext");
     sh(&format!("fsck.erofs --extract={} {}", x.display(), raw.display()));
-    let er = std::fs::read_to_string(x.join("usr/lib/extension-release.d/extension-release.oem-hetzner")).unwrap();
-    for l in ["ID=testos", "VERSION_ID=1.2.3", "ARCHITECTURE=x86-64", "SYSEXT_ID=oem-hetzner", "SYSEXT_VERSION_ID=1.2.3", "EXTENSION_RELOAD_MANAGER=1"] {
+    let er = std::fs::read_to_string(
+        x.join("usr/lib/extension-release.d/extension-release.oem-hetzner"),
+    )
+    .unwrap();
+    for l in [
+        "ID=testos",
+        "VERSION_ID=1.2.3",
+        "ARCHITECTURE=x86-64",
+        "SYSEXT_ID=oem-hetzner",
+        "SYSEXT_VERSION_ID=1.2.3",
+        "EXTENSION_RELOAD_MANAGER=1",
+    ] {
         assert!(er.lines().any(|x| x == l), "extension-release lacks {l}: {er}");
     }
     assert!(er.contains("SYSEXT_NAME="));
@@ -144,10 +214,22 @@ fn platform_builds_are_reproducible_and_leave_no_raw() {
     assert!(!out.join(NAME).exists(), "the raw image is removed unless --keep-raw");
     let out2 = tmp.path().join("out2");
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let o = cli(&["build-image", "--platform", "hetzner", "--base", payload.to_str().unwrap(), "--output-dir", out2.to_str().unwrap()]);
+    let o = cli(&[
+        "build-image",
+        "--platform",
+        "hetzner",
+        "--base",
+        payload.to_str().unwrap(),
+        "--output-dir",
+        out2.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     for f in [format!("{NAME}.bz2"), format!("{NAME}.bz2.DIGESTS"), "version.txt".into()] {
-        assert_eq!(sha256_file(&out.join(&f)), sha256_file(&out2.join(&f)), "{f} differs between builds");
+        assert_eq!(
+            sha256_file(&out.join(&f)),
+            sha256_file(&out2.join(&f)),
+            "{f} differs between builds"
+        );
     }
 }
 
@@ -157,7 +239,16 @@ fn qemu_platform_writes_a_qcow2_that_qemu_img_accepts() {
     let payload = tmp.path().join("payload");
     make_bootable_payload(&payload);
     let out = tmp.path().join("out");
-    let o = cli(&["build-image", "--platform", "qemu", "--base", payload.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--keep-raw"]);
+    let o = cli(&[
+        "build-image",
+        "--platform",
+        "qemu",
+        "--base",
+        payload.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--keep-raw",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let q = out.join("flatcar_production_qemu_image.img");
     let info = sh(&format!("qemu-img info --output=json {}", q.display()));
@@ -172,8 +263,20 @@ fn qemu_platform_writes_a_qcow2_that_qemu_img_accepts() {
     let conv = tmp.path().join("back.raw");
     sh(&format!("qemu-img convert -f qcow2 -O raw {} {}", q.display(), conv.display()));
     let (s, _) = part(&conv, "OEM");
-    let g = sh(&format!("debugfs -R 'cat /grub.cfg' '{}?offset={}' 2>/dev/null", conv.display(), s * 512));
-    assert!(g.contains("set oem_id=\"qemu\"") && g.contains("set linux_append=\"flatcar.autologin\""), "{g}");
-    let digests = std::fs::read_to_string(out.join("flatcar_production_qemu_image.img.DIGESTS")).unwrap();
-    sh(&format!("cd {} && echo '{}' | sha512sum -c --quiet", out.display(), digests.lines().nth(5).unwrap()));
+    let g = sh(&format!(
+        "debugfs -R 'cat /grub.cfg' '{}?offset={}' 2>/dev/null",
+        conv.display(),
+        s * 512
+    ));
+    assert!(
+        g.contains("set oem_id=\"qemu\"") && g.contains("set linux_append=\"flatcar.autologin\""),
+        "{g}"
+    );
+    let digests =
+        std::fs::read_to_string(out.join("flatcar_production_qemu_image.img.DIGESTS")).unwrap();
+    sh(&format!(
+        "cd {} && echo '{}' | sha512sum -c --quiet",
+        out.display(),
+        digests.lines().nth(5).unwrap()
+    ));
 }

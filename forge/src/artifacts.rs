@@ -26,7 +26,14 @@ impl<W: Write> HashingWriter<W> {
         HashingWriter { inner, md5: Md5::new(), sha1: Sha1::new(), sha512: Sha512::new(), bytes: 0 }
     }
     pub fn finish(self) -> (W, Digests) {
-        (self.inner, Digests { md5: hex::encode(self.md5.finalize()), sha1: hex::encode(self.sha1.finalize()), sha512: hex::encode(self.sha512.finalize()) })
+        (
+            self.inner,
+            Digests {
+                md5: hex::encode(self.md5.finalize()),
+                sha1: hex::encode(self.sha1.finalize()),
+                sha512: hex::encode(self.sha512.finalize()),
+            },
+        )
     }
 }
 
@@ -54,7 +61,10 @@ pub struct Digests {
 impl Digests {
     /// Upstream's `.DIGESTS` text for a file named `name`.
     pub fn render(&self, name: &str) -> String {
-        format!("# MD5 HASH\n{}  {name}\n# SHA1 HASH\n{}  {name}\n# SHA512 HASH\n{}  {name}\n", self.md5, self.sha1, self.sha512)
+        format!(
+            "# MD5 HASH\n{}  {name}\n# SHA1 HASH\n{}  {name}\n# SHA512 HASH\n{}  {name}\n",
+            self.md5, self.sha1, self.sha512
+        )
     }
 }
 
@@ -70,8 +80,17 @@ pub struct Artifact {
 /// decode unless `verify` is off, then renamed); returns the compressed size,
 /// its digests and the compressor's statistics. `level` defaults to the
 /// stock tool's. `progress` gets (step, bytes done, bytes total).
-pub fn compress_file(raw: &Path, dest: &Path, compression: Compression, level: Option<u32>, threads: usize, verify: bool, progress: &dyn Fn(&str, u64, u64)) -> Result<(u64, Digests, Option<compress::Stats>)> {
-    let src = std::fs::File::open(raw).with_context(|| format!("{}: cannot open", raw.display()))?;
+pub fn compress_file(
+    raw: &Path,
+    dest: &Path,
+    compression: Compression,
+    level: Option<u32>,
+    threads: usize,
+    verify: bool,
+    progress: &dyn Fn(&str, u64, u64),
+) -> Result<(u64, Digests, Option<compress::Stats>)> {
+    let src =
+        std::fs::File::open(raw).with_context(|| format!("{}: cannot open", raw.display()))?;
     let len = src.metadata()?.len();
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -80,14 +99,25 @@ pub fn compress_file(raw: &Path, dest: &Path, compression: Compression, level: O
     let result = match compression.codec() {
         Some(codec) => {
             let level = level.unwrap_or(codec.default_level());
-            let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp.as_file().try_clone()?));
-            let st = compress::compress_sparse(&src, len, &mut w, codec, level, threads, &|d| progress("compress", d, len))
-                .with_context(|| format!("compressing {} into {}", raw.display(), dest.display()))?;
+            let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(
+                1 << 20,
+                tmp.as_file().try_clone()?,
+            ));
+            let st = compress::compress_sparse(&src, len, &mut w, codec, level, threads, &|d| {
+                progress("compress", d, len)
+            })
+            .with_context(|| format!("compressing {} into {}", raw.display(), dest.display()))?;
             let bytes = w.bytes;
             let (inner, digests) = w.finish();
-            inner.into_inner().map_err(|e| anyhow!("{}: writing: {}", dest.display(), e.error()))?.sync_all().with_context(|| format!("{}: writing", dest.display()))?;
+            inner
+                .into_inner()
+                .map_err(|e| anyhow!("{}: writing: {}", dest.display(), e.error()))?
+                .sync_all()
+                .with_context(|| format!("{}: writing", dest.display()))?;
             if verify {
-                compress::verify(tmp.path(), &src, codec, &st.members, threads, &|d| progress("verify", d, len))?;
+                compress::verify(tmp.path(), &src, codec, &st.members, threads, &|d| {
+                    progress("verify", d, len)
+                })?;
             }
             (bytes, digests, Some(st))
         }
@@ -104,18 +134,29 @@ pub fn compress_file(raw: &Path, dest: &Path, compression: Compression, level: O
             (len, h.finish().1, None)
         }
     };
-    tmp.persist(dest).map_err(|e| anyhow!("{}: cannot rename into place: {}", dest.display(), e.error))?;
+    tmp.persist(dest)
+        .map_err(|e| anyhow!("{}: cannot rename into place: {}", dest.display(), e.error))?;
     Ok(result)
 }
 
 /// Compresses the raw image at `raw` into `out_dir/<image_name><suffix>`
 /// with its DIGESTS. The raw file is left in place.
-pub fn publish_disk(raw: &Path, image_name: &str, out_dir: &Path, compression: Compression, level: Option<u32>, threads: usize, verify: bool, progress: &dyn Fn(&str, u64, u64)) -> Result<Artifact> {
+pub fn publish_disk(
+    raw: &Path,
+    image_name: &str,
+    out_dir: &Path,
+    compression: Compression,
+    level: Option<u32>,
+    threads: usize,
+    verify: bool,
+    progress: &dyn Fn(&str, u64, u64),
+) -> Result<Artifact> {
     let name = format!("{image_name}{}", compression.suffix());
     let final_path = out_dir.join(&name);
     let digests_path = out_dir.join(format!("{name}.DIGESTS"));
     // The DIGESTS go first under their final name only after the disk is in place.
-    let (bytes, digests, stats) = compress_file(raw, &final_path, compression, level, threads, verify, progress)?;
+    let (bytes, digests, stats) =
+        compress_file(raw, &final_path, compression, level, threads, verify, progress)?;
     crate::image::write_atomic(&digests_path, digests.render(&name).as_bytes())?;
     Ok(Artifact { path: final_path, bytes, digests_path, stats })
 }
@@ -124,7 +165,8 @@ pub fn publish_disk(raw: &Path, image_name: &str, out_dir: &Path, compression: C
 pub fn version_txt(os: &OsRelease, epoch: i64, sdk_version: &str) -> String {
     let v = os.version_id().unwrap_or("0.0.0");
     let mut parts = v.split(['.', '+', '-']);
-    let (b, br, p) = (parts.next().unwrap_or("0"), parts.next().unwrap_or("0"), parts.next().unwrap_or("0"));
+    let (b, br, p) =
+        (parts.next().unwrap_or("0"), parts.next().unwrap_or("0"), parts.next().unwrap_or("0"));
     format!(
         "FLATCAR_BUILD={b}\nFLATCAR_BRANCH={br}\nFLATCAR_PATCH={p}\nFLATCAR_VERSION={v}\nFLATCAR_VERSION_ID={v}\nFLATCAR_BUILD_ID=\"forge-{epoch}\"\nFLATCAR_SDK_VERSION={sdk_version}\n"
     )

@@ -54,7 +54,10 @@ pub struct BootConfig {
 
 impl std::fmt::Debug for BootConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BootConfig").field("os_name", &self.os_name).field("initramfs", &self.initramfs.len()).finish()
+        f.debug_struct("BootConfig")
+            .field("os_name", &self.os_name)
+            .field("initramfs", &self.initramfs.len())
+            .finish()
     }
 }
 
@@ -78,7 +81,8 @@ pub struct BuildOutput {
 pub fn slot_of(p: &PartitionPlan) -> Option<String> {
     let l = &p.label;
     let (head, tail) = l.rsplit_once('-')?;
-    (!head.is_empty() && tail.len() == 1 && tail.chars().all(|c| c.is_ascii_alphabetic())).then(|| tail.to_ascii_lowercase())
+    (!head.is_empty() && tail.len() == 1 && tail.chars().all(|c| c.is_ascii_alphabetic()))
+        .then(|| tail.to_ascii_lowercase())
 }
 
 /// The GRUB fragment on the ESP that carries one slot's verity parameters.
@@ -107,7 +111,11 @@ impl Stages {
 
 /// Builds an image. `log` receives one line per step, `progress` (step,
 /// bytes done, bytes total) as each filesystem is built and checked.
-pub fn build(req: &BuildRequest, log: &dyn Fn(&str), progress: &dyn Fn(&str, u64, u64)) -> Result<BuildOutput> {
+pub fn build(
+    req: &BuildRequest,
+    log: &dyn Fn(&str),
+    progress: &dyn Fn(&str, u64, u64),
+) -> Result<BuildOutput> {
     let mut st = Stages(Vec::new(), Instant::now());
     let payload = Payload::open(&req.payload)?;
     st.mark("payload");
@@ -129,14 +137,17 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str), progress: &dyn Fn(&str, u64
         plan.total_bytes()
     ));
 
-    std::fs::create_dir_all(&req.output_dir)
-        .with_context(|| format!("{}: cannot create the output directory", req.output_dir.display()))?;
+    std::fs::create_dir_all(&req.output_dir).with_context(|| {
+        format!("{}: cannot create the output directory", req.output_dir.display())
+    })?;
     let final_path = req.output_dir.join(&req.image_name);
     clean_stale(&req.output_dir);
     let tmp = partial_file(&req.output_dir, &req.image_name)?;
     let image_path = tmp.path().to_path_buf();
     let mut image = tmp.as_file().try_clone()?;
-    image.set_len(plan.total_bytes()).with_context(|| format!("{}: cannot size the image", image_path.display()))?;
+    image
+        .set_len(plan.total_bytes())
+        .with_context(|| format!("{}: cannot size the image", image_path.display()))?;
     table::write(&mut image, &plan)?;
     if let Some(b) = &req.boot {
         crate::boot::grub::install_bios(&image, &plan, &b.grub.boot_img, &b.grub.core_img)?;
@@ -149,7 +160,8 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str), progress: &dyn Fn(&str, u64
     let mut filesystems = Vec::new();
     let mut verity_infos = Vec::new();
     // Verity-protected partitions first: the ESP carries their root hashes.
-    let mut order: Vec<&PartitionPlan> = plan.partitions.iter().filter(|p| p.fs.is_some()).collect();
+    let mut order: Vec<&PartitionPlan> =
+        plan.partitions.iter().filter(|p| p.fs.is_some()).collect();
     order.sort_by_key(|p| (!p.has(Feature::Verity), p.mount.as_deref() == Some("/boot"), p.number));
     let fs_total: u64 = order.iter().map(|p| plan.size(p)).sum();
     let mut fs_done = 0;
@@ -172,7 +184,8 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str), progress: &dyn Fn(&str, u64
         let rep = fs::build(&job).with_context(|| what.clone())?;
         st.mark(&format!("fs {}", p.label));
         if p.has(Feature::Verity) {
-            let slot = slot_of(p).ok_or_else(|| anyhow!("{what}: verity partitions need an A/B label like USR-A"))?;
+            let slot = slot_of(p)
+                .ok_or_else(|| anyhow!("{what}: verity partitions need an A/B label like USR-A"))?;
             let info = verity::format(
                 &image,
                 plan.offset(p),
@@ -203,25 +216,44 @@ pub fn build(req: &BuildRequest, log: &dyn Fn(&str), progress: &dyn Fn(&str, u64
     let allocated = crate::io::sparse::allocated_bytes(&image)?;
     let verity_file = match verity_infos.first() {
         Some((_, _, info)) => {
-            let p = req.output_dir.join(format!("{}_verity.txt", req.image_name.trim_end_matches(".bin")));
+            let p = req
+                .output_dir
+                .join(format!("{}_verity.txt", req.image_name.trim_end_matches(".bin")));
             write_atomic(&p, info.side_file().as_bytes())?;
             Some(p)
         }
         None => None,
     };
     let (image_path, temp) = if req.publish {
-        tmp.persist(&final_path).map_err(|e| anyhow!("{}: cannot rename into place: {}", final_path.display(), e.error))?;
+        tmp.persist(&final_path).map_err(|e| {
+            anyhow!("{}: cannot rename into place: {}", final_path.display(), e.error)
+        })?;
         (final_path, None)
     } else {
         let tp = tmp.into_temp_path();
         (tp.to_path_buf(), Some(std::sync::Arc::new(tp)))
     };
     st.mark("publish");
-    Ok(BuildOutput { image: image_path, plan, filesystems, verity: verity_infos, verity_file, stages: st.0, allocated, temp })
+    Ok(BuildOutput {
+        image: image_path,
+        plan,
+        filesystems,
+        verity: verity_infos,
+        verity_file,
+        stages: st.0,
+        allocated,
+        temp,
+    })
 }
 
 /// What goes into a partition, by where the OS mounts it.
-fn content_for(req: &BuildRequest, payload: &Payload, plan: &DiskPlan, p: &PartitionPlan, verity: &[(u32, String, VerityInfo)]) -> Result<Content> {
+fn content_for(
+    req: &BuildRequest,
+    payload: &Payload,
+    plan: &DiskPlan,
+    p: &PartitionPlan,
+    verity: &[(u32, String, VerityInfo)],
+) -> Result<Content> {
     Ok(match p.mount.as_deref() {
         Some("/usr") => {
             if slot_of(p).as_deref().is_some_and(|s| s != "a") {
@@ -234,7 +266,9 @@ fn content_for(req: &BuildRequest, payload: &Payload, plan: &DiskPlan, p: &Parti
             let mut t = Dir::new();
             t.add_file("flatcar/vmlinuz-a", Source::File(payload.kernel.clone()))?;
             match (&req.boot, &payload.initrd) {
-                (Some(b), _) => t.add_file("flatcar/initrd-a", Source::Bytes(b.initramfs.clone()))?,
+                (Some(b), _) => {
+                    t.add_file("flatcar/initrd-a", Source::Bytes(b.initramfs.clone()))?
+                }
                 (None, Some(i)) => t.add_file("flatcar/initrd-a", Source::File(i.clone()))?,
                 (None, None) => {}
             }
@@ -242,11 +276,24 @@ fn content_for(req: &BuildRequest, payload: &Payload, plan: &DiskPlan, p: &Parti
                 let slots: Vec<crate::boot::grub::Slot> = plan
                     .partitions
                     .iter()
-                    .filter(|q| q.mount.as_deref() == Some("/usr") || Some(q.type_guid) == crate::layout::type_guid("flatcar-rootfs"))
-                    .filter_map(|q| slot_of(q).map(|letter| crate::boot::grub::Slot { letter, partuuid: q.uuid.to_string() }))
+                    .filter(|q| {
+                        q.mount.as_deref() == Some("/usr")
+                            || Some(q.type_guid) == crate::layout::type_guid("flatcar-rootfs")
+                    })
+                    .filter_map(|q| {
+                        slot_of(q).map(|letter| crate::boot::grub::Slot {
+                            letter,
+                            partuuid: q.uuid.to_string(),
+                        })
+                    })
                     .collect();
                 let ctx = crate::boot::grub::ConfigContext::flatcar(&b.os_name, slots);
-                t.add_file("flatcar/grub/grub.cfg", Source::Bytes(crate::boot::grub::render_config(&b.template, &ctx)?.into_bytes()))?;
+                t.add_file(
+                    "flatcar/grub/grub.cfg",
+                    Source::Bytes(
+                        crate::boot::grub::render_config(&b.template, &ctx)?.into_bytes(),
+                    ),
+                )?;
                 t.add_file("EFI/boot/bootx64.efi", Source::Bytes(b.grub.efi.clone()))?;
                 t.add_file("flatcar/first_boot", Source::Bytes(Vec::new()))?;
             }
@@ -268,7 +315,12 @@ fn content_for(req: &BuildRequest, payload: &Payload, plan: &DiskPlan, p: &Parti
                 } else if m.is_file() {
                     t.add_file(&name, Source::File(extra.clone()))?;
                 } else if m.file_type().is_symlink() {
-                    t.add(&name, crate::fs::tree::Node::Symlink(std::fs::read_link(&extra)?.to_string_lossy().into_owned()))?;
+                    t.add(
+                        &name,
+                        crate::fs::tree::Node::Symlink(
+                            std::fs::read_link(&extra)?.to_string_lossy().into_owned(),
+                        ),
+                    )?;
                 }
             }
             Content::Tree(t)
@@ -295,13 +347,34 @@ pub fn verify(
         bail!("verify: the GPT read back does not match the layout");
     }
     for (e, p) in t.entries.iter().zip(&plan.partitions) {
-        if e.number != p.number || e.first_lba != p.first_block || e.sectors() != p.blocks || e.uuid != p.uuid || e.type_guid != p.type_guid || e.name != p.label || e.attributes != p.attributes {
+        if e.number != p.number
+            || e.first_lba != p.first_block
+            || e.sectors() != p.blocks
+            || e.uuid != p.uuid
+            || e.type_guid != p.type_guid
+            || e.name != p.label
+            || e.attributes != p.attributes
+        {
             bail!("verify: GPT entry {} read back differs from the layout", e.number);
         }
     }
-    let fsck = |f: &crate::layout::FsPlan| matches!(f.kind, crate::layout::FsKind::Vfat | crate::layout::FsKind::Ext2 | crate::layout::FsKind::Ext4);
-    let total: u64 = plan.partitions.iter().filter(|p| p.fs.as_ref().is_some_and(fsck)).map(|p| plan.size(p)).sum::<u64>()
-        + verity.iter().filter_map(|(num, _, _)| plan.partitions.iter().find(|p| p.number == *num)).map(|p| plan.size(p)).sum::<u64>();
+    let fsck = |f: &crate::layout::FsPlan| {
+        matches!(
+            f.kind,
+            crate::layout::FsKind::Vfat | crate::layout::FsKind::Ext2 | crate::layout::FsKind::Ext4
+        )
+    };
+    let total: u64 = plan
+        .partitions
+        .iter()
+        .filter(|p| p.fs.as_ref().is_some_and(fsck))
+        .map(|p| plan.size(p))
+        .sum::<u64>()
+        + verity
+            .iter()
+            .filter_map(|(num, _, _)| plan.partitions.iter().find(|p| p.number == *num))
+            .map(|p| plan.size(p))
+            .sum::<u64>();
     let mut done = 0;
     for p in &plan.partitions {
         let Some(f) = &p.fs else { continue };
@@ -316,7 +389,11 @@ pub fn verify(
         let p = plan.partitions.iter().find(|p| p.number == *num).unwrap();
         let root = verity::compute_root(image, plan.offset(p), info.hash_offset)?;
         if root != Some(info.root_hash) {
-            bail!("verify: partition {} ({}): dm-verity root hash does not match the data", p.number, p.label);
+            bail!(
+                "verify: partition {} ({}): dm-verity root hash does not match the data",
+                p.number,
+                p.label
+            );
         }
         done += plan.size(p);
         progress("verify", done, total);
@@ -356,7 +433,8 @@ pub fn clean_stale(dir: &Path) {
         }
         let parts: Vec<&str> = n.trim_end_matches(".partial").rsplitn(3, '.').collect();
         let Some(pid) = parts.get(1).and_then(|p| p.parse::<i32>().ok()) else { continue };
-        let alive = unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !alive {
             if e.path().is_dir() {
                 let _ = std::fs::remove_dir_all(e.path());
@@ -372,8 +450,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = partial_file(dir, &name)?;
-    std::fs::write(tmp.path(), data).with_context(|| format!("{}: cannot write", tmp.path().display()))?;
+    std::fs::write(tmp.path(), data)
+        .with_context(|| format!("{}: cannot write", tmp.path().display()))?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| anyhow!("{}: cannot rename into place: {}", path.display(), e.error))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow!("{}: cannot rename into place: {}", path.display(), e.error))?;
     Ok(())
 }

@@ -72,7 +72,8 @@ pub struct OemInfo {
 pub fn inspect(path: &Path) -> Result<Report> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let size = file.metadata()?.len();
-    let t = table::read(&file).with_context(|| format!("{}: reading the partition table", path.display()))?;
+    let t = table::read(&file)
+        .with_context(|| format!("{}: reading the partition table", path.display()))?;
     let ss = t.sector_size;
     let mut parts = Vec::new();
     for e in &t.entries {
@@ -95,7 +96,10 @@ pub fn inspect(path: &Path) -> Result<Report> {
         });
     }
     // Verity: look for a superblock after each filesystem.
-    let esp = parts.iter().find(|p| p.fs.as_ref().is_some_and(|f| f.kind == "vfat")).map(|p| p.first_sector * ss);
+    let esp = parts
+        .iter()
+        .find(|p| p.fs.as_ref().is_some_and(|f| f.kind == "vfat"))
+        .map(|p| p.first_sector * ss);
     for p in parts.iter_mut() {
         let (Some(fs), off) = (&p.fs, p.first_sector * ss) else { continue };
         let Some(fs_len) = fs.size_bytes else { continue };
@@ -118,7 +122,10 @@ pub fn inspect(path: &Path) -> Result<Report> {
             });
         }
     }
-    let oem = parts.iter().find(|p| p.label == "OEM" && p.fs.is_some()).map(|p| read_oem(&file, path, p, ss));
+    let oem = parts
+        .iter()
+        .find(|p| p.label == "OEM" && p.fs.is_some())
+        .map(|p| read_oem(&file, path, p, ss));
     Ok(Report {
         image: path.display().to_string(),
         size_bytes: size,
@@ -190,13 +197,24 @@ pub fn probe_fs(file: &File, off: u64, len: u64) -> Result<Option<FsInfo>> {
     if u16::from_le_bytes([sb[56], sb[57]]) == 0xEF53 {
         let incompat = le32(sb, 96);
         let compat = le32(sb, 92);
-        let kind = if incompat & (0x40 | 0x80 | 0x200) != 0 { "ext4" } else if compat & 4 != 0 { "ext3" } else { "ext2" };
+        let kind = if incompat & (0x40 | 0x80 | 0x200) != 0 {
+            "ext4"
+        } else if compat & 4 != 0 {
+            "ext3"
+        } else {
+            "ext2"
+        };
         let bs = 1024u64 << le32(sb, 24);
         let mut blocks = le32(sb, 4) as u64;
         if incompat & 0x80 != 0 {
             blocks |= (le32(sb, 0x150) as u64) << 32;
         }
-        return Ok(Some(FsInfo { kind: kind.into(), label: text(&sb[120..136]), uuid: uuid(&sb[104..120]), size_bytes: Some(blocks * bs) }));
+        return Ok(Some(FsInfo {
+            kind: kind.into(),
+            label: text(&sb[120..136]),
+            uuid: uuid(&sb[104..120]),
+            size_bytes: Some(blocks * bs),
+        }));
     }
     if le32(sb, 0) == 0xE0F5_E1E2 {
         let bs = 1u64 << sb[12];
@@ -208,7 +226,12 @@ pub fn probe_fs(file: &File, off: u64, len: u64) -> Result<Option<FsInfo>> {
         }));
     }
     if &b[0..4] == b"hsqs" {
-        return Ok(Some(FsInfo { kind: "squashfs".into(), label: None, uuid: None, size_bytes: Some(le64(&b, 40)) }));
+        return Ok(Some(FsInfo {
+            kind: "squashfs".into(),
+            label: None,
+            uuid: None,
+            size_bytes: Some(le64(&b, 40)),
+        }));
     }
     if len >= 65536 + 4096 {
         let mut s = vec![0u8; 4096];
@@ -233,17 +256,31 @@ fn read_oem(file: &File, path: &Path, p: &PartInfo, ss: u64) -> Result<OemInfo> 
             let r = FatReader::open(file, off)?;
             let rel = r.read("oem-release").ok().map(|b| String::from_utf8_lossy(&b).into_owned());
             let grub = r.read("grub.cfg").ok().map(|b| String::from_utf8_lossy(&b).into_owned());
-            let sys = r.walk()?.into_iter().filter_map(|f| f.strip_prefix("/sysext/").map(str::to_string)).collect();
+            let sys = r
+                .walk()?
+                .into_iter()
+                .filter_map(|f| f.strip_prefix("/sysext/").map(str::to_string))
+                .collect();
             (rel, sys, grub)
         }
         "ext2" | "ext3" | "ext4" => {
             let target = format!("{}?offset={off}", path.display());
             let debugfs = tools::path(tools::DEBUGFS)?;
             let cat = |f: &str| -> Option<String> {
-                let o = duct::cmd!(&debugfs, "-R", format!("cat {f}"), &target).stdout_capture().stderr_null().unchecked().run().ok()?;
-                (o.status.success() && !o.stdout.is_empty()).then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+                let o = duct::cmd!(&debugfs, "-R", format!("cat {f}"), &target)
+                    .stdout_capture()
+                    .stderr_null()
+                    .unchecked()
+                    .run()
+                    .ok()?;
+                (o.status.success() && !o.stdout.is_empty())
+                    .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
             };
-            let ls = duct::cmd!(&debugfs, "-R", "ls -p /sysext", &target).stdout_capture().stderr_null().unchecked().run()?;
+            let ls = duct::cmd!(&debugfs, "-R", "ls -p /sysext", &target)
+                .stdout_capture()
+                .stderr_null()
+                .unchecked()
+                .run()?;
             // `ls -p` lines: /inode/mode/uid/gid/name/size/
             let sys = String::from_utf8_lossy(&ls.stdout)
                 .lines()
@@ -255,7 +292,13 @@ fn read_oem(file: &File, path: &Path, p: &PartInfo, ss: u64) -> Result<OemInfo> 
         _ => (None, Vec::new(), None),
     };
     let release = release.map(|r| crate::payload::OsRelease::parse(&r).0).unwrap_or_default();
-    Ok(OemInfo { partition: p.number, id: release.get("ID").cloned(), release, sysexts, grub_cfg: grub })
+    Ok(OemInfo {
+        partition: p.number,
+        id: release.get("ID").cloned(),
+        release,
+        sysexts,
+        grub_cfg: grub,
+    })
 }
 
 /// Plain-text rendering of a report.
@@ -294,11 +337,16 @@ pub fn render(r: &Report) -> String {
                 Some(false) => "DOES NOT MATCH the ESP's record",
                 None => "no record on the ESP",
             };
-            let _ = writeln!(s, "      verity root {} at offset {} ({verdict})", v.computed_root_hash, v.hash_offset);
+            let _ = writeln!(
+                s,
+                "      verity root {} at offset {} ({verdict})",
+                v.computed_root_hash, v.hash_offset
+            );
         }
     }
     if let Some(o) = &r.oem {
-        let _ = writeln!(s, "OEM (partition {}): id {}", o.partition, o.id.as_deref().unwrap_or("-"));
+        let _ =
+            writeln!(s, "OEM (partition {}): id {}", o.partition, o.id.as_deref().unwrap_or("-"));
         for x in &o.sysexts {
             let _ = writeln!(s, "      sysext {x}");
         }

@@ -39,7 +39,11 @@ pub const PARTITION_TYPES: &[(&str, &str, &str)] = &[
     ("flatcar-rootfs", "5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6", "Flatcar /usr (CoreOS usr)"),
     ("flatcar-usr", "5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6", "Flatcar /usr (CoreOS usr)"),
     ("data", "0fc63daf-8483-4772-8e79-3d69d8477de4", "Linux filesystem data"),
-    ("flatcar-reserved", "c95dc21a-df0e-4340-8d7b-26cbfa9a03e0", "Flatcar reserved (CoreOS reserved)"),
+    (
+        "flatcar-reserved",
+        "c95dc21a-df0e-4340-8d7b-26cbfa9a03e0",
+        "Flatcar reserved (CoreOS reserved)",
+    ),
     ("flatcar-resize", "3884dd41-8582-4404-b9a8-e9b84f2df50e", "Flatcar root (CoreOS resize)"),
 ];
 
@@ -200,7 +204,10 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Pairs<V> {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Self::Value, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
                 let mut v = Vec::new();
                 while let Some((k, val)) = m.next_entry::<String, V>()? {
                     v.push((k, val));
@@ -223,11 +230,11 @@ impl<'de> Deserialize<'de> for Num {
                 .as_u64()
                 .map(Num)
                 .ok_or_else(|| de::Error::custom(format!("{n} is not a non-negative integer"))),
-            Value::String(s) => s
-                .trim()
-                .parse::<u64>()
-                .map(Num)
-                .map_err(|_| de::Error::custom(format!("\"{s}\" is not a non-negative integer"))),
+            Value::String(s) => {
+                s.trim().parse::<u64>().map(Num).map_err(|_| {
+                    de::Error::custom(format!("\"{s}\" is not a non-negative integer"))
+                })
+            }
             other => Err(de::Error::custom(format!("{other} is not a number"))),
         }
     }
@@ -285,9 +292,28 @@ impl RawPart {
     /// Fill every key this partition lacks from the base layout's partition.
     fn inherit(&mut self, b: &RawPart) {
         macro_rules! inh { ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = b.$f.clone(); } )* } }
-        inh!(label, kind, blocks, block_size, first_block, part_alignment, uuid, features, mount, binds,
-             extract_blocks, fs_type, fs_label, fs_uuid, fs_blocks, fs_block_size, fs_compression,
-             fs_subvolume, fs_bytes_per_inode, fs_inode_size);
+        inh!(
+            label,
+            kind,
+            blocks,
+            block_size,
+            first_block,
+            part_alignment,
+            uuid,
+            features,
+            mount,
+            binds,
+            extract_blocks,
+            fs_type,
+            fs_label,
+            fs_uuid,
+            fs_blocks,
+            fs_block_size,
+            fs_compression,
+            fs_subvolume,
+            fs_bytes_per_inode,
+            fs_inode_size
+        );
     }
 }
 
@@ -321,7 +347,8 @@ impl LayoutFile {
     /// Parses layout JSON; `path` is used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<LayoutFile> {
         let f = path.display();
-        let raw: RawFile = serde_json::from_str(text).map_err(|e| anyhow!("{f}: invalid layout file: {e}"))?;
+        let raw: RawFile =
+            serde_json::from_str(text).map_err(|e| anyhow!("{f}: invalid layout file: {e}"))?;
         let m = raw.metadata.ok_or_else(|| anyhow!("{f}: missing \"metadata\""))?;
         let meta = Metadata {
             part_alignment: m.part_alignment.0,
@@ -330,16 +357,22 @@ impl LayoutFile {
             fs_block_size: m.fs_block_size.0,
         };
         if meta.block_size == 0 || meta.block_size % 512 != 0 {
-            bail!("{f}: metadata: block_size {} is not a positive multiple of 512", meta.block_size);
+            bail!(
+                "{f}: metadata: block_size {} is not a positive multiple of 512",
+                meta.block_size
+            );
         }
         if meta.fs_block_size == 0 || meta.fs_block_size % meta.block_size != 0 {
             bail!(
                 "{f}: metadata: fs_block_size {} is not a positive multiple of block_size {}",
-                meta.fs_block_size, meta.block_size
+                meta.fs_block_size,
+                meta.block_size
             );
         }
         let fs_sectors = meta.fs_block_size / meta.block_size;
-        for (name, v) in [("part_alignment", meta.part_alignment), ("disk_alignment", meta.disk_alignment)] {
+        for (name, v) in
+            [("part_alignment", meta.part_alignment), ("disk_alignment", meta.disk_alignment)]
+        {
             if v == 0 || v % fs_sectors != 0 {
                 bail!(
                     "{f}: metadata: {name} {v} must be a positive multiple of {fs_sectors} sectors (one filesystem block)"
@@ -392,7 +425,12 @@ impl LayoutFile {
         let mut labels: BTreeMap<String, u32> = BTreeMap::new();
         let mut prioritized = Vec::new();
         for (num, p) in &parts {
-            let ctx = || format!("{f}: layout '{name}', partition {num}{}", p.label.as_ref().map(|l| format!(" ({l})")).unwrap_or_default());
+            let ctx = || {
+                format!(
+                    "{f}: layout '{name}', partition {num}{}",
+                    p.label.as_ref().map(|l| format!(" ({l})")).unwrap_or_default()
+                )
+            };
             let kind = p.kind.as_deref().ok_or_else(|| anyhow!("{}: missing \"type\"", ctx()))?;
             if kind == "blank" {
                 continue;
@@ -406,12 +444,21 @@ impl LayoutFile {
             }
             let type_guid = parse_type(kind).ok_or_else(|| {
                 let names: Vec<&str> = PARTITION_TYPES.iter().map(|t| t.0).collect();
-                anyhow!("{}: unknown partition type '{kind}' (known: blank, {}, or a GUID)", ctx(), names.join(", "))
+                anyhow!(
+                    "{}: unknown partition type '{kind}' (known: blank, {}, or a GUID)",
+                    ctx(),
+                    names.join(", ")
+                )
             })?;
             let blocks = p.blocks.ok_or_else(|| anyhow!("{}: missing \"blocks\"", ctx()))?.0;
             if let Some(bs) = p.block_size {
                 if bs.0 != meta.block_size {
-                    bail!("{}: block_size {} differs from the disk's {}", ctx(), bs.0, meta.block_size);
+                    bail!(
+                        "{}: block_size {} differs from the disk's {}",
+                        ctx(),
+                        bs.0,
+                        meta.block_size
+                    );
                 }
             }
             if blocks == 0 {
@@ -433,10 +480,19 @@ impl LayoutFile {
             if first < GPT_RESERVED_SECTORS {
                 bail!("{}: starts at sector {first}, inside the primary GPT (sectors 0–33)", ctx());
             }
-            if let Some(prev) = placed.iter().find(|q| first < q.first_block + q.blocks && q.first_block < first + blocks) {
+            if let Some(prev) = placed
+                .iter()
+                .find(|q| first < q.first_block + q.blocks && q.first_block < first + blocks)
+            {
                 bail!(
                     "{}: sectors {}..{} overlap partition {} ({}) at {}..{}",
-                    ctx(), first, first + blocks, prev.number, prev.label, prev.first_block, prev.first_block + prev.blocks
+                    ctx(),
+                    first,
+                    first + blocks,
+                    prev.number,
+                    prev.label,
+                    prev.first_block,
+                    prev.first_block + prev.blocks
                 );
             }
             cursor = cursor.max(first + blocks);
@@ -444,7 +500,8 @@ impl LayoutFile {
             let uuid = match ids.partition_uuids.get(&label) {
                 Some(u) => *u,
                 None => match &p.uuid {
-                    Some(s) => Uuid::parse_str(s).map_err(|e| anyhow!("{}: invalid uuid '{s}': {e}", ctx()))?,
+                    Some(s) => Uuid::parse_str(s)
+                        .map_err(|e| anyhow!("{}: invalid uuid '{s}': {e}", ctx()))?,
                     None => ids.seed.uuid(&format!("partition:{num}:{label}")),
                 },
             };
@@ -482,9 +539,11 @@ impl LayoutFile {
         prioritized.reverse();
         for (i, num) in prioritized.iter().enumerate() {
             let p = placed.iter_mut().find(|p| p.number == *num).unwrap();
-            p.attributes |= crate::table::attr_priority((i + 1) as u64) | crate::table::ATTR_SUCCESSFUL;
+            p.attributes |=
+                crate::table::attr_priority((i + 1) as u64) | crate::table::ATTR_SUCCESSFUL;
         }
-        let needed = (cursor + GPT_RESERVED_SECTORS).div_ceil(meta.disk_alignment) * meta.disk_alignment;
+        let needed =
+            (cursor + GPT_RESERVED_SECTORS).div_ceil(meta.disk_alignment) * meta.disk_alignment;
         let total = match layout.disk_blocks {
             Some(d) => {
                 if cursor + GPT_RESERVED_SECTORS > d {
@@ -549,13 +608,26 @@ impl LayoutFile {
         }
         if let Some(l) = &p.fs_label {
             match kind.max_label() {
-                None => bail!("{}: fs_label is not supported for {} (mkfs.{} 1.5 cannot set one)", ctx(), kind.name(), kind.name()),
+                None => bail!(
+                    "{}: fs_label is not supported for {} (mkfs.{} 1.5 cannot set one)",
+                    ctx(),
+                    kind.name(),
+                    kind.name()
+                ),
                 Some(max) if l.len() > max => {
-                    bail!("{}: fs_label '{l}' is longer than {max} bytes, the limit for {}", ctx(), kind.name())
+                    bail!(
+                        "{}: fs_label '{l}' is longer than {max} bytes, the limit for {}",
+                        ctx(),
+                        kind.name()
+                    )
                 }
                 _ => {}
             }
-            if kind == FsKind::Vfat && !l.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-_ ".contains(&b)) {
+            if kind == FsKind::Vfat
+                && !l
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-_ ".contains(&b))
+            {
                 bail!("{}: FAT label '{l}' may hold only A–Z, 0–9, '-', '_' and spaces", ctx());
             }
         }
@@ -565,13 +637,16 @@ impl LayoutFile {
         if p.fs_subvolume.is_some() {
             bail!("{}: fs_subvolume is not supported (it needs a mount)", ctx());
         }
-        if (p.fs_bytes_per_inode.is_some() || p.fs_inode_size.is_some()) && !matches!(kind, FsKind::Ext2 | FsKind::Ext4) {
+        if (p.fs_bytes_per_inode.is_some() || p.fs_inode_size.is_some())
+            && !matches!(kind, FsKind::Ext2 | FsKind::Ext4)
+        {
             bail!("{}: fs_bytes_per_inode and fs_inode_size need fs_type ext2 or ext4", ctx());
         }
         if let Some(c) = &p.fs_compression {
             let ok = match kind {
                 FsKind::Erofs => {
-                    let (alg, level) = c.split_once(',').map(|(a, l)| (a, Some(l))).unwrap_or((c, None));
+                    let (alg, level) =
+                        c.split_once(',').map(|(a, l)| (a, Some(l))).unwrap_or((c, None));
                     matches!(alg, "lz4" | "lz4hc") && level.is_none_or(|l| l.parse::<u8>().is_ok())
                 }
                 _ => false,
@@ -590,7 +665,8 @@ impl LayoutFile {
         let uuid = match ids.fs_uuids.get(label) {
             Some(u) => *u,
             None => match &p.fs_uuid {
-                Some(s) => Uuid::parse_str(s).map_err(|e| anyhow!("{}: invalid fs_uuid '{s}': {e}", ctx()))?,
+                Some(s) => Uuid::parse_str(s)
+                    .map_err(|e| anyhow!("{}: invalid fs_uuid '{s}': {e}", ctx()))?,
                 None => ids.seed.uuid(&format!("fs:{num}:{label}")),
             },
         };
@@ -627,7 +703,8 @@ fn parse_layout(f: &str, name: &str, entries: Pairs<Value>) -> Result<RawLayout>
         match key.as_str() {
             "_comment" => continue,
             "disk_blocks" => {
-                let n: Num = serde_json::from_value(v).map_err(|e| anyhow!("{f}: layout '{name}': disk_blocks: {e}"))?;
+                let n: Num = serde_json::from_value(v)
+                    .map_err(|e| anyhow!("{f}: layout '{name}': disk_blocks: {e}"))?;
                 disk_blocks = Some(n.0);
                 continue;
             }
@@ -640,7 +717,8 @@ fn parse_layout(f: &str, name: &str, entries: Pairs<Value>) -> Result<RawLayout>
             .ok_or_else(|| {
                 anyhow!("{f}: layout '{name}': \"{key}\" is not a partition number (1–{MAX_PARTITIONS}), \"disk_blocks\" or \"_comment\"")
             })?;
-        let part: RawPart = serde_json::from_value(v).map_err(|e| anyhow!("{f}: layout '{name}', partition {num}: {e}"))?;
+        let part: RawPart = serde_json::from_value(v)
+            .map_err(|e| anyhow!("{f}: layout '{name}', partition {num}: {e}"))?;
         if parts.insert(num, part).is_some() {
             bail!("{f}: layout '{name}': partition {num} is defined twice");
         }

@@ -82,7 +82,9 @@ impl Values {
             "/hetzner/v1/metadata/region" => (self.region.clone(), text),
             "/hetzner/v1/metadata/availability-zone" => (self.availability_zone.clone(), text),
             "/hetzner/v1/metadata/local-ipv4" => (self.local_ipv4.clone(), text),
-            "/hetzner/v1/metadata/public-keys" => (serde_json::to_string(&self.public_keys).unwrap(), "application/json"),
+            "/hetzner/v1/metadata/public-keys" => {
+                (serde_json::to_string(&self.public_keys).unwrap(), "application/json")
+            }
             "/hetzner/v1/metadata/private-networks" => {
                 let mut s = String::new();
                 for (i, ip) in self.private_ips.iter().enumerate() {
@@ -103,7 +105,12 @@ impl Values {
 
 /// Serves one HTTP request read from `input`, answering on `output`, and
 /// logs "METHOD PATH STATUS" to `log`.
-pub fn respond(values: &Values, input: &mut dyn BufRead, output: &mut dyn Write, log: Option<&Path>) -> Result<()> {
+pub fn respond(
+    values: &Values,
+    input: &mut dyn BufRead,
+    output: &mut dyn Write,
+    log: Option<&Path>,
+) -> Result<()> {
     let mut request = String::new();
     input.read_line(&mut request)?;
     loop {
@@ -126,7 +133,11 @@ pub fn respond(values: &Values, input: &mut dyn BufRead, output: &mut dyn Write,
     }
     output.flush()?;
     if let Some(l) = log {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(l).with_context(|| format!("{}: cannot log", l.display()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(l)
+            .with_context(|| format!("{}: cannot log", l.display()))?;
         writeln!(f, "{method} {path} {}", status.split(' ').next().unwrap_or(""))?;
     }
     Ok(())
@@ -152,7 +163,13 @@ mod tests {
             assert!(v.body(p).is_some(), "{p}");
         }
         let mut out = Vec::new();
-        respond(&v, &mut &b"GET /hetzner/v1/metadata/hostname HTTP/1.1\r\nHost: x\r\n\r\n"[..], &mut out, None).unwrap();
+        respond(
+            &v,
+            &mut &b"GET /hetzner/v1/metadata/hostname HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            &mut out,
+            None,
+        )
+        .unwrap();
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("HTTP/1.1 200 OK") && s.ends_with("\r\n\r\nforge-boot-test"), "{s}");
         let mut out = Vec::new();

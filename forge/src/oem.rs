@@ -90,7 +90,12 @@ pub struct Platform {
 /// Platform IDs under `oem_root`.
 pub fn list(oem_root: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(oem_root)
-        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().join("platform.json").exists()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("platform.json").exists())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -104,17 +109,22 @@ pub fn load(oem_root: &Path, id: &str) -> Result<Platform> {
         known.insert(0, "generic".into());
         bail!("unknown platform '{id}' (known: {}; a platform is a folder {}/<id>/ with platform.json)", known.join(", "), oem_root.display());
     }
-    let text = std::fs::read_to_string(&file).with_context(|| format!("{}: cannot read", file.display()))?;
-    let mut p: Platform = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("{}: cannot read", file.display()))?;
+    let mut p: Platform =
+        serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
     if p.id != id {
         bail!("{}: id '{}' does not match its folder name '{id}'", file.display(), p.id);
     }
-    if !p.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+    if !p.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
         bail!("{}: id '{}' may hold only a-z, 0-9, '-' and '_'", file.display(), p.id);
     }
     if let Some(level) = p.compression_level {
         match p.compression.codec() {
-            Some(c) => c.check_level(level).map_err(|e| anyhow!("{}: compression_level: {e}", file.display()))?,
+            Some(c) => c
+                .check_level(level)
+                .map_err(|e| anyhow!("{}: compression_level: {e}", file.display()))?,
             None => bail!("{}: compression_level is set but compression is none", file.display()),
         }
     }
@@ -150,7 +160,13 @@ pub fn extension_release(p: &Platform, os: &OsRelease) -> String {
 
 /// The OEM partition's tree. The sysext image is built into `scratch` (the
 /// returned guard keeps it alive until the image is written).
-pub fn build_tree(p: &Platform, os: &OsRelease, scratch: &Path, epoch: i64, uuid: uuid::Uuid) -> Result<(Dir, tempfile::TempDir)> {
+pub fn build_tree(
+    p: &Platform,
+    os: &OsRelease,
+    scratch: &Path,
+    epoch: i64,
+    uuid: uuid::Uuid,
+) -> Result<(Dir, tempfile::TempDir)> {
     let version = os.version_id().unwrap_or("0").to_string();
     let tmp = tempfile::Builder::new().prefix(".oem-").tempdir_in(scratch)?;
     let mut content = match p.dir.join("sysext") {
@@ -164,7 +180,8 @@ pub fn build_tree(p: &Platform, os: &OsRelease, scratch: &Path, epoch: i64, uuid
     let staged = tmp.path().join("sysext-root");
     content.materialize(&staged, epoch)?;
     let raw = tmp.path().join(p.sysext_file(&version));
-    crate::fs::erofs::make_image(&staged, &raw, epoch, uuid, None).with_context(|| format!("building the oem-{} sysext image", p.id))?;
+    crate::fs::erofs::make_image(&staged, &raw, epoch, uuid, None)
+        .with_context(|| format!("building the oem-{} sysext image", p.id))?;
 
     let mut t = Dir::new();
     t.add_file(&format!("sysext/{}", p.sysext_file(&version)), Source::File(raw))?;
@@ -174,7 +191,11 @@ pub fn build_tree(p: &Platform, os: &OsRelease, scratch: &Path, epoch: i64, uuid
         rel.push_str(&format!("{k}=\"{v}\"\n"));
     }
     t.add_file("oem-release", Source::Bytes(rel.into_bytes()))?;
-    let mut g = format!("# OEM settings for {}, sourced by the main GRUB config\nset oem_id=\"{}\"\n", p.name, p.oem_id());
+    let mut g = format!(
+        "# OEM settings for {}, sourced by the main GRUB config\nset oem_id=\"{}\"\n",
+        p.name,
+        p.oem_id()
+    );
     if let Some(a) = &p.grub.linux_append {
         g.push_str(&format!("set linux_append=\"{a}\"\n"));
     }

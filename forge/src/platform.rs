@@ -49,17 +49,44 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
     let t = std::time::Instant::now();
     let p = &req.platform;
     let payload = Payload::open(&req.payload)?;
-    std::fs::create_dir_all(&req.output_dir).with_context(|| format!("{}: cannot create the output directory", req.output_dir.display()))?;
+    std::fs::create_dir_all(&req.output_dir).with_context(|| {
+        format!("{}: cannot create the output directory", req.output_dir.display())
+    })?;
     crate::image::clean_stale(&req.output_dir);
     let scratch = crate::image::scratch_dir(&req.output_dir)?;
     let kernel = std::fs::read(&payload.kernel)?;
-    let initramfs = boot::initramfs::build(&payload.root, &kernel, &req.init, &req.initramfs_modules, req.epoch)?;
-    log(&format!("boot: initramfs {} B (forge-init + {} modules requested)", initramfs.len(), req.initramfs_modules.len()));
+    let initramfs = boot::initramfs::build(
+        &payload.root,
+        &kernel,
+        &req.init,
+        &req.initramfs_modules,
+        req.epoch,
+    )?;
+    log(&format!(
+        "boot: initramfs {} B (forge-init + {} modules requested)",
+        initramfs.len(),
+        req.initramfs_modules.len()
+    ));
     let grub = boot::grub::make_images("EFI-SYSTEM", scratch.path())?;
-    log(&format!("boot: GRUB core.img {} B, bootx64.efi {} B", grub.core_img.len(), grub.efi.len()));
-    let (oem_tree, _oem_guard) = crate::oem::build_tree(p, &payload.os_release, scratch.path(), req.epoch, req.ids.seed.uuid("oem-sysext"))?;
+    log(&format!(
+        "boot: GRUB core.img {} B, bootx64.efi {} B",
+        grub.core_img.len(),
+        grub.efi.len()
+    ));
+    let (oem_tree, _oem_guard) = crate::oem::build_tree(
+        p,
+        &payload.os_release,
+        scratch.path(),
+        req.epoch,
+        req.ids.seed.uuid("oem-sysext"),
+    )?;
     let mut stages = vec![("boot+oem".to_string(), t.elapsed())];
-    let os_name = payload.os_release.get("PRETTY_NAME").or(payload.os_release.get("NAME")).unwrap_or("Linux").to_string();
+    let os_name = payload
+        .os_release
+        .get("PRETTY_NAME")
+        .or(payload.os_release.get("NAME"))
+        .unwrap_or("Linux")
+        .to_string();
     let breq = BuildRequest {
         payload: req.payload.clone(),
         layout_file: req.layout_file.clone(),
@@ -70,7 +97,12 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
         epoch: req.epoch,
         oem: Some(oem_tree),
         esp_extra: Vec::new(),
-        boot: Some(BootConfig { grub: Arc::new(grub), template: req.grub_template.clone(), os_name, initramfs }),
+        boot: Some(BootConfig {
+            grub: Arc::new(grub),
+            template: req.grub_template.clone(),
+            os_name,
+            initramfs,
+        }),
         verify: req.verify,
         publish: req.keep_raw || p.compression == crate::oem::Compression::None,
     };
@@ -110,27 +142,51 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
             path
         }
     };
-    let disk = artifacts::publish_disk(&disk_src, &p.image_name, &req.output_dir, p.compression, p.compression_level, req.threads, req.verify, &progress)?;
+    let disk = artifacts::publish_disk(
+        &disk_src,
+        &p.image_name,
+        &req.output_dir,
+        p.compression,
+        p.compression_level,
+        req.threads,
+        req.verify,
+        &progress,
+    )?;
     if req.verify {
-        log(&format!("verify: {} decoded in full and compared with the raw image", disk.path.display()));
+        log(&format!(
+            "verify: {} decoded in full and compared with the raw image",
+            disk.path.display()
+        ));
     }
     stages.push(("compress".into(), t.elapsed()));
     let raw_kept = out.temp.is_none();
     let version_txt = req.output_dir.join("version.txt");
-    image::write_atomic(&version_txt, artifacts::version_txt(&payload.os_release, req.epoch, &req.sdk_version).as_bytes())?;
+    image::write_atomic(
+        &version_txt,
+        artifacts::version_txt(&payload.os_release, req.epoch, &req.sdk_version).as_bytes(),
+    )?;
     Ok(PlatformOutput { build: out, disk, version_txt, raw_kept, stages })
 }
 
 /// Reads `boot/initramfs-modules.txt`-style lists.
 pub fn read_list(path: &Path) -> Result<Vec<String>> {
-    let t = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(t.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(t.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
 }
 
 /// `qemu-img check` and `qemu-img compare` against the raw image.
 pub fn verify_qcow2(qcow2: &Path, raw: &Path) -> Result<()> {
-    let qemu_img = crate::tools::path(crate::tools::Tool { program: "qemu-img", package: "qemu-utils" })?;
+    let qemu_img =
+        crate::tools::path(crate::tools::Tool { program: "qemu-img", package: "qemu-utils" })?;
     crate::fs::run(duct::cmd!(&qemu_img, "check", "-q", "-f", "qcow2", qcow2), "qemu-img check")?;
-    crate::fs::run(duct::cmd!(&qemu_img, "compare", "-q", "-f", "raw", "-F", "qcow2", raw, qcow2), "qemu-img compare")?;
+    crate::fs::run(
+        duct::cmd!(&qemu_img, "compare", "-q", "-f", "raw", "-F", "qcow2", raw, qcow2),
+        "qemu-img compare",
+    )?;
     Ok(())
 }

@@ -39,7 +39,8 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
 impl Recipe {
     pub fn load(dir: &Path) -> Result<Recipe> {
         let p = dir.join("packages.txt");
-        let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read the recipe's package list", p.display()))?;
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("{}: cannot read the recipe's package list", p.display()))?;
         let packages: Vec<String> = lines(&text).map(str::to_string).collect();
         if packages.is_empty() {
             bail!("{}: no packages", p.display());
@@ -49,13 +50,26 @@ impl Recipe {
             for l in lines(&t) {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 if f.len() != 4 {
-                    bail!("{}: '{l}': expected `crate version binary destination`", dir.join("crates.txt").display());
+                    bail!(
+                        "{}: '{l}': expected `crate version binary destination`",
+                        dir.join("crates.txt").display()
+                    );
                 }
-                crates.push(CrateBin { krate: f[0].into(), version: f[1].into(), binary: f[2].into(), dest: f[3].into() });
+                crates.push(CrateBin {
+                    krate: f[0].into(),
+                    version: f[1].into(),
+                    binary: f[2].into(),
+                    dest: f[3].into(),
+                });
             }
         }
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "payload".into());
-        let kind = std::fs::read_to_string(dir.join("kind")).map(|k| k.trim().to_string()).unwrap_or_else(|_| "payload".into());
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "payload".into());
+        let kind = std::fs::read_to_string(dir.join("kind"))
+            .map(|k| k.trim().to_string())
+            .unwrap_or_else(|_| "payload".into());
         if kind != "payload" && kind != "rootfs" {
             bail!("{}: kind '{kind}' is neither payload nor rootfs", dir.join("kind").display());
         }
@@ -109,8 +123,18 @@ impl Cache {
 /// Builds (or reuses from the cache) the payload for `recipe`; returns the
 /// payload directory. `progress` gets (step, bytes done, bytes total) for the download and
 /// the unpacking.
-pub fn build(recipe: &Recipe, cache: &Cache, epoch: i64, log: &dyn Fn(&str), progress: &dyn Fn(&str, u64, u64)) -> Result<PathBuf> {
-    let bins: Vec<(CrateBin, PathBuf)> = recipe.crates.iter().map(|c| Ok((c.clone(), cargo_install(c, cache, log)?))).collect::<Result<_>>()?;
+pub fn build(
+    recipe: &Recipe,
+    cache: &Cache,
+    epoch: i64,
+    log: &dyn Fn(&str),
+    progress: &dyn Fn(&str, u64, u64),
+) -> Result<PathBuf> {
+    let bins: Vec<(CrateBin, PathBuf)> = recipe
+        .crates
+        .iter()
+        .map(|c| Ok((c.clone(), cargo_install(c, cache, log)?)))
+        .collect::<Result<_>>()?;
     let mut h = Sha256::new();
     h.update(recipe.hash()?.as_bytes());
     h.update(epoch.to_le_bytes());
@@ -126,15 +150,20 @@ pub fn build(recipe: &Recipe, cache: &Cache, epoch: i64, log: &dyn Fn(&str), pro
         return Ok(root);
     }
     if out.exists() {
-        std::fs::remove_dir_all(&out).with_context(|| format!("{}: cannot clear a stale payload", out.display()))?;
+        std::fs::remove_dir_all(&out)
+            .with_context(|| format!("{}: cannot clear a stale payload", out.display()))?;
     }
     std::fs::create_dir_all(&out)?;
     let debs = download(recipe, cache, log, progress)?;
-    std::fs::write(out.join("packages.lock"), debs.iter().map(|(n, v, _)| format!("{n} {v}\n")).collect::<String>())?;
+    std::fs::write(
+        out.join("packages.lock"),
+        debs.iter().map(|(n, v, _)| format!("{n} {v}\n")).collect::<String>(),
+    )?;
     let staging = out.join("root.partial");
     std::fs::create_dir_all(&staging)?;
     log(&format!("payload '{}': unpacking {} packages", recipe.name, debs.len()));
-    let sizes: Vec<u64> = debs.iter().map(|(_, _, d)| std::fs::metadata(d).map(|m| m.len()).unwrap_or(0)).collect();
+    let sizes: Vec<u64> =
+        debs.iter().map(|(_, _, d)| std::fs::metadata(d).map(|m| m.len()).unwrap_or(0)).collect();
     let total: u64 = sizes.iter().sum();
     let mut done = 0;
     for ((_, _, deb), n) in debs.iter().zip(sizes) {
@@ -150,7 +179,8 @@ pub fn build(recipe: &Recipe, cache: &Cache, epoch: i64, log: &dyn Fn(&str), pro
     for (c, p) in &bins {
         let d = staging.join(&c.dest);
         std::fs::create_dir_all(d.parent().unwrap())?;
-        std::fs::copy(p, &d).with_context(|| format!("installing {} to {}", p.display(), c.dest))?;
+        std::fs::copy(p, &d)
+            .with_context(|| format!("installing {} to {}", p.display(), c.dest))?;
     }
     copy_overlay(&recipe.dir.join("overlay"), &staging)?;
     if payload {
@@ -158,7 +188,8 @@ pub fn build(recipe: &Recipe, cache: &Cache, epoch: i64, log: &dyn Fn(&str), pro
     }
     clamp_times(&staging, epoch)?;
     if payload {
-        crate::payload::Payload::open(&staging).context("the assembled payload breaks the payload contract")?;
+        crate::payload::Payload::open(&staging)
+            .context("the assembled payload breaks the payload contract")?;
     }
     std::fs::rename(&staging, &root)?;
     std::fs::write(out.join(".complete"), "")?;
@@ -173,15 +204,19 @@ fn cargo_install(c: &CrateBin, cache: &Cache, log: &dyn Fn(&str)) -> Result<Path
     if bin.exists() {
         return Ok(bin);
     }
-    log(&format!("building {} {} from the crate registry (cargo install; a few minutes, once)", c.krate, c.version));
+    log(&format!(
+        "building {} {} from the crate registry (cargo install; a few minutes, once)",
+        c.krate, c.version
+    ));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = duct::cmd!(cargo, "install", &c.krate, "--version", &c.version, "--locked", "--root", &dir)
-        .env("CARGO_TARGET_DIR", cache.root.join("crates").join("target"))
-        .env_remove("RUSTFLAGS")
-        .stderr_to_stdout()
-        .stdout_capture()
-        .unchecked()
-        .run()?;
+    let out =
+        duct::cmd!(cargo, "install", &c.krate, "--version", &c.version, "--locked", "--root", &dir)
+            .env("CARGO_TARGET_DIR", cache.root.join("crates").join("target"))
+            .env_remove("RUSTFLAGS")
+            .stderr_to_stdout()
+            .stdout_capture()
+            .unchecked()
+            .run()?;
     if !out.status.success() || !bin.exists() {
         let text = String::from_utf8_lossy(&out.stdout);
         let tail: Vec<&str> = text.lines().rev().take(15).collect();
@@ -206,7 +241,11 @@ fn apt_cmd(cache: &Cache, args: &[&str]) -> Result<duct::Expression> {
         std::fs::write(&status, "")?;
     }
     let user = unsafe { libc::geteuid() };
-    let user = if user == 0 { "root".to_string() } else { std::env::var("USER").unwrap_or_else(|_| user.to_string()) };
+    let user = if user == 0 {
+        "root".to_string()
+    } else {
+        std::env::var("USER").unwrap_or_else(|_| user.to_string())
+    };
     let mut v: Vec<String> = vec![
         format!("-oDir::State={}", apt.join("state").display()),
         format!("-oDir::State::status={}", status.display()),
@@ -220,17 +259,31 @@ fn apt_cmd(cache: &Cache, args: &[&str]) -> Result<duct::Expression> {
         "-q".into(),
     ];
     v.extend(args.iter().map(|s| s.to_string()));
-    Ok(duct::cmd(crate::tools::path(crate::tools::Tool { program: "apt-get", package: "apt" })?, v).env("DEBIAN_FRONTEND", "noninteractive"))
+    Ok(duct::cmd(crate::tools::path(crate::tools::Tool { program: "apt-get", package: "apt" })?, v)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// Resolves the package set with apt (as if nothing were installed) and
 /// downloads it; returns (name, version, .deb path), sorted by name.
-fn download(recipe: &Recipe, cache: &Cache, log: &dyn Fn(&str), progress: &dyn Fn(&str, u64, u64)) -> Result<Vec<(String, String, PathBuf)>> {
+fn download(
+    recipe: &Recipe,
+    cache: &Cache,
+    log: &dyn Fn(&str),
+    progress: &dyn Fn(&str, u64, u64),
+) -> Result<Vec<(String, String, PathBuf)>> {
     let lists = cache.apt().join("state/lists");
-    let have_lists = std::fs::read_dir(&lists).map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().ends_with("Packages") || e.file_name().to_string_lossy().contains("Packages."))).unwrap_or(false);
+    let have_lists = std::fs::read_dir(&lists)
+        .map(|d| {
+            d.filter_map(|e| e.ok()).any(|e| {
+                e.file_name().to_string_lossy().ends_with("Packages")
+                    || e.file_name().to_string_lossy().contains("Packages.")
+            })
+        })
+        .unwrap_or(false);
     if !have_lists {
         log("apt: fetching package lists into the cache");
-        let out = apt_cmd(cache, &["update"])?.stderr_to_stdout().stdout_capture().unchecked().run()?;
+        let out =
+            apt_cmd(cache, &["update"])?.stderr_to_stdout().stdout_capture().unchecked().run()?;
         if !out.status.success() {
             bail!("apt-get update failed: {}", String::from_utf8_lossy(&out.stdout).trim());
         }
@@ -249,15 +302,23 @@ fn download(recipe: &Recipe, cache: &Cache, log: &dyn Fn(&str), progress: &dyn F
         let name = rest.split_whitespace().next().unwrap_or_default().to_string();
         let inner = rest.split_once('(').map(|x| x.1).unwrap_or_default();
         let version = inner.split_whitespace().next().unwrap_or_default().to_string();
-        let arch = inner.split('[').nth(1).and_then(|a| a.split(']').next()).unwrap_or("amd64").to_string();
+        let arch = inner
+            .split('[')
+            .nth(1)
+            .and_then(|a| a.split(']').next())
+            .unwrap_or("amd64")
+            .to_string();
         pkgs.push((name, version, arch));
     }
     if pkgs.is_empty() {
         bail!("apt resolved no packages: {}", text.trim());
     }
     pkgs.sort();
-    let deb_path = |n: &str, v: &str, a: &str| cache.debs().join(format!("{n}_{}_{a}.deb", v.replace(':', "%3a")));
-    let missing: Vec<&(String, String, String)> = pkgs.iter().filter(|(n, v, a)| !deb_path(n, v, a).exists()).collect();
+    let deb_path = |n: &str, v: &str, a: &str| {
+        cache.debs().join(format!("{n}_{}_{a}.deb", v.replace(':', "%3a")))
+    };
+    let missing: Vec<&(String, String, String)> =
+        pkgs.iter().filter(|(n, v, a)| !deb_path(n, v, a).exists()).collect();
     if !missing.is_empty() {
         // apt names each file and its size up front, so the download can be
         // followed by watching the cache fill.
@@ -277,20 +338,27 @@ fn download(recipe: &Recipe, cache: &Cache, log: &dyn Fn(&str), progress: &dyn F
         log(&format!("apt: downloading {} of {} packages ({total} B)", missing.len(), pkgs.len()));
         let mut args = vec!["install", "--download-only", "-y"];
         args.extend(recipe.packages.iter().map(String::as_str));
-        let handle = apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().start()?;
+        let handle =
+            apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().start()?;
         let partial = cache.debs().join("partial");
         let out = loop {
             if let Some(out) = handle.try_wait()? {
                 break out.clone();
             }
             let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            let done: u64 = want.iter().map(|(p, n)| size(p).max(size(&partial.join(p.file_name().unwrap()))).min(*n)).sum();
+            let done: u64 = want
+                .iter()
+                .map(|(p, n)| size(p).max(size(&partial.join(p.file_name().unwrap()))).min(*n))
+                .sum();
             progress("download", done, total.max(1));
             std::thread::sleep(std::time::Duration::from_millis(200));
         };
         progress("download", total.max(1), total.max(1));
         if !out.status.success() {
-            bail!("apt-get --download-only failed: {}", String::from_utf8_lossy(&out.stdout).trim());
+            bail!(
+                "apt-get --download-only failed: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
         }
     }
     pkgs.into_iter()
@@ -308,12 +376,14 @@ fn download(recipe: &Recipe, cache: &Cache, log: &dyn Fn(&str), progress: &dyn F
 /// set-uid bits) and mtimes from the archive, owner = whoever builds (owners
 /// are set to root when the filesystems are made), no device nodes.
 fn unpack_deb(deb: &Path, dest: &Path) -> Result<()> {
-    let child = duct::cmd!("dpkg-deb", "--fsys-tarfile", deb).stdout_capture().stderr_capture().run()?;
+    let child =
+        duct::cmd!("dpkg-deb", "--fsys-tarfile", deb).stdout_capture().stderr_capture().run()?;
     let mut ar = tar::Archive::new(&child.stdout[..]);
     for entry in ar.entries()? {
         let mut e = entry?;
         let path = e.path()?.into_owned();
-        let rel: PathBuf = path.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
+        let rel: PathBuf =
+            path.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
         if rel.as_os_str().is_empty() {
             continue;
         }
@@ -347,7 +417,10 @@ fn unpack_deb(deb: &Path, dest: &Path) -> Result<()> {
             tar::EntryType::Link => {
                 remove_any(&target)?;
                 let link = e.link_name()?.ok_or_else(|| anyhow!("hard link without target"))?;
-                let src: PathBuf = link.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
+                let src: PathBuf = link
+                    .components()
+                    .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                    .collect();
                 std::fs::hard_link(dest.join(src), &target)?;
             }
             _ => {} // device nodes, fifos: not in a payload
@@ -408,10 +481,16 @@ fn move_into(src: &Path, dst: &Path) -> Result<()> {
 fn install_kernel(root: &Path) -> Result<()> {
     let boot = root.join("boot");
     let mut kernels: Vec<PathBuf> = std::fs::read_dir(&boot)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-")).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-"))
+                .collect()
+        })
         .unwrap_or_default();
     kernels.sort();
-    let k = kernels.pop().ok_or_else(|| anyhow!("no kernel (boot/vmlinuz-*) among the packages"))?;
+    let k =
+        kernels.pop().ok_or_else(|| anyhow!("no kernel (boot/vmlinuz-*) among the packages"))?;
     let ub = root.join("usr/boot");
     std::fs::create_dir_all(&ub)?;
     for e in std::fs::read_dir(&boot)? {
@@ -448,7 +527,9 @@ fn copy_overlay(src: &Path, dst: &Path) -> Result<()> {
 /// Generates modules.dep & co. for every kernel in usr/lib/modules.
 fn depmod(root: &Path) -> Result<()> {
     let mods = root.join("usr/lib/modules");
-    for e in std::fs::read_dir(&mods).with_context(|| format!("{}: no kernel modules", mods.display()))? {
+    for e in std::fs::read_dir(&mods)
+        .with_context(|| format!("{}: no kernel modules", mods.display()))?
+    {
         let v = e?.file_name().to_string_lossy().into_owned();
         let depmod = crate::tools::path(crate::tools::Tool { program: "depmod", package: "kmod" })?;
         crate::fs::run(duct::cmd!(depmod, "-b", root, &v), &format!("depmod {v}"))?;
@@ -477,4 +558,3 @@ fn clamp_times(p: &Path, epoch: i64) -> Result<()> {
     }
     Ok(())
 }
-

@@ -80,7 +80,10 @@ pub fn write(image: &mut File, plan: &DiskPlan) -> Result<()> {
     let mut backup = HeaderBuilder::from_header(&primary).primary(false).build(lbs)?;
     for p in &plan.partitions {
         let entry = Partition {
-            part_type_guid: gpt::partition_types::Type { guid: p.type_guid, os: gpt::partition_types::OperatingSystem::None },
+            part_type_guid: gpt::partition_types::Type {
+                guid: p.type_guid,
+                os: gpt::partition_types::OperatingSystem::None,
+            },
             part_guid: p.uuid,
             first_lba: p.first_block,
             last_lba: p.first_block + p.blocks - 1,
@@ -144,7 +147,11 @@ fn read_with(image: &File, strict: bool) -> Result<Table> {
         .logical_block_size(LogicalBlockSize::Lb512)
         .only_valid_headers(strict)
         .open_from_device(image)
-        .context(if strict { "no valid GPT (primary and backup headers and entry CRCs checked)" } else { "no valid primary GPT" })?;
+        .context(if strict {
+            "no valid GPT (primary and backup headers and entry CRCs checked)"
+        } else {
+            "no valid primary GPT"
+        })?;
     let h = disk.header();
     let entries: Vec<TableEntry> = disk
         .partitions()

@@ -23,7 +23,8 @@ pub const FSCK_FAT: Tool = Tool { program: "fsck.fat", package: "dosfstools" };
 
 /// Directories searched besides `$PATH`: the `sbin` directories hold most
 /// filesystem tools, and an unprivileged user's `$PATH` often lacks them.
-const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin"];
+const EXTRA_DIRS: &[&str] =
+    &["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin"];
 
 /// Full path of a program, searching `$PATH` and the sbin directories.
 pub fn find(program: &str) -> Option<PathBuf> {
@@ -40,7 +41,9 @@ pub fn find(program: &str) -> Option<PathBuf> {
 
 fn is_executable(p: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Path of one tool, or an error naming the package to install.
@@ -51,7 +54,8 @@ pub fn path(tool: Tool) -> Result<PathBuf> {
 
 /// Fails, naming every missing program and its package, unless all are present.
 pub fn require(tools: &[Tool]) -> Result<()> {
-    let mut missing: Vec<Tool> = tools.iter().copied().filter(|t| find(t.program).is_none()).collect();
+    let mut missing: Vec<Tool> =
+        tools.iter().copied().filter(|t| find(t.program).is_none()).collect();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());

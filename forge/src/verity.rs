@@ -79,7 +79,15 @@ fn hash_block(salt: &[u8], block: &[u8]) -> [u8; 32] {
 }
 
 /// Digests of data blocks `[first, last)` of the region at `base`.
-fn hash_data(file: &File, base: u64, first: u64, last: u64, extents: &[(u64, u64)], salt: &[u8], zero: &[u8; 32]) -> Result<Vec<[u8; 32]>> {
+fn hash_data(
+    file: &File,
+    base: u64,
+    first: u64,
+    last: u64,
+    extents: &[(u64, u64)],
+    salt: &[u8],
+    zero: &[u8; 32],
+) -> Result<Vec<[u8; 32]>> {
     let mut out = Vec::with_capacity((last - first) as usize);
     let mut buf = vec![0u8; 256 * BLOCK as usize];
     let mut b = first;
@@ -92,7 +100,8 @@ fn hash_data(file: &File, base: u64, first: u64, last: u64, extents: &[(u64, u64
                 let end_block = ((ext.unwrap().1 - base) / BLOCK).min(last).max(b + 1);
                 let n = (end_block - b).min(256);
                 let bytes = (n * BLOCK) as usize;
-                file.read_exact_at(&mut buf[..bytes], pos).context("reading filesystem blocks for dm-verity")?;
+                file.read_exact_at(&mut buf[..bytes], pos)
+                    .context("reading filesystem blocks for dm-verity")?;
                 for blk in buf[..bytes].chunks(BLOCK as usize) {
                     out.push(if sparse::is_zero(blk) { *zero } else { hash_block(salt, blk) });
                 }
@@ -144,7 +153,8 @@ pub fn format(
     }
     let zero = hash_block(&salt, &[0u8; BLOCK as usize]);
     let extents = sparse::data_extents(image, part_offset, part_offset + data_blocks * BLOCK)?;
-    let threads = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1).clamp(1, 16);
+    let threads =
+        std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1).clamp(1, 16);
     let per = data_blocks.div_ceil(threads);
     let mut level0: Vec<[u8; 32]> = Vec::with_capacity(data_blocks as usize);
     std::thread::scope(|s| -> Result<()> {
@@ -259,7 +269,12 @@ pub fn read_superblock(image: &File, at: u64) -> Result<Option<Superblock>> {
 pub fn compute_root(image: &File, part_offset: u64, hash_offset: u64) -> Result<Option<[u8; 32]>> {
     let Some(sb) = read_superblock(image, part_offset + hash_offset)? else { return Ok(None) };
     if sb.algorithm != "sha256" || sb.data_block_size != BLOCK || sb.hash_block_size != BLOCK {
-        bail!("verity superblock: only sha256 with 4096-byte blocks is supported (found {} {}/{})", sb.algorithm, sb.data_block_size, sb.hash_block_size);
+        bail!(
+            "verity superblock: only sha256 with 4096-byte blocks is supported (found {} {}/{})",
+            sb.algorithm,
+            sb.data_block_size,
+            sb.hash_block_size
+        );
     }
     let zero = hash_block(&sb.salt, &[0u8; BLOCK as usize]);
     let extents = sparse::data_extents(image, part_offset, part_offset + sb.data_blocks * BLOCK)?;

@@ -44,7 +44,8 @@ pub fn setup_verity(name: &str, dev: &Path, hash_offset: u64, root_hash: &str) -
     // covered by the trusted root hash, so reading them from disk is safe.
     let f = File::open(dev).map_err(|e| format!("{}: {e}", dev.display()))?;
     let mut sb = [0u8; 512];
-    f.read_exact_at(&mut sb, hash_offset).map_err(|e| format!("{}: reading the verity superblock: {e}", dev.display()))?;
+    f.read_exact_at(&mut sb, hash_offset)
+        .map_err(|e| format!("{}: reading the verity superblock: {e}", dev.display()))?;
     if &sb[0..8] != b"verity\0\0" {
         return Err(format!("{}: no dm-verity superblock at offset {hash_offset}", dev.display()));
     }

@@ -59,7 +59,11 @@ pub fn partuuid(d: &BlockDev) -> Option<String> {
 
 pub fn partlabel(d: &BlockDev) -> Option<String> {
     let e = entry(d)?;
-    let units: Vec<u16> = e[56..128].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|u| *u != 0).collect();
+    let units: Vec<u16> = e[56..128]
+        .chunks(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|u| *u != 0)
+        .collect();
     Some(String::from_utf16_lossy(&units))
 }
 
@@ -101,9 +105,16 @@ struct BlkpgIoctlArg {
 /// and grows the mounted ext4 filesystem. Returns (old, new) sizes in bytes.
 pub fn grow_root(root: &Path, mountpoint: &Path) -> Result<Option<(u64, u64)>> {
     let name = root.file_name().unwrap().to_string_lossy().into_owned();
-    let d = crate::sys::block_devices().into_iter().find(|d| d.name == name).ok_or("ROOT is not a known block device")?;
+    let d = crate::sys::block_devices()
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or("ROOT is not a known block device")?;
     let (Some(parent), Some(pno)) = (d.parent.clone(), d.partition) else { return Ok(None) };
-    let f = OpenOptions::new().read(true).write(true).open(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&parent)
+        .map_err(|e| format!("{}: {e}", parent.display()))?;
     let mut disk_bytes = 0u64;
     if unsafe { libc::ioctl(f.as_raw_fd(), BLKGETSIZE64, &mut disk_bytes) } != 0 {
         return Err(format!("BLKGETSIZE64: {}", std::io::Error::last_os_error()));
@@ -121,7 +132,10 @@ pub fn grow_root(root: &Path, mountpoint: &Path) -> Result<Option<(u64, u64)>> {
     let first = u64::from_le_bytes(e[32..40].try_into().unwrap());
     let last = u64::from_le_bytes(e[40..48].try_into().unwrap());
     // Only when ROOT is the partition that ends last and the disk has room.
-    let max_end = (0..h.num_parts as usize).map(|i| u64::from_le_bytes(array[i * ps + 40..i * ps + 48].try_into().unwrap())).max().unwrap_or(0);
+    let max_end = (0..h.num_parts as usize)
+        .map(|i| u64::from_le_bytes(array[i * ps + 40..i * ps + 48].try_into().unwrap()))
+        .max()
+        .unwrap_or(0);
     if last != max_end || last >= new_last_usable {
         return Ok(None);
     }
@@ -145,7 +159,9 @@ pub fn grow_root(root: &Path, mountpoint: &Path) -> Result<Option<(u64, u64)>> {
     let c = crc32(&backup);
     backup[16..20].copy_from_slice(&c.to_le_bytes());
 
-    let w = |buf: &[u8], lba: u64| f.write_all_at(buf, lba * SECTOR).map_err(|e| format!("writing the GPT: {e}"));
+    let w = |buf: &[u8], lba: u64| {
+        f.write_all_at(buf, lba * SECTOR).map_err(|e| format!("writing the GPT: {e}"))
+    };
     w(&array, backup_array_lba)?;
     w(&backup, last_lba)?;
     w(&array, h.part_start)?;
@@ -160,8 +176,19 @@ pub fn grow_root(root: &Path, mountpoint: &Path) -> Result<Option<(u64, u64)>> {
     f.sync_all().map_err(|e| e.to_string())?;
 
     let new_bytes = (new_last_usable - first + 1) * SECTOR;
-    let mut part = BlkpgPartition { start: (first * SECTOR) as i64, length: new_bytes as i64, pno: pno as i32, devname: [0; 64], volname: [0; 64] };
-    let mut arg = BlkpgIoctlArg { op: BLKPG_RESIZE_PARTITION, flags: 0, datalen: std::mem::size_of::<BlkpgPartition>() as i32, data: &mut part as *mut _ as *mut libc::c_void };
+    let mut part = BlkpgPartition {
+        start: (first * SECTOR) as i64,
+        length: new_bytes as i64,
+        pno: pno as i32,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let mut arg = BlkpgIoctlArg {
+        op: BLKPG_RESIZE_PARTITION,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as i32,
+        data: &mut part as *mut _ as *mut libc::c_void,
+    };
     if unsafe { libc::ioctl(f.as_raw_fd(), BLKPG, &mut arg) } != 0 {
         return Err(format!("BLKPG resize partition {pno}: {}", std::io::Error::last_os_error()));
     }
@@ -172,7 +199,10 @@ pub fn grow_root(root: &Path, mountpoint: &Path) -> Result<Option<(u64, u64)>> {
     let bs = st.f_bsize as u64;
     let mut blocks: u64 = new_bytes / bs;
     if unsafe { libc::ioctl(m.as_raw_fd(), EXT4_IOC_RESIZE_FS, &mut blocks) } != 0 {
-        return Err(format!("EXT4_IOC_RESIZE_FS to {blocks} blocks: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "EXT4_IOC_RESIZE_FS to {blocks} blocks: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(Some((old_bytes, new_bytes)))
 }

@@ -88,13 +88,16 @@ impl Cmdline {
 fn run() -> Result<()> {
     sys::mount_basics()?;
     let t0 = Instant::now();
-    let cmdline = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?);
+    let cmdline = Cmdline::parse(
+        &std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?,
+    );
     say!("starting; cmdline: {}", cmdline.raw);
     load_modules()?;
 
     // dm-verity /usr
     let usr_spec = cmdline.get("verity.usr").ok_or("no verity.usr= on the kernel command line")?;
-    let root_hash = cmdline.get("verity.usrhash").ok_or("no verity.usrhash= on the kernel command line")?;
+    let root_hash =
+        cmdline.get("verity.usrhash").ok_or("no verity.usrhash= on the kernel command line")?;
     if root_hash.len() != 64 || !root_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("verity.usrhash={root_hash} is not 64 hex digits"));
     }
@@ -106,10 +109,14 @@ fn run() -> Result<()> {
     say!("USR is {} ({usr_spec})", usr_dev.display());
     let dm_dev = dm::setup_verity("usr", &usr_dev, hash_offset, root_hash)?;
     let _ = std::fs::create_dir_all("/dev/mapper");
-    let _ = std::os::unix::fs::symlink(format!("../{}", dm_dev.file_name().unwrap().to_string_lossy()), "/dev/mapper/usr");
+    let _ = std::os::unix::fs::symlink(
+        format!("../{}", dm_dev.file_name().unwrap().to_string_lossy()),
+        "/dev/mapper/usr",
+    );
     if cmdline.get("verity.usrcheck") != Some("lazy") {
         let t = Instant::now();
-        let n = dm::read_all(&dm_dev).map_err(|e| format!("dm-verity: /usr does not match verity.usrhash ({e})"))?;
+        let n = dm::read_all(&dm_dev)
+            .map_err(|e| format!("dm-verity: /usr does not match verity.usrhash ({e})"))?;
         say!("dm-verity: all {n} bytes of /usr verified in {:.1}s", t.elapsed().as_secs_f64());
     }
 
@@ -133,7 +140,10 @@ fn run() -> Result<()> {
     say!("/usr mounted read-only from {} ({usr_fs}, dm-verity)", dm_dev.display());
 
     // OEM
-    let oem_id = cmdline.get("flatcar.oem.id").or_else(|| cmdline.get("coreos.oem.id")).filter(|s| !s.is_empty());
+    let oem_id = cmdline
+        .get("flatcar.oem.id")
+        .or_else(|| cmdline.get("coreos.oem.id"))
+        .filter(|s| !s.is_empty());
     match find("LABEL=OEM") {
         Some(oem_dev) => {
             std::fs::create_dir_all("/sysroot/oem").map_err(|e| e.to_string())?;
@@ -176,7 +186,11 @@ fn link_oem_sysext(id: &str) -> Result<()> {
     // The version named by /oem/oem-release wins; otherwise the newest by name.
     let want = std::fs::read_to_string("/sysroot/oem/oem-release")
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("VERSION_ID=").map(|v| v.trim_matches('"').to_string())))
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("VERSION_ID=").map(|v| v.trim_matches('"').to_string())
+            })
+        })
         .map(|v| format!("{prefix}{v}.raw"));
     let pick = want.filter(|w| images.contains(w)).or_else(|| images.last().cloned());
     let Some(img) = pick else {
@@ -187,7 +201,8 @@ fn link_oem_sysext(id: &str) -> Result<()> {
     std::fs::create_dir_all(ext).map_err(|e| format!("/etc/extensions: {e}"))?;
     let link = ext.join(format!("oem-{id}.raw"));
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(format!("/oem/sysext/{img}"), &link).map_err(|e| format!("{}: {e}", link.display()))?;
+    std::os::unix::fs::symlink(format!("/oem/sysext/{img}"), &link)
+        .map_err(|e| format!("{}: {e}", link.display()))?;
     say!("linked /etc/extensions/oem-{id}.raw -> /oem/sysext/{img}");
     Ok(())
 }
@@ -240,7 +255,11 @@ fn wait_for(spec: &str, timeout: Duration) -> Result<PathBuf> {
         }
         if start.elapsed() > timeout {
             let devs: Vec<String> = sys::block_devices().iter().map(|d| d.name.clone()).collect();
-            return Err(format!("device {spec} did not appear within {}s (block devices: {})", timeout.as_secs(), devs.join(" ")));
+            return Err(format!(
+                "device {spec} did not appear within {}s (block devices: {})",
+                timeout.as_secs(),
+                devs.join(" ")
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -253,7 +272,10 @@ fn find(spec: &str) -> Option<PathBuf> {
     let (kind, value) = spec.split_once('=')?;
     for d in sys::block_devices() {
         let hit = match kind {
-            "PARTUUID" => d.partition.is_some() && gpt::partuuid(&d).is_some_and(|u| u.eq_ignore_ascii_case(value)),
+            "PARTUUID" => {
+                d.partition.is_some()
+                    && gpt::partuuid(&d).is_some_and(|u| u.eq_ignore_ascii_case(value))
+            }
             "PARTLABEL" => d.partition.is_some() && gpt::partlabel(&d).is_some_and(|l| l == value),
             "LABEL" => sys::fs_label(&d.dev).is_some_and(|l| l == value),
             _ => false,

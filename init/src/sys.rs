@@ -15,16 +15,29 @@ fn errno() -> String {
 }
 
 pub fn mount(src: &Path, dst: &Path, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<()> {
-    let (s, d, t, o) = (cstr(src), cstr(dst), CString::new(fstype).unwrap(), CString::new(data).unwrap());
-    let r = unsafe { libc::mount(s.as_ptr(), d.as_ptr(), t.as_ptr(), flags, o.as_ptr() as *const libc::c_void) };
+    let (s, d, t, o) =
+        (cstr(src), cstr(dst), CString::new(fstype).unwrap(), CString::new(data).unwrap());
+    let r = unsafe {
+        libc::mount(s.as_ptr(), d.as_ptr(), t.as_ptr(), flags, o.as_ptr() as *const libc::c_void)
+    };
     if r != 0 {
-        return Err(format!("mount {} on {} ({fstype}): {}", src.display(), dst.display(), errno()));
+        return Err(format!(
+            "mount {} on {} ({fstype}): {}",
+            src.display(),
+            dst.display(),
+            errno()
+        ));
     }
     Ok(())
 }
 
 pub fn mount_basics() -> Result<()> {
-    for (src, dst, t, data) in [("proc", "/proc", "proc", ""), ("sysfs", "/sys", "sysfs", ""), ("devtmpfs", "/dev", "devtmpfs", "mode=0755"), ("tmpfs", "/run", "tmpfs", "mode=0755")] {
+    for (src, dst, t, data) in [
+        ("proc", "/proc", "proc", ""),
+        ("sysfs", "/sys", "sysfs", ""),
+        ("devtmpfs", "/dev", "devtmpfs", "mode=0755"),
+        ("tmpfs", "/run", "tmpfs", "mode=0755"),
+    ] {
         let _ = std::fs::create_dir_all(dst);
         let flags = libc::MS_NOSUID | if t == "devtmpfs" { 0 } else { libc::MS_NODEV };
         if let Err(e) = mount(Path::new(src), Path::new(dst), t, flags, data) {
@@ -74,9 +87,12 @@ pub fn block_devices() -> Vec<BlockDev> {
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let sys = e.path();
-        let partition = std::fs::read_to_string(sys.join("partition")).ok().and_then(|s| s.trim().parse().ok());
+        let partition =
+            std::fs::read_to_string(sys.join("partition")).ok().and_then(|s| s.trim().parse().ok());
         let parent = if partition.is_some() {
-            std::fs::canonicalize(&sys).ok().and_then(|p| p.parent().map(|q| PathBuf::from("/dev").join(q.file_name().unwrap())))
+            std::fs::canonicalize(&sys).ok().and_then(|p| {
+                p.parent().map(|q| PathBuf::from("/dev").join(q.file_name().unwrap()))
+            })
         } else {
             None
         };
@@ -94,7 +110,8 @@ pub fn fs_label(dev: &Path) -> Option<String> {
     let f = std::fs::File::open(dev).ok()?;
     let mut b = vec![0u8; 2048];
     f.read_exact_at(&mut b, 0).ok()?;
-    let text = |s: &[u8]| Some(String::from_utf8_lossy(s).trim_end_matches(['\0', ' ']).to_string());
+    let text =
+        |s: &[u8]| Some(String::from_utf8_lossy(s).trim_end_matches(['\0', ' ']).to_string());
     if u16::from_le_bytes([b[1024 + 56], b[1024 + 57]]) == 0xEF53 {
         return text(&b[1024 + 120..1024 + 136]);
     }
@@ -124,14 +141,20 @@ pub fn switch_root(new: &Path, init: &str) -> Result<()> {
         let target = new.join(&m[1..]);
         let _ = std::fs::create_dir_all(&target);
         let (s, d) = (cstr(Path::new(m)), cstr(&target));
-        if unsafe { libc::mount(s.as_ptr(), d.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) } != 0 {
+        if unsafe {
+            libc::mount(s.as_ptr(), d.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null())
+        } != 0
+        {
             return Err(format!("moving {m}: {}", errno()));
         }
     }
     std::env::set_current_dir(new).map_err(|e| e.to_string())?;
     let dot = CString::new(".").unwrap();
     let slash = CString::new("/").unwrap();
-    if unsafe { libc::mount(dot.as_ptr(), slash.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) } != 0 {
+    if unsafe {
+        libc::mount(dot.as_ptr(), slash.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null())
+    } != 0
+    {
         return Err(format!("moving the new root to /: {}", errno()));
     }
     if unsafe { libc::chroot(dot.as_ptr()) } != 0 {

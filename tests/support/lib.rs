@@ -18,7 +18,11 @@ pub fn repo() -> PathBuf {
 
 /// Runs the CLI with `args` and a fixed SOURCE_DATE_EPOCH.
 pub fn cli(args: &[&str]) -> Output {
-    Command::new(cli_path()).args(args).env("SOURCE_DATE_EPOCH", "1700000000").output().expect("run forge-cli")
+    Command::new(cli_path())
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .expect("run forge-cli")
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -28,14 +32,22 @@ pub fn stderr(o: &Output) -> String {
 /// Runs a shell command, panicking with its output on failure.
 pub fn sh(cmd: &str) -> String {
     let o = Command::new("bash").args(["-euo", "pipefail", "-c", cmd]).output().expect("bash");
-    assert!(o.status.success(), "command failed: {cmd}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "command failed: {cmd}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Runs a shell command and returns (success, stdout+stderr).
 pub fn sh_status(cmd: &str) -> (bool, String) {
     let o = Command::new("bash").args(["-uo", "pipefail", "-c", cmd]).output().expect("bash");
-    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    (
+        o.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+    )
 }
 
 /// Deterministic pseudo-random bytes.
@@ -64,7 +76,8 @@ pub fn make_payload(dir: &Path) {
     w("usr/boot/vmlinuz", &bytes(1, 3_000_000));
     w("usr/boot/initrd.img", &bytes(2, 500_000));
     w("usr/bin/tool", &bytes(3, 70_000));
-    std::fs::set_permissions(dir.join("usr/bin/tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir.join("usr/bin/tool"), std::fs::Permissions::from_mode(0o755))
+        .unwrap();
     w("usr/share/doc/empty", b"");
     w("usr/share/doc/readme.txt", &b"hello world\n".repeat(5000));
     w("usr/share/a file with spaces.txt", b"spaces\n");
@@ -124,8 +137,15 @@ pub fn make_bootable_payload(dir: &Path) {
     std::fs::create_dir_all(m.join("kernel/drivers")).unwrap();
     std::fs::write(m.join("kernel/drivers/dm-verity.ko"), bytes(11, 3000)).unwrap();
     std::fs::write(m.join("kernel/drivers/dm-mod.ko"), bytes(12, 3000)).unwrap();
-    std::fs::write(m.join("modules.dep"), "kernel/drivers/dm-verity.ko: kernel/drivers/dm-mod.ko\nkernel/drivers/dm-mod.ko:\n").unwrap();
-    let builtin: String = ["virtio_pci", "virtio_scsi", "virtio_blk", "sd_mod", "erofs", "ext4"].iter().map(|n| format!("kernel/x/{n}.ko\n")).collect();
+    std::fs::write(
+        m.join("modules.dep"),
+        "kernel/drivers/dm-verity.ko: kernel/drivers/dm-mod.ko\nkernel/drivers/dm-mod.ko:\n",
+    )
+    .unwrap();
+    let builtin: String = ["virtio_pci", "virtio_scsi", "virtio_blk", "sd_mod", "erofs", "ext4"]
+        .iter()
+        .map(|n| format!("kernel/x/{n}.ko\n"))
+        .collect();
     std::fs::write(m.join("modules.builtin"), builtin).unwrap();
     sh(&format!("chmod -R a+rX {}", dir.display()));
 }

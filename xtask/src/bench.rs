@@ -89,8 +89,15 @@ pub fn measure(mut cmd: Command, dir: &Path) -> Result<Measure> {
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         bail!("benchmarked command failed (status {status}): {cmd:?}");
     }
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    Ok(Measure { wall, cpu: tv(ru.ru_utime) + tv(ru.ru_stime), max_rss_kib: ru.ru_maxrss as u64, scratch_peak: free0.saturating_sub(min_free.load(Ordering::Relaxed)) })
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    Ok(Measure {
+        wall,
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        max_rss_kib: ru.ru_maxrss as u64,
+        scratch_peak: free0.saturating_sub(min_free.load(Ordering::Relaxed)),
+    })
 }
 
 fn free_bytes(dir: &Path) -> Result<u64> {
@@ -139,9 +146,11 @@ fn bench_payload(work: &Path, size_mb: u64) -> Result<PathBuf> {
     let mut budget = size_mb * 1_000_000;
     copy_tree(Path::new("/usr/lib"), &usr.join("lib"), &mut budget)?;
     std::fs::write(usr.join("lib/os-release"), "ID=benchos\nNAME=\"Bench OS\"\nVERSION_ID=1.0\n")?;
-    let kernel = std::fs::read_dir("/boot")
-        .ok()
-        .and_then(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz")));
+    let kernel = std::fs::read_dir("/boot").ok().and_then(|d| {
+        d.filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz"))
+    });
     match kernel {
         Some(k) => {
             std::fs::copy(k, usr.join("boot/vmlinuz"))?;
@@ -201,9 +210,18 @@ fn reference_script(payload: &Path, image: &Path, scratch: &Path) -> Result<Stri
     writeln!(s, "rm -f {img}\ntruncate -s {} {img}", plan.total_bytes())?;
     writeln!(s, "sfdisk -q --no-reread --no-tell-kernel {img} <<'EOF'\nlabel: gpt\nlabel-id: {}\nfirst-lba: 34", plan.disk_guid)?;
     for p in &plan.partitions {
-        let bits: Vec<String> = (48..64).filter(|b| p.attributes & (1u64 << b) != 0).map(|b| b.to_string()).collect();
-        let attrs = if bits.is_empty() { String::new() } else { format!(", attrs=\"GUID:{}\"", bits.join(",")) };
-        writeln!(s, "{img}{}: start={}, size={}, type={}, uuid={}, name=\"{}\"{attrs}", p.number, p.first_block, p.blocks, p.type_guid, p.uuid, p.label)?;
+        let bits: Vec<String> =
+            (48..64).filter(|b| p.attributes & (1u64 << b) != 0).map(|b| b.to_string()).collect();
+        let attrs = if bits.is_empty() {
+            String::new()
+        } else {
+            format!(", attrs=\"GUID:{}\"", bits.join(","))
+        };
+        writeln!(
+            s,
+            "{img}{}: start={}, size={}, type={}, uuid={}, name=\"{}\"{attrs}",
+            p.number, p.first_block, p.blocks, p.type_guid, p.uuid, p.label
+        )?;
     }
     s.push_str("EOF\n");
     for p in &plan.partitions {
@@ -211,20 +229,44 @@ fn reference_script(payload: &Path, image: &Path, scratch: &Path) -> Result<Stri
         let off = p.first_block * 512;
         match (fs.kind, p.mount.as_deref()) {
             (FsKind::Vfat, _) => {
-                writeln!(s, "mkfs.fat -F 32 -n {} --offset {} {img} {} >/dev/null 2>&1", fs.label.as_deref().unwrap_or("ESP"), p.first_block, fs.bytes() / 1024)?;
+                writeln!(
+                    s,
+                    "mkfs.fat -F 32 -n {} --offset {} {img} {} >/dev/null 2>&1",
+                    fs.label.as_deref().unwrap_or("ESP"),
+                    p.first_block,
+                    fs.bytes() / 1024
+                )?;
                 writeln!(s, "mmd -i {img}@@{off} ::/flatcar\nmcopy -i {img}@@{off} {}/usr/boot/vmlinuz ::/flatcar/vmlinuz-a", payload.display())?;
             }
             (FsKind::Erofs, Some("/usr")) => {
                 let u = scratch.join("usr.img");
                 let u = u.display();
                 let z = fs.compression.as_ref().map(|c| format!(" -z{c}")).unwrap_or_default();
-                writeln!(s, "rm -f {u}\nmkfs.erofs --quiet -T0 --all-root -x-1{z} {u} {}/usr", payload.display())?;
+                writeln!(
+                    s,
+                    "rm -f {u}\nmkfs.erofs --quiet -T0 --all-root -x-1{z} {u} {}/usr",
+                    payload.display()
+                )?;
                 writeln!(s, "truncate -s {} {u}", p.blocks * 512)?;
-                writeln!(s, "veritysetup format --hash-offset={} --data-blocks={} {u} {u} >/dev/null", fs.bytes(), fs.blocks)?;
-                writeln!(s, "dd if={u} of={img} bs=1M seek={} conv=notrunc,sparse status=none\nrm -f {u}", off / (1 << 20))?;
+                writeln!(
+                    s,
+                    "veritysetup format --hash-offset={} --data-blocks={} {u} {u} >/dev/null",
+                    fs.bytes(),
+                    fs.blocks
+                )?;
+                writeln!(
+                    s,
+                    "dd if={u} of={img} bs=1M seek={} conv=notrunc,sparse status=none\nrm -f {u}",
+                    off / (1 << 20)
+                )?;
             }
             (FsKind::Ext4, _) => {
-                writeln!(s, "mkfs.ext4 -q -F -E offset={off},nodiscard -L {} {img} {}", fs.label.as_deref().unwrap_or("x"), fs.blocks)?;
+                writeln!(
+                    s,
+                    "mkfs.ext4 -q -F -E offset={off},nodiscard -L {} {img} {}",
+                    fs.label.as_deref().unwrap_or("x"),
+                    fs.blocks
+                )?;
             }
             (k, m) => bail!("reference pipeline: no recipe for {} at {:?}", k.name(), m),
         }
@@ -252,7 +294,11 @@ fn assemble(size_mb: u64, work_dir: Option<PathBuf>) -> Result<()> {
     let _ = std::fs::remove_dir_all(&ours_dir);
     std::fs::create_dir_all(&ours_dir)?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["build-image", "--platform", "generic", "--base"]).arg(&payload).arg("--output-dir").arg(&ours_dir).env("SOURCE_DATE_EPOCH", "0");
+    cmd.args(["build-image", "--platform", "generic", "--base"])
+        .arg(&payload)
+        .arg("--output-dir")
+        .arg(&ours_dir)
+        .env("SOURCE_DATE_EPOCH", "0");
     cmd.stderr(std::process::Stdio::null());
     eprintln!("running ours …");
     let ours = measure(cmd, &work)?;
@@ -272,9 +318,19 @@ fn assemble(size_mb: u64, work_dir: Option<PathBuf>) -> Result<()> {
     let ref_nz = nonzero_bytes(&ref_img)?;
 
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    println!("bench assemble: payload {:.1} MiB, generic image (layout base, {} B)", mib(payload_bytes), std::fs::metadata(&ours_img)?.len());
-    println!("{:<34} {:>9} {:>14} {:>16} {:>16} {:>8}", "pipeline", "wall s", "peak RSS MiB", "scratch MiB", "non-zero MiB", "scr/nz");
-    for (name, m, nz) in [("ours (cargo xtask build-image)", &ours, ours_nz), ("reference (sfdisk+mkfs+dd)", &reference, ref_nz)] {
+    println!(
+        "bench assemble: payload {:.1} MiB, generic image (layout base, {} B)",
+        mib(payload_bytes),
+        std::fs::metadata(&ours_img)?.len()
+    );
+    println!(
+        "{:<34} {:>9} {:>14} {:>16} {:>16} {:>8}",
+        "pipeline", "wall s", "peak RSS MiB", "scratch MiB", "non-zero MiB", "scr/nz"
+    );
+    for (name, m, nz) in [
+        ("ours (cargo xtask build-image)", &ours, ours_nz),
+        ("reference (sfdisk+mkfs+dd)", &reference, ref_nz),
+    ] {
         println!(
             "{:<34} {:>9.2} {:>14.1} {:>16.1} {:>16.1} {:>8.2}",
             name,
@@ -310,7 +366,9 @@ fn dir_bytes(p: &Path) -> Result<u64> {
 }
 
 /// The reference tools for a format, at the level ours uses by default, on two threads.
-fn reference_compressors(format: &str) -> Result<Vec<(&'static str, &'static str, forge::tools::Tool)>> {
+fn reference_compressors(
+    format: &str,
+) -> Result<Vec<(&'static str, &'static str, forge::tools::Tool)>> {
     use forge::tools::Tool;
     Ok(match format {
         "bz2" => vec![
@@ -321,7 +379,9 @@ fn reference_compressors(format: &str) -> Result<Vec<(&'static str, &'static str
             ("pigz -p2 -6", "pigz -p2 -6 -n -c", Tool { program: "pigz", package: "pigz" }),
             ("gzip -6", "gzip -6 -n -c", Tool { program: "gzip", package: "gzip" }),
         ],
-        "zst" => vec![("zstd -T2 -3", "zstd -q -T2 -3 -c", Tool { program: "zstd", package: "zstd" })],
+        "zst" => {
+            vec![("zstd -T2 -3", "zstd -q -T2 -3 -c", Tool { program: "zstd", package: "zstd" })]
+        }
         "xz" => vec![("xz -T2 -6", "xz -T2 -6 -c", Tool { program: "xz", package: "xz-utils" })],
         other => bail!("--format {other}: expected bz2, gz, zst or xz"),
     })
@@ -340,7 +400,14 @@ fn compress(image: Option<PathBuf>, format: &str, work_dir: Option<PathBuf>) -> 
             if !raw.exists() {
                 eprintln!("building the Hetzner image (raw kept) into {}", dir.display());
                 let st = Command::new(std::env::current_exe()?)
-                    .args(["build-image", "--platform", "hetzner", "--keep-raw", "--no-verify", "--output-dir"])
+                    .args([
+                        "build-image",
+                        "--platform",
+                        "hetzner",
+                        "--keep-raw",
+                        "--no-verify",
+                        "--output-dir",
+                    ])
                     .arg(&dir)
                     .status()?;
                 if !st.success() {
@@ -386,8 +453,20 @@ fn compress(image: Option<PathBuf>, format: &str, work_dir: Option<PathBuf>) -> 
     }
     let lb = rows[1].1.wall.as_secs_f64();
     let lb_name = &rows[1].0;
-    println!("bench compress: {} ({len} B, {:.1} MiB non-zero)", image.display(), nz as f64 / (1 << 20) as f64);
-    println!("{:<42} {:>9} {:>9} {:>13} {:>14} {:>12}", "compressor", "wall s", "CPU s", "peak RSS MiB", "output B", format!("vs {}", lb_name.split(' ').next().unwrap_or("")));
+    println!(
+        "bench compress: {} ({len} B, {:.1} MiB non-zero)",
+        image.display(),
+        nz as f64 / (1 << 20) as f64
+    );
+    println!(
+        "{:<42} {:>9} {:>9} {:>13} {:>14} {:>12}",
+        "compressor",
+        "wall s",
+        "CPU s",
+        "peak RSS MiB",
+        "output B",
+        format!("vs {}", lb_name.split(' ').next().unwrap_or(""))
+    );
     for (name, m, size) in &rows {
         println!(
             "{:<42} {:>9.2} {:>9.2} {:>13.1} {:>14} {:>11.2}x",
@@ -402,7 +481,10 @@ fn compress(image: Option<PathBuf>, format: &str, work_dir: Option<PathBuf>) -> 
     let _ = std::fs::remove_file(&data_only);
     let speed = lb / rows[0].1.wall.as_secs_f64();
     if format == "bz2" {
-        println!("ours is {speed:.1}x faster than lbzip2 (target 8x: {})", if speed >= 8.0 { "met" } else { "MISSED" });
+        println!(
+            "ours is {speed:.1}x faster than lbzip2 (target 8x: {})",
+            if speed >= 8.0 { "met" } else { "MISSED" }
+        );
     } else {
         println!("ours is {speed:.1}x faster than {lb_name}");
     }
@@ -426,15 +508,28 @@ fn build(work_dir: Option<PathBuf>) -> Result<()> {
     let m = measure(cmd, &work)?;
     let raw = out.join("flatcar_production_hetzner_image.bin");
     let nz = nonzero_bytes(&raw)?;
-    let artifacts: u64 = std::fs::read_dir(&out)?.filter_map(|e| e.ok()).filter(|e| e.file_name() != "flatcar_production_hetzner_image.bin").map(|e| e.metadata().map(|m| m.len()).unwrap_or(0)).sum();
+    let artifacts: u64 = std::fs::read_dir(&out)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != "flatcar_production_hetzner_image.bin")
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
     let text = std::fs::read_to_string(&log)?;
     println!("bench build: build-image --platform hetzner from the cached demo payload");
     println!("stages (s):");
-    for l in text.lines().filter(|l| l.starts_with("  ") && l.trim_end().ends_with('s') && l.contains('.')) {
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.trim_end().ends_with('s') && l.contains('.'))
+    {
         println!("{l}");
     }
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    println!("wall {:.2} s, CPU {:.2} s, peak RSS {:.1} MiB (target < 256 MiB: {})", m.wall.as_secs_f64(), m.cpu.as_secs_f64(), m.max_rss_kib as f64 / 1024.0, if m.max_rss_kib < 256 * 1024 { "met" } else { "MISSED" });
+    println!(
+        "wall {:.2} s, CPU {:.2} s, peak RSS {:.1} MiB (target < 256 MiB: {})",
+        m.wall.as_secs_f64(),
+        m.cpu.as_secs_f64(),
+        m.max_rss_kib as f64 / 1024.0,
+        if m.max_rss_kib < 256 * 1024 { "met" } else { "MISSED" }
+    );
     // The raw image is kept here only to count its non-zero bytes; a normal build
     // holds it under a temporary name until the compressed copy is verified.
     let scratch = m.scratch_peak.saturating_sub(artifacts);

@@ -61,7 +61,8 @@ pub fn missing() -> Vec<Tool> {
 
 /// Names every missing build tool and its package (no installing).
 pub fn check_build() -> Result<()> {
-    tools::require(BUILD_TOOLS).map_err(|e| anyhow::anyhow!("{e} (as root, `cargo xtask deps --install` does it)"))
+    tools::require(BUILD_TOOLS)
+        .map_err(|e| anyhow::anyhow!("{e} (as root, `cargo xtask deps --install` does it)"))
 }
 
 /// Makes sure every host tool is present: installs the missing packages when
@@ -83,7 +84,10 @@ pub fn ensure(install: bool) -> Result<()> {
         duct::cmd("apt-get", &args).env("DEBIAN_FRONTEND", "noninteractive").stdout_null().run()?;
         let still = missing();
         if !still.is_empty() {
-            bail!("still missing after apt-get: {}", still.iter().map(|t| t.program).collect::<Vec<_>>().join(", "));
+            bail!(
+                "still missing after apt-get: {}",
+                still.iter().map(|t| t.program).collect::<Vec<_>>().join(", ")
+            );
         }
         return Ok(());
     }

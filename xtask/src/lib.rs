@@ -185,10 +185,15 @@ pub fn main_with<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         Cmd::Inspect { image, json } => inspect(&image, json),
         Cmd::Bench { which } => bench::run(which),
         Cmd::Test { no_boot, cargo_args } => run_tests(no_boot, &cargo_args),
-        Cmd::BootTest { image, platform, firmware, disk_gib, timeout, no_negative, accel } => boot_test(&image, &platform, &firmware, disk_gib, timeout, !no_negative, &accel),
+        Cmd::BootTest { image, platform, firmware, disk_gib, timeout, no_negative, accel } => {
+            boot_test(&image, &platform, &firmware, disk_gib, timeout, !no_negative, &accel)
+        }
         Cmd::MetadataRespond { values, log } => metadata_respond(&values, log.as_deref()),
-        Cmd::Compress { input, output, format, level, no_verify } => compress_cmd(&input, &output, &format, level, !no_verify),
-        Cmd::Payload { recipe, cache_dir } => demo_payload(recipe.as_deref(), cache_dir.as_deref()).map(|p| println!("{}", p.display())),
+        Cmd::Compress { input, output, format, level, no_verify } => {
+            compress_cmd(&input, &output, &format, level, !no_verify)
+        }
+        Cmd::Payload { recipe, cache_dir } => demo_payload(recipe.as_deref(), cache_dir.as_deref())
+            .map(|p| println!("{}", p.display())),
         Cmd::Deps { install } => deps::ensure(install),
         Cmd::SdkImage { cache_dir, engine } => sdk_image(cache_dir.as_deref(), engine.as_deref()),
     };
@@ -222,15 +227,17 @@ fn end_bars() {
 }
 
 /// The progress bar being drawn, and its step.
-static BAR: std::sync::Mutex<Option<(String, indicatif::ProgressBar)>> = std::sync::Mutex::new(None);
+static BAR: std::sync::Mutex<Option<(String, indicatif::ProgressBar)>> =
+    std::sync::Mutex::new(None);
 
 pub fn default_epoch(base: &Path) -> Result<i64> {
     if let Some(v) = std::env::var_os("SOURCE_DATE_EPOCH").filter(|v| !v.is_empty()) {
         let s = v.to_string_lossy();
         return s.trim().parse().map_err(|_| anyhow!("SOURCE_DATE_EPOCH={s} is not an integer"));
     }
-    let m = std::fs::metadata(base.join(forge::payload::OS_RELEASE))
-        .with_context(|| format!("payload {}: missing {}", base.display(), forge::payload::OS_RELEASE))?;
+    let m = std::fs::metadata(base.join(forge::payload::OS_RELEASE)).with_context(|| {
+        format!("payload {}: missing {}", base.display(), forge::payload::OS_RELEASE)
+    })?;
     use std::os::unix::fs::MetadataExt;
     Ok(m.mtime())
 }
@@ -251,10 +258,12 @@ fn print_stages(stages: &[(String, std::time::Duration)]) {
 }
 
 pub fn build_image(a: &BuildArgs) -> Result<()> {
-    let layout_file = a.layout_file.clone().unwrap_or_else(|| repo_root().join("layouts/disk_layout.json"));
+    let layout_file =
+        a.layout_file.clone().unwrap_or_else(|| repo_root().join("layouts/disk_layout.json"));
     let log = logger();
     if a.platform == "generic" {
-        let base = a.base.clone().ok_or_else(|| anyhow!("--platform generic needs --base PAYLOAD_DIR"))?;
+        let base =
+            a.base.clone().ok_or_else(|| anyhow!("--platform generic needs --base PAYLOAD_DIR"))?;
         let req = BuildRequest {
             payload: base.clone(),
             layout_file,
@@ -283,7 +292,10 @@ pub fn build_image(a: &BuildArgs) -> Result<()> {
         print_stages(&out.stages);
         return Ok(());
     }
-    let platform = forge::oem::load(&a.oem_dir.clone().unwrap_or_else(|| repo_root().join("oem")), &a.platform)?;
+    let platform = forge::oem::load(
+        &a.oem_dir.clone().unwrap_or_else(|| repo_root().join("oem")),
+        &a.platform,
+    )?;
     deps::check_build()?;
     let base = match &a.base {
         Some(b) => b.clone(),
@@ -303,8 +315,11 @@ pub fn build_image(a: &BuildArgs) -> Result<()> {
         ids: ids(a),
         epoch,
         init,
-        initramfs_modules: forge::platform::read_list(&repo_root().join("boot/initramfs-modules.txt"))?,
-        grub_template: std::fs::read_to_string(repo_root().join("boot/grub.cfg.j2")).context("boot/grub.cfg.j2")?,
+        initramfs_modules: forge::platform::read_list(
+            &repo_root().join("boot/initramfs-modules.txt"),
+        )?,
+        grub_template: std::fs::read_to_string(repo_root().join("boot/grub.cfg.j2"))
+            .context("boot/grub.cfg.j2")?,
         keep_raw: a.keep_raw,
         threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         sdk_version: env!("CARGO_PKG_VERSION").into(),
@@ -314,7 +329,16 @@ pub fn build_image(a: &BuildArgs) -> Result<()> {
     let out = forge::platform::build(&req, &log)?;
     end_bars();
     eprintln!("\nbuilt {} ({} B)", out.disk.path.display(), out.disk.bytes);
-    eprintln!("  raw image {} B, {} B non-zero{}", out.build.plan.total_bytes(), out.build.allocated, if out.raw_kept { format!(", kept at {}", out.build.image.display()) } else { String::new() });
+    eprintln!(
+        "  raw image {} B, {} B non-zero{}",
+        out.build.plan.total_bytes(),
+        out.build.allocated,
+        if out.raw_kept {
+            format!(", kept at {}", out.build.image.display())
+        } else {
+            String::new()
+        }
+    );
     eprintln!("  digests {}", out.disk.digests_path.display());
     eprintln!("  version {}", out.version_txt.display());
     print_stages(&out.stages);
@@ -327,11 +351,24 @@ pub fn init_binary(log: &dyn Fn(&str)) -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let target = "x86_64-unknown-linux-gnu";
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
     log("boot: building forge-init (static)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = std::process::Command::new(cargo)
-        .args(["rustc", "--quiet", "--release", "-p", "forge-init", "--target", target, "--", "-C", "target-feature=+crt-static"])
+        .args([
+            "rustc",
+            "--quiet",
+            "--release",
+            "-p",
+            "forge-init",
+            "--target",
+            target,
+            "--",
+            "-C",
+            "target-feature=+crt-static",
+        ])
         .current_dir(repo_root())
         .env("CARGO_TARGET_DIR", &target_dir)
         .status()
@@ -368,7 +405,11 @@ fn run_tests(no_boot: bool, extra: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut args = vec!["test".to_string(), "--workspace".into(), "--no-fail-fast".into()];
     args.extend(extra.iter().cloned());
-    let st = std::process::Command::new(&cargo).args(&args).current_dir(repo_root()).env("FORGE_INIT", &init).status()?;
+    let st = std::process::Command::new(&cargo)
+        .args(&args)
+        .current_dir(repo_root())
+        .env("FORGE_INIT", &init)
+        .status()?;
     let unit_ok = st.success();
     if no_boot {
         if !unit_ok {
@@ -391,17 +432,28 @@ fn run_tests(no_boot: bool, extra: &[String]) -> Result<()> {
     let image = out_dir.join("flatcar_production_hetzner_image.bin.bz2");
     let (mut passed, mut failed) = (0usize, 0usize);
     let mut report = |name: &str, ok: bool, detail: String| {
-        println!("[{}] {} {name}{}", if ok { "ok" } else { "!!" }, if ok { "PASS" } else { "FAIL" }, if detail.is_empty() { detail } else { format!(" — {detail}") });
+        println!(
+            "[{}] {} {name}{}",
+            if ok { "ok" } else { "!!" },
+            if ok { "PASS" } else { "FAIL" },
+            if detail.is_empty() { detail } else { format!(" — {detail}") }
+        );
         if ok {
             passed += 1
         } else {
             failed += 1
         }
     };
-    let artifacts = ["flatcar_production_hetzner_image.bin.bz2", "flatcar_production_hetzner_image.bin.bz2.DIGESTS", "version.txt"];
+    let artifacts = [
+        "flatcar_production_hetzner_image.bin.bz2",
+        "flatcar_production_hetzner_image.bin.bz2.DIGESTS",
+        "version.txt",
+    ];
     let same = |a: &Path, b: &Path| -> Result<bool> {
         for f in artifacts {
-            if std::fs::read(a.join(f)).with_context(|| a.join(f).display().to_string())? != std::fs::read(b.join(f)).with_context(|| b.join(f).display().to_string())? {
+            if std::fs::read(a.join(f)).with_context(|| a.join(f).display().to_string())?
+                != std::fs::read(b.join(f)).with_context(|| b.join(f).display().to_string())?
+            {
                 return Ok(false);
             }
         }
@@ -411,8 +463,16 @@ fn run_tests(no_boot: bool, extra: &[String]) -> Result<()> {
     std::thread::sleep(std::time::Duration::from_secs(1));
     let again = repo_root().join("target/ci-hetzner-again");
     let _ = std::fs::remove_dir_all(&again);
-    let st = std::process::Command::new(std::env::current_exe()?).args(["build-image", "--platform", "hetzner", "--output-dir"]).arg(&again).env("FORGE_INIT", &init).status()?;
-    report("rebuild in another directory gives byte-identical .bin.bz2, .DIGESTS and version.txt", st.success() && same(&out_dir, &again)?, String::new());
+    let st = std::process::Command::new(std::env::current_exe()?)
+        .args(["build-image", "--platform", "hetzner", "--output-dir"])
+        .arg(&again)
+        .env("FORGE_INIT", &init)
+        .status()?;
+    report(
+        "rebuild in another directory gives byte-identical .bin.bz2, .DIGESTS and version.txt",
+        st.success() && same(&out_dir, &again)?,
+        String::new(),
+    );
     // The whole build as an unprivileged user (uid 65534), payload included,
     // from a fresh cache seeded only with downloads and the afterburn binary.
     if unsafe { libc::geteuid() } == 0 {
@@ -430,24 +490,42 @@ fn run_tests(no_boot: bool, extra: &[String]) -> Result<()> {
         duct::cmd!("chown", "-R", "65534:65534", &base).run()?;
         let out = base.join("out");
         let st = std::process::Command::new("setpriv")
-            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "env", "HOME=/nonexistent"])
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "env",
+                "HOME=/nonexistent",
+            ])
             .arg(format!("FORGE_INIT={}", init_copy.display()))
             .arg(format!("FORGE_CACHE={}", cache.display()))
             .arg(std::env::current_exe()?)
             .args(["build-image", "--platform", "hetzner", "--output-dir"])
             .arg(&out)
             .status()?;
-        let owner_ok = std::fs::metadata(out.join(artifacts[0])).map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 65534).unwrap_or(false);
+        let owner_ok = std::fs::metadata(out.join(artifacts[0]))
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 65534)
+            .unwrap_or(false);
         report("the whole build as uid 65534 (payload from packages included) gives the root build's bytes", st.success() && owner_ok && same(&out_dir, &out)?, String::new());
     } else {
         println!("not root: the unprivileged-build check (setpriv to uid 65534) is not run");
     }
     for fw in ["bios", "uefi"] {
         log(&format!("test: boot test ({fw})"));
-        let o = std::process::Command::new(std::env::current_exe()?).args(["boot-test"]).arg(&image).args(["--firmware", fw]).output()?;
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+        let o = std::process::Command::new(std::env::current_exe()?)
+            .args(["boot-test"])
+            .arg(&image)
+            .args(["--firmware", fw])
+            .output()?;
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
         print!("{text}");
-        let (p, f) = (text.lines().filter(|l| l.contains("] PASS ")).count(), text.lines().filter(|l| l.contains("] FAIL ")).count());
+        let (p, f) = (
+            text.lines().filter(|l| l.contains("] PASS ")).count(),
+            text.lines().filter(|l| l.contains("] FAIL ")).count(),
+        );
         passed += p;
         failed += f;
         if !o.status.success() && f == 0 {
@@ -461,19 +539,34 @@ fn run_tests(no_boot: bool, extra: &[String]) -> Result<()> {
         let script = repo_root().join("run_sdk_container");
         let sdk_out = repo_root().join("target/ci-sdk");
         let _ = std::fs::remove_dir_all(&sdk_out);
-        let built = std::process::Command::new(&script).arg("--build-image").args(["cargo", "xtask", "build-image", "--platform", "hetzner", "--output-dir"]).arg(&sdk_out).status()?.success();
+        let built = std::process::Command::new(&script)
+            .arg("--build-image")
+            .args(["cargo", "xtask", "build-image", "--platform", "hetzner", "--output-dir"])
+            .arg(&sdk_out)
+            .status()?
+            .success();
         let same_bytes = built && same(&out_dir, &sdk_out)?;
         println!("[{}] {} build-image --platform hetzner inside the SDK container gives the host build's sha256", if same_bytes { "ok" } else { "!!" }, if same_bytes { "PASS" } else { "FAIL" });
-        if same_bytes { passed += 1 } else { failed += 1 }
+        if same_bytes {
+            passed += 1
+        } else {
+            failed += 1
+        }
         let o = std::process::Command::new(&script)
             .args(["cargo", "xtask", "boot-test"])
             .arg(sdk_out.join("flatcar_production_hetzner_image.bin.bz2"))
             .args(["--firmware", "bios", "--no-negative"])
             .output()?;
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
         let f = text.lines().filter(|l| l.contains("] FAIL ")).count();
         let ok = o.status.success() && f == 0;
-        println!("[{}] {} the BIOS boot test passes inside the SDK container ({} checks)", if ok { "ok" } else { "!!" }, if ok { "PASS" } else { "FAIL" }, text.lines().filter(|l| l.contains("] PASS ")).count());
+        println!(
+            "[{}] {} the BIOS boot test passes inside the SDK container ({} checks)",
+            if ok { "ok" } else { "!!" },
+            if ok { "PASS" } else { "FAIL" },
+            text.lines().filter(|l| l.contains("] PASS ")).count()
+        );
         if !ok {
             print!("{text}");
             failed += 1;
@@ -503,7 +596,11 @@ pub fn cache_dir(arg: Option<&Path>) -> PathBuf {
 /// The epoch payloads built from recipes are stamped with.
 pub fn recipe_epoch() -> Result<i64> {
     match std::env::var_os("SOURCE_DATE_EPOCH").filter(|v| !v.is_empty()) {
-        Some(v) => v.to_string_lossy().trim().parse().map_err(|_| anyhow!("SOURCE_DATE_EPOCH is not an integer")),
+        Some(v) => v
+            .to_string_lossy()
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH is not an integer")),
         // Fixed default: rebuilds are identical unless the caller asks otherwise.
         None => Ok(1_700_000_000),
     }
@@ -515,17 +612,35 @@ pub fn demo_payload(recipe: Option<&Path>, cache: Option<&Path>) -> Result<PathB
     let cache = forge::recipe::Cache { root: cache_dir(cache) };
     let log = logger();
     let bars = progress_bars();
-    let root = forge::recipe::build(&r, &cache, recipe_epoch()?, &log, &forge::progress::reporter(bars.as_ref(), &log))?;
+    let root = forge::recipe::build(
+        &r,
+        &cache,
+        recipe_epoch()?,
+        &log,
+        &forge::progress::reporter(bars.as_ref(), &log),
+    )?;
     end_bars();
     Ok(root)
 }
 
-fn boot_test(image: &Path, platform: &str, firmware: &str, disk_gib: u64, timeout: u64, negative: bool, accel: &str) -> Result<()> {
+fn boot_test(
+    image: &Path,
+    platform: &str,
+    firmware: &str,
+    disk_gib: u64,
+    timeout: u64,
+    negative: bool,
+    accel: &str,
+) -> Result<()> {
     let p = forge::oem::load(&repo_root().join("oem"), platform)?;
     let cfg = forge::boottest::Config {
         image: image.canonicalize().with_context(|| format!("{}: not found", image.display()))?,
         oem_id: p.oem_id().to_string(),
-        firmware: if firmware == "uefi" { forge::boottest::Firmware::Uefi } else { forge::boottest::Firmware::Bios },
+        firmware: if firmware == "uefi" {
+            forge::boottest::Firmware::Uefi
+        } else {
+            forge::boottest::Firmware::Bios
+        },
         disk_bytes: disk_gib << 30,
         responder: std::env::current_exe()?,
         timeout: std::time::Duration::from_secs(timeout),
@@ -537,7 +652,10 @@ fn boot_test(image: &Path, platform: &str, firmware: &str, disk_gib: u64, timeou
     let failed = out.checks.iter().filter(|c| !c.ok).count();
     println!("boot-test {firmware}: {} passed, {failed} failed", out.checks.len() - failed);
     if let Some(s) = out.boot_secs {
-        println!("boot-test {firmware}: boot time {s:.1}s (power-on to the boot report, TCG={})", accel == "tcg");
+        println!(
+            "boot-test {firmware}: boot time {s:.1}s (power-on to the boot report, TCG={})",
+            accel == "tcg"
+        );
     }
     for l in &out.serial_logs {
         println!("boot-test {firmware}: serial log {}", l.display());
@@ -556,14 +674,30 @@ fn metadata_respond(values: &Path, log: Option<&Path>) -> Result<()> {
     forge::metadata::respond(&v, &mut input, &mut output, log)
 }
 
-fn compress_cmd(input: &Path, output: &Path, format: &str, level: Option<u32>, verify: bool) -> Result<()> {
-    let compression: forge::oem::Compression = serde_json::from_value(serde_json::Value::String(format.to_string())).map_err(|_| anyhow!("--format {format}: expected none, bz2, gz, zst or xz"))?;
+fn compress_cmd(
+    input: &Path,
+    output: &Path,
+    format: &str,
+    level: Option<u32>,
+    verify: bool,
+) -> Result<()> {
+    let compression: forge::oem::Compression =
+        serde_json::from_value(serde_json::Value::String(format.to_string()))
+            .map_err(|_| anyhow!("--format {format}: expected none, bz2, gz, zst or xz"))?;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let bars = progress_bars();
     let log = logger();
     let progress = forge::progress::reporter(bars.as_ref(), &log);
     let t = std::time::Instant::now();
-    let (bytes, digests, stats) = forge::artifacts::compress_file(input, output, compression, level, threads, verify, &progress)?;
+    let (bytes, digests, stats) = forge::artifacts::compress_file(
+        input,
+        output,
+        compression,
+        level,
+        threads,
+        verify,
+        &progress,
+    )?;
     end_bars();
     if let Some(st) = stats {
         eprintln!(
@@ -598,9 +732,11 @@ fn progress_bars() -> Option<forge::progress::Sink> {
             }
             let b = indicatif::ProgressBar::new(total);
             b.set_style(
-                indicatif::ProgressStyle::with_template("{msg:>11} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
-                    .unwrap()
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "{msg:>11} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                )
+                .unwrap()
+                .progress_chars("=> "),
             );
             b.set_message(step.to_string());
             *cur = Some((step.to_string(), b));
@@ -620,27 +756,66 @@ fn progress_bars() -> Option<forge::progress::Sink> {
 fn sdk_image(cache: Option<&Path>, engine: Option<&str>) -> Result<()> {
     let engine = match engine {
         Some(e) => e.to_string(),
-        None => ["podman", "docker"].iter().find(|e| forge::tools::find(e).is_some()).map(|e| e.to_string()).ok_or_else(|| anyhow!("neither podman nor docker is installed (apt-get install podman runc)"))?,
+        None => ["podman", "docker"]
+            .iter()
+            .find(|e| forge::tools::find(e).is_some())
+            .map(|e| e.to_string())
+            .ok_or_else(|| {
+                anyhow!("neither podman nor docker is installed (apt-get install podman runc)")
+            })?,
     };
     let recipe = forge::recipe::Recipe::load(&repo_root().join("sdk"))?;
     let c = forge::recipe::Cache { root: cache_dir(cache) };
     let log = logger();
     let epoch = recipe_epoch()?;
     let bars = progress_bars();
-    let root = forge::recipe::build(&recipe, &c, epoch, &log, &forge::progress::reporter(bars.as_ref(), &log))?;
+    let root = forge::recipe::build(
+        &recipe,
+        &c,
+        epoch,
+        &log,
+        &forge::progress::reporter(bars.as_ref(), &log),
+    )?;
     let tag = &recipe.hash()?[..12];
     let tar = root.parent().unwrap().join("sdk.tar");
     log(&format!("packing {} into {}", root.display(), tar.display()));
     forge::fs::run(
-        duct::cmd!("tar", "--sort=name", "--numeric-owner", "--owner=0", "--group=0", format!("--mtime=@{epoch}"), "--clamp-mtime", "-C", &root, "-cf", &tar, "."),
+        duct::cmd!(
+            "tar",
+            "--sort=name",
+            "--numeric-owner",
+            "--owner=0",
+            "--group=0",
+            format!("--mtime=@{epoch}"),
+            "--clamp-mtime",
+            "-C",
+            &root,
+            "-cf",
+            &tar,
+            "."
+        ),
         "tar",
     )?;
     log(&format!("importing into {engine} as forge-sdk:latest and forge-sdk:{tag}"));
     let id = forge::fs::run(
-        duct::cmd!(&engine, "import", "--change", "CMD [\"/bin/bash\"]", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "--change", format!("LABEL forge.sdk.recipe={tag}"), &tar, format!("forge-sdk:{tag}")),
+        duct::cmd!(
+            &engine,
+            "import",
+            "--change",
+            "CMD [\"/bin/bash\"]",
+            "--change",
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--change",
+            format!("LABEL forge.sdk.recipe={tag}"),
+            &tar,
+            format!("forge-sdk:{tag}")
+        ),
         &format!("{engine} import"),
     )?;
-    forge::fs::run(duct::cmd!(&engine, "tag", format!("forge-sdk:{tag}"), "forge-sdk:latest"), &format!("{engine} tag"))?;
+    forge::fs::run(
+        duct::cmd!(&engine, "tag", format!("forge-sdk:{tag}"), "forge-sdk:latest"),
+        &format!("{engine} tag"),
+    )?;
     let _ = std::fs::remove_file(&tar);
     println!("forge-sdk:latest ({})", id.trim().lines().last().unwrap_or(""));
     Ok(())

@@ -19,8 +19,30 @@ const EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
 
 /// Modules built into both images (no module files are needed on the ESP).
 const COMMON_MODULES: &[&str] = &[
-    "part_gpt", "part_msdos", "fat", "ext2", "normal", "linux", "search", "search_label", "search_fs_uuid", "search_fs_file",
-    "configfile", "test", "echo", "cat", "loadenv", "serial", "terminal", "gzio", "sleep", "boot", "halt", "reboot", "ls", "minicmd",
+    "part_gpt",
+    "part_msdos",
+    "fat",
+    "ext2",
+    "normal",
+    "linux",
+    "search",
+    "search_label",
+    "search_fs_uuid",
+    "search_fs_file",
+    "configfile",
+    "test",
+    "echo",
+    "cat",
+    "loadenv",
+    "serial",
+    "terminal",
+    "gzio",
+    "sleep",
+    "boot",
+    "halt",
+    "reboot",
+    "ls",
+    "minicmd",
 ];
 const PC_MODULES: &[&str] = &["biosdisk"];
 const EFI_MODULES: &[&str] = &["efi_gop", "all_video"];
@@ -62,12 +84,16 @@ pub fn make_images(esp_label: &str, scratch: &Path) -> Result<Images> {
             o.display().to_string(),
         ];
         args.extend(COMMON_MODULES.iter().chain(extra).map(|s| s.to_string()));
-        crate::fs::run(duct::cmd(tools::path(MKIMAGE)?, &args), &format!("grub-mkimage -O {format}"))?;
+        crate::fs::run(
+            duct::cmd(tools::path(MKIMAGE)?, &args),
+            &format!("grub-mkimage -O {format}"),
+        )?;
         Ok(std::fs::read(&o)?)
     };
     let core_img = mk("i386-pc", PC_DIR, PC_MODULES, "core.img")?;
     let efi = mk("x86_64-efi", EFI_DIR, EFI_MODULES, "bootx64.efi")?;
-    let boot_img = std::fs::read(format!("{PC_DIR}/boot.img")).context("reading GRUB's boot.img")?;
+    let boot_img =
+        std::fs::read(format!("{PC_DIR}/boot.img")).context("reading GRUB's boot.img")?;
     if boot_img.len() != 512 {
         bail!("{PC_DIR}/boot.img is {} bytes, expected 512", boot_img.len());
     }
@@ -93,7 +119,12 @@ pub fn install_bios(image: &File, plan: &DiskPlan, boot_img: &[u8], core_img: &[
         .context("the layout has no BIOS boot partition (type bios) for GRUB's core.img")?;
     let sectors = core_img.len().div_ceil(512) as u64;
     if sectors > bios.blocks {
-        bail!("core.img ({} B) does not fit partition {} ({})", core_img.len(), bios.number, bios.label);
+        bail!(
+            "core.img ({} B) does not fit partition {} ({})",
+            core_img.len(),
+            bios.number,
+            bios.label
+        );
     }
     if sectors < 2 {
         bail!("core.img is too small");
@@ -160,6 +191,9 @@ pub fn render_config(template: &str, ctx: &ConfigContext) -> Result<String> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     env.add_template("grub.cfg", template).context("parsing the grub.cfg template")?;
-    let out = env.get_template("grub.cfg")?.render(minijinja::value::Serde(ctx)).context("rendering the grub.cfg template")?;
+    let out = env
+        .get_template("grub.cfg")?
+        .render(minijinja::value::Serde(ctx))
+        .context("rendering the grub.cfg template")?;
     Ok(out)
 }

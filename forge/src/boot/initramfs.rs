@@ -17,11 +17,30 @@ pub struct Cpio {
 
 impl Cpio {
     pub fn new(epoch: i64) -> Cpio {
-        Cpio { out: Vec::new(), ino: 1, epoch: epoch.clamp(0, u32::MAX as i64) as u32, seen: BTreeSet::new() }
+        Cpio {
+            out: Vec::new(),
+            ino: 1,
+            epoch: epoch.clamp(0, u32::MAX as i64) as u32,
+            seen: BTreeSet::new(),
+        }
     }
 
     fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
-        let fields = [self.ino, mode, 0, 0, 1, self.epoch, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            self.epoch,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
         self.ino += 1;
         self.out.extend_from_slice(b"070701");
         for f in fields {
@@ -80,7 +99,8 @@ impl Cpio {
 /// paths relative to the modules directory, per `modules.dep`.
 pub fn module_closure(modules_dir: &Path, wanted: &[String]) -> Result<Vec<String>> {
     let dep_path = modules_dir.join("modules.dep");
-    let text = std::fs::read_to_string(&dep_path).with_context(|| format!("{}: missing (run depmod)", dep_path.display()))?;
+    let text = std::fs::read_to_string(&dep_path)
+        .with_context(|| format!("{}: missing (run depmod)", dep_path.display()))?;
     let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     for line in text.lines() {
         let Some((m, d)) = line.split_once(':') else { continue };
@@ -88,7 +108,10 @@ pub fn module_closure(modules_dir: &Path, wanted: &[String]) -> Result<Vec<Strin
         deps.insert(name, (m.to_string(), d.split_whitespace().map(str::to_string).collect()));
     }
     let builtin = std::fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
-    let builtin: BTreeSet<String> = builtin.lines().map(|l| l.rsplit('/').next().unwrap().split(".ko").next().unwrap().replace('-', "_")).collect();
+    let builtin: BTreeSet<String> = builtin
+        .lines()
+        .map(|l| l.rsplit('/').next().unwrap().split(".ko").next().unwrap().replace('-', "_"))
+        .collect();
     let mut out = BTreeSet::new();
     for w in wanted {
         let (w, optional) = match w.strip_suffix('?') {
@@ -110,13 +133,25 @@ pub fn module_closure(modules_dir: &Path, wanted: &[String]) -> Result<Vec<Strin
 
 /// Builds the initramfs for the kernel in `payload_root` (its version read
 /// from the bzImage) with `init` as /init.
-pub fn build(payload_root: &Path, kernel: &[u8], init: &Path, wanted: &[String], epoch: i64) -> Result<Vec<u8>> {
-    let version = super::kernel_version(kernel).ok_or_else(|| anyhow!("{}: not an x86 bzImage (no setup header)", crate::payload::KERNEL))?;
+pub fn build(
+    payload_root: &Path,
+    kernel: &[u8],
+    init: &Path,
+    wanted: &[String],
+    epoch: i64,
+) -> Result<Vec<u8>> {
+    let version = super::kernel_version(kernel).ok_or_else(|| {
+        anyhow!("{}: not an x86 bzImage (no setup header)", crate::payload::KERNEL)
+    })?;
     let mdir = payload_root.join("usr/lib/modules").join(&version);
     if !mdir.is_dir() {
-        bail!("payload {}: no modules for kernel {version} (usr/lib/modules/{version})", payload_root.display());
+        bail!(
+            "payload {}: no modules for kernel {version} (usr/lib/modules/{version})",
+            payload_root.display()
+        );
     }
-    let init_bytes = std::fs::read(init).with_context(|| format!("{}: cannot read the init binary", init.display()))?;
+    let init_bytes = std::fs::read(init)
+        .with_context(|| format!("{}: cannot read the init binary", init.display()))?;
     let mut c = Cpio::new(epoch);
     for d in ["dev", "proc", "sys", "run", "sysroot", "etc/forge-init", "tmp"] {
         c.dir(d);
@@ -133,7 +168,8 @@ pub fn build(payload_root: &Path, kernel: &[u8], init: &Path, wanted: &[String],
         }
     }
     for m in module_closure(&mdir, wanted)? {
-        let b = std::fs::read(mdir.join(&m)).with_context(|| format!("{}: missing module", mdir.join(&m).display()))?;
+        let b = std::fs::read(mdir.join(&m))
+            .with_context(|| format!("{}: missing module", mdir.join(&m).display()))?;
         c.file(&format!("{base}/{m}"), 0o644, &b);
     }
     Ok(c.finish())

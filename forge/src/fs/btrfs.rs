@@ -37,7 +37,8 @@ pub fn build(job: &FsJob) -> Result<FsReport> {
     }
     args.push(tmp.path().display().to_string());
     run(
-        duct::cmd(tools::path(tools::MKFS_BTRFS)?, &args).env("SOURCE_DATE_EPOCH", job.epoch.to_string()),
+        duct::cmd(tools::path(tools::MKFS_BTRFS)?, &args)
+            .env("SOURCE_DATE_EPOCH", job.epoch.to_string()),
         &format!("mkfs.btrfs --rootdir {}", dir.display()),
     )?;
     run(duct::cmd!(tools::path(tools::BTRFS)?, "check", "--readonly", tmp.path()), "btrfs check")?;

@@ -15,14 +15,29 @@ use std::path::Path;
 use uuid::Uuid;
 
 /// Builds an erofs image file from a directory (reproducibly).
-pub fn make_image(dir: &Path, out: &Path, epoch: i64, uuid: Uuid, compression: Option<&str>) -> Result<()> {
-    let mut args: Vec<String> = vec!["--quiet".into(), format!("-T{epoch}"), format!("-U{uuid}"), "--all-root".into(), "-x-1".into()];
+pub fn make_image(
+    dir: &Path,
+    out: &Path,
+    epoch: i64,
+    uuid: Uuid,
+    compression: Option<&str>,
+) -> Result<()> {
+    let mut args: Vec<String> = vec![
+        "--quiet".into(),
+        format!("-T{epoch}"),
+        format!("-U{uuid}"),
+        "--all-root".into(),
+        "-x-1".into(),
+    ];
     if let Some(c) = compression {
         args.push(format!("-z{c}"));
     }
     args.push(out.display().to_string());
     args.push(dir.display().to_string());
-    run(duct::cmd(tools::path(tools::MKFS_EROFS)?, &args), &format!("mkfs.erofs {}", dir.display()))?;
+    run(
+        duct::cmd(tools::path(tools::MKFS_EROFS)?, &args),
+        &format!("mkfs.erofs {}", dir.display()),
+    )?;
     Ok(())
 }
 

@@ -42,7 +42,12 @@ pub fn build(job: &FsJob) -> Result<FsReport> {
     if let Some(i) = plan.inode_size {
         args.extend(["-I".into(), i.to_string()]);
     }
-    args.extend(["-d".into(), dir.display().to_string(), job.image_path.display().to_string(), plan.blocks.to_string()]);
+    args.extend([
+        "-d".into(),
+        dir.display().to_string(),
+        job.image_path.display().to_string(),
+        plan.blocks.to_string(),
+    ]);
     let epoch = job.epoch.to_string();
     run(
         duct::cmd(tools::path(tools::MKFS_EXT4)?, &args).env("E2FSPROGS_FAKE_TIME", &epoch),
@@ -67,7 +72,8 @@ fn pin_inodes(job: &FsJob, dir: &Path) -> Result<()> {
     std::fs::write(tmp.path(), &script)?;
     let target = format!("{}?offset={}", job.image_path.display(), job.offset);
     let out = run(
-        duct::cmd!(tools::path(tools::DEBUGFS)?, "-w", "-f", tmp.path(), &target).env("E2FSPROGS_FAKE_TIME", e.to_string()),
+        duct::cmd!(tools::path(tools::DEBUGFS)?, "-w", "-f", tmp.path(), &target)
+            .env("E2FSPROGS_FAKE_TIME", e.to_string()),
         "debugfs -w (pinning inode times and owners)",
     )?;
     // debugfs reports per-command errors on stderr but exits 0.

@@ -61,7 +61,12 @@ impl Geometry {
                 let need = ((clusters + 2) * 4).div_ceil(SECTOR);
                 if need <= fat {
                     if clusters >= MIN_CLUSTERS && clusters <= MAX_CLUSTERS {
-                        return Ok(Geometry { total_sectors: total, sectors_per_cluster: spc, fat_sectors: fat, clusters });
+                        return Ok(Geometry {
+                            total_sectors: total,
+                            sectors_per_cluster: spc,
+                            fat_sectors: fat,
+                            clusters,
+                        });
                     }
                     break;
                 }
@@ -98,7 +103,16 @@ pub struct FatReport {
 /// must be zero (a fresh sparse image): zero blocks are not written.
 pub fn build(tree: &Dir, params: &FatParams, out: &File, offset: u64) -> Result<FatReport> {
     let g = Geometry::for_size(params.size_bytes)?;
-    let mut w = Writer { g, fat: vec![0x0FFF_FFF8, EOC], next: 2, stamp: DosTime::from_unix(params.epoch), files: 0, dirs: 0, dir_data: Vec::new(), file_data: Vec::new() };
+    let mut w = Writer {
+        g,
+        fat: vec![0x0FFF_FFF8, EOC],
+        next: 2,
+        stamp: DosTime::from_unix(params.epoch),
+        files: 0,
+        dirs: 0,
+        dir_data: Vec::new(),
+        file_data: Vec::new(),
+    };
     // Root directory at cluster 2.
     let mut root_entries = Vec::new();
     if let Some(l) = &params.label {
@@ -219,7 +233,12 @@ impl<'t> Writer<'t> {
 
     /// Lays out a directory (and, depth first, its children). `parent` is the
     /// parent's first cluster (None for the root).
-    fn layout_dir(&mut self, dir: &'t Dir, mut entries: Vec<[u8; 32]>, parent: Option<u32>) -> Result<u32> {
+    fn layout_dir(
+        &mut self,
+        dir: &'t Dir,
+        mut entries: Vec<[u8; 32]>,
+        parent: Option<u32>,
+    ) -> Result<u32> {
         // Count slots to size the directory before allocating it.
         let names: Vec<(&String, &Node)> = dir.entries.iter().collect();
         let mut shorts: Vec<[u8; 11]> = Vec::new();
@@ -253,7 +272,8 @@ impl<'t> Writer<'t> {
                 }
                 Node::File { source, .. } => {
                     let len = source.len()?;
-                    let size = u32::try_from(len).map_err(|_| anyhow::anyhow!("file of {len} B is too large for FAT32"))?;
+                    let size = u32::try_from(len)
+                        .map_err(|_| anyhow::anyhow!("file of {len} B is too large for FAT32"))?;
                     self.files += 1;
                     if len == 0 {
                         (ATTR_ARCHIVE, 0, 0)
@@ -334,7 +354,11 @@ fn plan_name(name: &str, taken: &[[u8; 11]]) -> Result<NamePlan> {
             Some(lower)
         }
     };
-    if !base.is_empty() && base.len() <= 8 && ext.len() <= 3 && !(ext.is_empty() && name.ends_with('.')) {
+    if !base.is_empty()
+        && base.len() <= 8
+        && ext.len() <= 3
+        && !(ext.is_empty() && name.ends_with('.'))
+    {
         if let (Some(bl), Some(el)) = (part_case(base), part_case(ext)) {
             let mut short = [b' '; 11];
             for (i, c) in base.bytes().enumerate() {
@@ -451,7 +475,9 @@ impl DosTime {
         let (y, m, d) = civil_from_days(days);
         DosTime {
             date: (((y - 1980) as u16) << 9) | ((m as u16) << 5) | d as u16,
-            time: (((secs / 3600) as u16) << 11) | ((((secs % 3600) / 60) as u16) << 5) | ((secs % 60) / 2) as u16,
+            time: (((secs / 3600) as u16) << 11)
+                | ((((secs % 3600) / 60) as u16) << 5)
+                | ((secs % 60) / 2) as u16,
         }
     }
 }
@@ -557,7 +583,8 @@ impl<'a> FatReader<'a> {
             }
             if e[11] == ATTR_LFN {
                 let pos = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
-                let units: Vec<u16> = pos.iter().map(|&o| u16::from_le_bytes([e[o], e[o + 1]])).collect();
+                let units: Vec<u16> =
+                    pos.iter().map(|&o| u16::from_le_bytes([e[o], e[o + 1]])).collect();
                 lfn.push((e[0] & 0x1F, units));
                 continue;
             }
@@ -567,20 +594,29 @@ impl<'a> FatReader<'a> {
             }
             let name = if !lfn.is_empty() {
                 lfn.sort_by_key(|(s, _)| *s);
-                let units: Vec<u16> = lfn.iter().flat_map(|(_, u)| u.iter().copied()).take_while(|u| *u != 0).collect();
+                let units: Vec<u16> = lfn
+                    .iter()
+                    .flat_map(|(_, u)| u.iter().copied())
+                    .take_while(|u| *u != 0)
+                    .collect();
                 String::from_utf16_lossy(&units)
             } else {
                 let base = String::from_utf8_lossy(&e[0..8]).trim_end().to_string();
                 let ext = String::from_utf8_lossy(&e[8..11]).trim_end().to_string();
                 let base = if e[12] & 0x08 != 0 { base.to_ascii_lowercase() } else { base };
                 let ext = if e[12] & 0x10 != 0 { ext.to_ascii_lowercase() } else { ext };
-                if ext.is_empty() { base } else { format!("{base}.{ext}") }
+                if ext.is_empty() {
+                    base
+                } else {
+                    format!("{base}.{ext}")
+                }
             };
             lfn.clear();
             if name == "." || name == ".." {
                 continue;
             }
-            let cl = ((u16::from_le_bytes([e[20], e[21]]) as u32) << 16) | u16::from_le_bytes([e[26], e[27]]) as u32;
+            let cl = ((u16::from_le_bytes([e[20], e[21]]) as u32) << 16)
+                | u16::from_le_bytes([e[26], e[27]]) as u32;
             let size = u32::from_le_bytes([e[28], e[29], e[30], e[31]]);
             out.push((name, e[11] & ATTR_DIR != 0, cl, size));
         }
@@ -601,7 +637,11 @@ impl<'a> FatReader<'a> {
                 if found.1 {
                     bail!("{path}: is a directory");
                 }
-                return if found.2 == 0 { Ok(Vec::new()) } else { self.read_chain(found.2, Some(found.3 as u64)) };
+                return if found.2 == 0 {
+                    Ok(Vec::new())
+                } else {
+                    self.read_chain(found.2, Some(found.3 as u64))
+                };
             }
             if !found.1 {
                 bail!("{path}: {part} is not a directory");
@@ -666,7 +706,13 @@ mod tests {
         t.add_file("flatcar/vmlinuz-a", Source::Bytes(vec![3u8; 100_000])).unwrap();
         t.add_file("EFI/boot/bootx64.efi", Source::Bytes(b"efi".to_vec())).unwrap();
         t.add_file("empty", Source::Bytes(vec![])).unwrap();
-        let p = FatParams { label: Some("EFI-SYSTEM".into()), volume_id: 0x1234_5678, size_bytes: 64 << 20, hidden_sectors: 0, epoch: 0 };
+        let p = FatParams {
+            label: Some("EFI-SYSTEM".into()),
+            volume_id: 0x1234_5678,
+            size_bytes: 64 << 20,
+            hidden_sectors: 0,
+            epoch: 0,
+        };
         let r = build(&t, &p, &img, 0).unwrap();
         assert_eq!(r.files, 3);
         let rd = FatReader::open(&img, 0).unwrap();
@@ -674,6 +720,9 @@ mod tests {
         assert_eq!(rd.volume_id, 0x1234_5678);
         assert_eq!(rd.read("/flatcar/vmlinuz-a").unwrap(), vec![3u8; 100_000]);
         assert_eq!(rd.read("EFI/boot/bootx64.efi").unwrap(), b"efi");
-        assert_eq!(rd.walk().unwrap(), vec!["/EFI/boot/bootx64.efi", "/empty", "/flatcar/vmlinuz-a"]);
+        assert_eq!(
+            rd.walk().unwrap(),
+            vec!["/EFI/boot/bootx64.efi", "/empty", "/flatcar/vmlinuz-a"]
+        );
     }
 }

@@ -96,11 +96,18 @@ pub fn build(job: &FsJob) -> Result<FsReport> {
 
 /// A real directory for tools that read one: the content's own directory,
 /// or the tree written out under `scratch` (kept alive by the returned guard).
-pub(crate) fn content_dir(content: &Content, scratch: &Path, epoch: i64) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+pub(crate) fn content_dir(
+    content: &Content,
+    scratch: &Path,
+    epoch: i64,
+) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
     match content {
         Content::Directory(d) => Ok((d.clone(), None)),
         Content::Tree(t) => {
-            let tmp = tempfile::Builder::new().prefix(".stage-").tempdir_in(scratch).context("creating a staging directory")?;
+            let tmp = tempfile::Builder::new()
+                .prefix(".stage-")
+                .tempdir_in(scratch)
+                .context("creating a staging directory")?;
             let root = tmp.path().join("root");
             t.materialize(&root, epoch)?;
             Ok((root, Some(tmp)))
@@ -110,8 +117,14 @@ pub(crate) fn content_dir(content: &Content, scratch: &Path, epoch: i64) -> Resu
 
 /// Runs a host tool, turning a failure into an error that quotes its output.
 pub fn run(cmd: duct::Expression, what: &str) -> Result<String> {
-    let out = cmd.stdout_capture().stderr_capture().unchecked().run().with_context(|| format!("{what}: cannot start"))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked()
+        .run()
+        .with_context(|| format!("{what}: cannot start"))?;
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         anyhow::bail!("{what} failed ({}): {}", out.status, text.trim());
     }
@@ -121,7 +134,14 @@ pub fn run(cmd: duct::Expression, what: &str) -> Result<String> {
 /// Checks a filesystem inside `image` at `offset` with its own fsck tool,
 /// read-only. Tools that cannot take an offset get a sparse copy of the
 /// partition in `scratch`.
-pub fn check(kind: FsKind, image: &File, image_path: &Path, offset: u64, len: u64, scratch: &Path) -> Result<String> {
+pub fn check(
+    kind: FsKind,
+    image: &File,
+    image_path: &Path,
+    offset: u64,
+    len: u64,
+    scratch: &Path,
+) -> Result<String> {
     match kind {
         FsKind::Ext2 | FsKind::Ext4 => {
             let target = format!("{}?offset={offset}", image_path.display());
@@ -134,9 +154,14 @@ pub fn check(kind: FsKind, image: &File, image_path: &Path, offset: u64, len: u6
             crate::io::sparse::splice(image, offset, len, part, 0, false)?;
             let p = tmp.path().to_path_buf();
             match kind {
-                FsKind::Vfat => run(duct::cmd!(tools::path(tools::FSCK_FAT)?, "-n", &p), "fsck.fat -n"),
+                FsKind::Vfat => {
+                    run(duct::cmd!(tools::path(tools::FSCK_FAT)?, "-n", &p), "fsck.fat -n")
+                }
                 FsKind::Erofs => run(duct::cmd!(tools::path(tools::FSCK_EROFS)?, &p), "fsck.erofs"),
-                FsKind::Btrfs => run(duct::cmd!(tools::path(tools::BTRFS)?, "check", "--readonly", &p), "btrfs check"),
+                FsKind::Btrfs => run(
+                    duct::cmd!(tools::path(tools::BTRFS)?, "check", "--readonly", &p),
+                    "btrfs check",
+                ),
                 _ => unreachable!(),
             }
         }

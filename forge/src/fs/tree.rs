@@ -15,7 +15,9 @@ pub enum Source {
 impl Source {
     pub fn len(&self) -> Result<u64> {
         Ok(match self {
-            Source::File(p) => std::fs::metadata(p).with_context(|| format!("{}: cannot stat", p.display()))?.len(),
+            Source::File(p) => {
+                std::fs::metadata(p).with_context(|| format!("{}: cannot stat", p.display()))?.len()
+            }
             Source::Bytes(b) => b.len() as u64,
         })
     }
@@ -24,7 +26,9 @@ impl Source {
     }
     pub fn open(&self) -> Result<Box<dyn std::io::Read + '_>> {
         Ok(match self {
-            Source::File(p) => Box::new(std::fs::File::open(p).with_context(|| format!("{}: cannot open", p.display()))?),
+            Source::File(p) => Box::new(
+                std::fs::File::open(p).with_context(|| format!("{}: cannot open", p.display()))?,
+            ),
             Source::Bytes(b) => Box::new(&b[..]),
         })
     }
@@ -90,7 +94,10 @@ impl Dir {
         names.sort_by_key(|e| e.file_name());
         for e in names {
             use std::os::unix::fs::PermissionsExt;
-            let name = e.file_name().into_string().map_err(|n| anyhow::anyhow!("{}: non-UTF-8 name {n:?}", root.display()))?;
+            let name = e
+                .file_name()
+                .into_string()
+                .map_err(|n| anyhow::anyhow!("{}: non-UTF-8 name {n:?}", root.display()))?;
             let p = e.path();
             let m = std::fs::symlink_metadata(&p)?;
             let node = if m.is_dir() {
@@ -111,7 +118,8 @@ impl Dir {
     /// every timestamp set to `epoch`.
     pub fn materialize(&self, dest: &Path, epoch: i64) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(dest).with_context(|| format!("{}: cannot create", dest.display()))?;
+        std::fs::create_dir_all(dest)
+            .with_context(|| format!("{}: cannot create", dest.display()))?;
         for (name, node) in &self.entries {
             let p = dest.join(name);
             match node {
@@ -119,9 +127,12 @@ impl Dir {
                 Node::File { source, mode } => {
                     match source {
                         Source::File(s) => {
-                            std::fs::copy(s, &p).with_context(|| format!("copying {} to {}", s.display(), p.display()))?;
+                            std::fs::copy(s, &p).with_context(|| {
+                                format!("copying {} to {}", s.display(), p.display())
+                            })?;
                         }
-                        Source::Bytes(b) => std::fs::write(&p, b).with_context(|| format!("{}: cannot write", p.display()))?,
+                        Source::Bytes(b) => std::fs::write(&p, b)
+                            .with_context(|| format!("{}: cannot write", p.display()))?,
                     }
                     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
                 }
@@ -139,9 +150,12 @@ pub fn set_times(p: &Path, epoch: i64) -> Result<()> {
     let c = std::ffi::CString::new(p.as_os_str().as_bytes())?;
     let ts = libc::timespec { tv_sec: epoch as libc::time_t, tv_nsec: 0 };
     let times = [ts, ts];
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let r = unsafe {
+        libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+    };
     if r != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("{}: cannot set times", p.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("{}: cannot set times", p.display()));
     }
     Ok(())
 }

@@ -71,12 +71,17 @@ impl Codec {
         let cap = data.len() / 3 + 256;
         let out = match self {
             Codec::Bz2 => {
-                let mut e = bzip2::write::BzEncoder::new(Vec::with_capacity(cap), bzip2::Compression::new(level));
+                let mut e = bzip2::write::BzEncoder::new(
+                    Vec::with_capacity(cap),
+                    bzip2::Compression::new(level),
+                );
                 e.write_all(data)?;
                 e.finish()?
             }
             Codec::Gz => {
-                let mut e = flate2::GzBuilder::new().mtime(0).write(Vec::with_capacity(cap), flate2::Compression::new(level));
+                let mut e = flate2::GzBuilder::new()
+                    .mtime(0)
+                    .write(Vec::with_capacity(cap), flate2::Compression::new(level));
                 e.write_all(data)?;
                 e.finish()?
             }
@@ -105,7 +110,9 @@ impl Codec {
         let r = match self {
             Codec::Bz2 => bzip2::bufread::BzDecoder::new(&mut rest).read_to_end(&mut out),
             Codec::Gz => flate2::bufread::GzDecoder::new(&mut rest).read_to_end(&mut out),
-            Codec::Zst => zstd::stream::read::Decoder::with_buffer(&mut rest)?.single_frame().read_to_end(&mut out),
+            Codec::Zst => zstd::stream::read::Decoder::with_buffer(&mut rest)?
+                .single_frame()
+                .read_to_end(&mut out),
             Codec::Xz => liblzma::bufread::XzDecoder::new(&mut rest).read_to_end(&mut out),
         };
         r.with_context(|| format!("decoding a {} member", self.name()))?;
@@ -141,7 +148,10 @@ mod tests {
         let a: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let b = b"second member".to_vec();
         for c in Codec::ALL {
-            assert_eq!(Codec::from_path(std::path::Path::new(&format!("/x/disk.bin{}", c.suffix()))), Some(c));
+            assert_eq!(
+                Codec::from_path(std::path::Path::new(&format!("/x/disk.bin{}", c.suffix()))),
+                Some(c)
+            );
             let ma = c.encode(&a, c.default_level()).unwrap();
             let mb = c.encode(&b, c.default_level()).unwrap();
             assert_eq!(c.decode_member(&ma, 0).unwrap(), a, "{c:?}");

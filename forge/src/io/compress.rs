@@ -132,7 +132,8 @@ impl Cutter<'_> {
 
 /// Reads `[0, len)` of `f` once, giving data chunks and zero runs in order.
 fn cut(f: &File, len: u64, emit: &mut dyn FnMut(Piece) -> Result<()>) -> Result<()> {
-    let mut c = Cutter { data: Vec::with_capacity(DATA_CHUNK), data_off: 0, zeros: 0, pos: 0, emit };
+    let mut c =
+        Cutter { data: Vec::with_capacity(DATA_CHUNK), data_off: 0, zeros: 0, pos: 0, emit };
     sparse::for_each_data_chunk(f, 0, len, &mut |at, buf| {
         c.hole(at - c.pos);
         c.bytes(buf)
@@ -179,7 +180,15 @@ const IN_FLIGHT: usize = 2;
 
 /// Compresses the first `len` bytes of `src` into `out` as multi-member
 /// `codec` output. `progress` gets the number of input bytes done so far.
-pub fn compress_sparse(src: &File, len: u64, out: &mut dyn Write, codec: Codec, level: u32, threads: usize, progress: &dyn Fn(u64)) -> Result<Stats> {
+pub fn compress_sparse(
+    src: &File,
+    len: u64,
+    out: &mut dyn Write,
+    codec: Codec,
+    level: u32,
+    threads: usize,
+    progress: &dyn Fn(u64),
+) -> Result<Stats> {
     codec.check_level(level)?;
     let threads = threads.max(1);
     let mut zeros = Zeros { codec, level, cache: HashMap::new() };
@@ -207,7 +216,9 @@ pub fn compress_sparse(src: &File, len: u64, out: &mut dyn Write, codec: Codec, 
                         token_rx.recv().map_err(|_| anyhow!("writer stopped"))?;
                         job_tx.send((seq, off, d)).map_err(|_| anyhow!("workers stopped"))?;
                     }
-                    Piece::Zero(off, n) => reader_done.send(Ok((seq, off, n, None))).map_err(|_| anyhow!("writer stopped"))?,
+                    Piece::Zero(off, n) => reader_done
+                        .send(Ok((seq, off, n, None)))
+                        .map_err(|_| anyhow!("writer stopped"))?,
                 }
                 seq += 1;
                 Ok(())
@@ -247,7 +258,12 @@ pub fn compress_sparse(src: &File, len: u64, out: &mut dyn Write, codec: Codec, 
                 match member {
                     Some(m) => {
                         out.write_all(&m)?;
-                        st.members.push(Member { out_offset: st.output, out_len: m.len() as u64, in_offset: off, in_len: n });
+                        st.members.push(Member {
+                            out_offset: st.output,
+                            out_len: m.len() as u64,
+                            in_offset: off,
+                            in_len: n,
+                        });
                         st.output += m.len() as u64;
                         st.data_bytes += n;
                         let _ = token_tx.try_send(());
@@ -258,7 +274,12 @@ pub fn compress_sparse(src: &File, len: u64, out: &mut dyn Write, codec: Codec, 
                             let k = zero_member_len(off + n - at);
                             let m = zeros.member(k)?;
                             out.write_all(m)?;
-                            st.members.push(Member { out_offset: st.output, out_len: m.len() as u64, in_offset: at, in_len: k });
+                            st.members.push(Member {
+                                out_offset: st.output,
+                                out_len: m.len() as u64,
+                                in_offset: at,
+                                in_len: k,
+                            });
                             st.output += m.len() as u64;
                             at += k;
                         }
@@ -285,7 +306,14 @@ pub fn compress_sparse(src: &File, len: u64, out: &mut dyn Write, codec: Codec, 
 /// a file of members as the concatenation of their contents, the whole file
 /// then decodes to the image. Identical small members (the zero runs) are
 /// decoded once.
-pub fn verify(compressed: &std::path::Path, raw: &File, codec: Codec, members: &[Member], threads: usize, progress: &dyn Fn(u64)) -> Result<()> {
+pub fn verify(
+    compressed: &std::path::Path,
+    raw: &File,
+    codec: Codec,
+    members: &[Member],
+    threads: usize,
+    progress: &dyn Fn(u64),
+) -> Result<()> {
     let name = compressed.display();
     let len = raw.metadata()?.len();
     let f = File::open(compressed).with_context(|| format!("{name}: cannot open"))?;
@@ -318,7 +346,8 @@ pub fn verify(compressed: &std::path::Path, raw: &File, codec: Codec, members: &
         while k < members.len() && group.len() < batch {
             let m = members[k];
             let mut bytes = vec![0u8; m.out_len as usize];
-            f.read_exact_at(&mut bytes, m.out_offset).with_context(|| format!("{name}: reading"))?;
+            f.read_exact_at(&mut bytes, m.out_offset)
+                .with_context(|| format!("{name}: reading"))?;
             match known.get(&bytes) {
                 Some(&n) if n == m.in_len => check_zero(m.in_offset, m.in_len)?,
                 _ => group.push((m, bytes)),
@@ -329,9 +358,16 @@ pub fn verify(compressed: &std::path::Path, raw: &File, codec: Codec, members: &
         // itself, so only one decoded member per thread is alive at a time.
         // Ok(true): a small member of zeros, to remember and check here.
         let check = |m: &Member, b: &[u8]| -> Result<bool> {
-            let d = codec.decode_member(b, m.in_len as usize).with_context(|| format!("{name}: the member at {}", m.out_offset))?;
+            let d = codec
+                .decode_member(b, m.in_len as usize)
+                .with_context(|| format!("{name}: the member at {}", m.out_offset))?;
             if d.len() as u64 != m.in_len {
-                bail!("{name}: the member at {} decodes to {} B, expected {}", m.out_offset, d.len(), m.in_len);
+                bail!(
+                    "{name}: the member at {} decodes to {} B, expected {}",
+                    m.out_offset,
+                    d.len(),
+                    m.in_len
+                );
             }
             if b.len() <= 1 << 16 && sparse::is_zero(&d) {
                 return Ok(true);
@@ -346,7 +382,12 @@ pub fn verify(compressed: &std::path::Path, raw: &File, codec: Codec, members: &
         let results: Vec<Result<bool>> = std::thread::scope(|scope| {
             let per = group.len().div_ceil(threads.max(1)).max(1);
             let check = &check;
-            let hs: Vec<_> = group.chunks(per).map(|g| scope.spawn(move || g.iter().map(|(m, b)| check(m, b)).collect::<Vec<_>>())).collect();
+            let hs: Vec<_> = group
+                .chunks(per)
+                .map(|g| {
+                    scope.spawn(move || g.iter().map(|(m, b)| check(m, b)).collect::<Vec<_>>())
+                })
+                .collect();
             hs.into_iter().flat_map(|h| h.join().expect("decoder thread panicked")).collect()
         });
         for ((m, bytes), r) in group.into_iter().zip(results) {
@@ -362,8 +403,16 @@ pub fn verify(compressed: &std::path::Path, raw: &File, codec: Codec, members: &
 
 /// Decompresses a file in any of the formats into `dst`, sparse (zero
 /// blocks are not written); bzip2 in parallel, the others in order.
-pub fn decompress_sparse(src: &std::path::Path, codec: Codec, dst: &File, threads: usize) -> Result<u64> {
-    let f = std::io::BufReader::with_capacity(1 << 20, File::open(src).with_context(|| format!("{}: cannot open", src.display()))?);
+pub fn decompress_sparse(
+    src: &std::path::Path,
+    codec: Codec,
+    dst: &File,
+    threads: usize,
+) -> Result<u64> {
+    let f = std::io::BufReader::with_capacity(
+        1 << 20,
+        File::open(src).with_context(|| format!("{}: cannot open", src.display()))?,
+    );
     let n = if codec == Codec::Bz2 {
         bunzip2_sparse(f, dst, threads)?
     } else {
@@ -373,7 +422,9 @@ pub fn decompress_sparse(src: &std::path::Path, codec: Codec, dst: &File, thread
         loop {
             let mut got = 0;
             while got < buf.len() {
-                let k = r.read(&mut buf[got..]).with_context(|| format!("{}: decoding {}", src.display(), codec.name()))?;
+                let k = r
+                    .read(&mut buf[got..])
+                    .with_context(|| format!("{}: decoding {}", src.display(), codec.name()))?;
                 if k == 0 {
                     break;
                 }
@@ -398,7 +449,10 @@ const BLOCK_MAGIC: [u8; 6] = [0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
 const EOS_MAGIC: [u8; 6] = [0x17, 0x72, 0x45, 0x38, 0x50, 0x90];
 
 fn is_stream_start(d: &[u8]) -> bool {
-    d.len() >= 10 && &d[0..3] == b"BZh" && (b'1'..=b'9').contains(&d[3]) && (d[4..10] == BLOCK_MAGIC || d[4..10] == EOS_MAGIC)
+    d.len() >= 10
+        && &d[0..3] == b"BZh"
+        && (b'1'..=b'9').contains(&d[3])
+        && (d[4..10] == BLOCK_MAGIC || d[4..10] == EOS_MAGIC)
 }
 
 /// Splits a multi-stream bzip2 file into its streams as it reads (bounded
@@ -439,7 +493,9 @@ impl<R: std::io::Read> Streams<R> {
         }
         let mut from = 10;
         loop {
-            if let Some(k) = (from..self.buf.len().saturating_sub(9)).find(|&k| self.buf[k] == b'B' && is_stream_start(&self.buf[k..])) {
+            if let Some(k) = (from..self.buf.len().saturating_sub(9))
+                .find(|&k| self.buf[k] == b'B' && is_stream_start(&self.buf[k..]))
+            {
                 let rest = self.buf.split_off(k);
                 return Ok(Some(std::mem::replace(&mut self.buf, rest)));
             }
@@ -465,7 +521,11 @@ pub enum Decoded {
 /// bounded memory; streams identical to our precomputed zero unit are not
 /// decoded (that unit was decoded and checked once here). `sink` gets each
 /// piece at its offset.
-pub fn decode_streams(r: impl std::io::Read, threads: usize, sink: &mut dyn FnMut(u64, Decoded) -> Result<()>) -> Result<u64> {
+pub fn decode_streams(
+    r: impl std::io::Read,
+    threads: usize,
+    sink: &mut dyn FnMut(u64, Decoded) -> Result<()>,
+) -> Result<u64> {
     let zero_unit = Codec::Bz2.encode(&vec![0u8; ZERO_UNIT as usize], 9)?;
     let check = decode_one(&zero_unit)?;
     if check.len() as u64 != ZERO_UNIT || !sparse::is_zero(&check) {
@@ -475,14 +535,20 @@ pub fn decode_streams(r: impl std::io::Read, threads: usize, sink: &mut dyn FnMu
     let mut streams = Streams::new(r);
     let mut pos = 0u64;
     let mut pending: Vec<Vec<u8>> = Vec::new();
-    let flush = |pending: &mut Vec<Vec<u8>>, pos: &mut u64, sink: &mut dyn FnMut(u64, Decoded) -> Result<()>| -> Result<()> {
+    let flush = |pending: &mut Vec<Vec<u8>>,
+                 pos: &mut u64,
+                 sink: &mut dyn FnMut(u64, Decoded) -> Result<()>|
+     -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(pending);
         let results: Vec<Result<Vec<u8>>> = std::thread::scope(|scope| {
             let per = batch.len().div_ceil(threads.max(1)).max(1);
-            let hs: Vec<_> = batch.chunks(per).map(|g| scope.spawn(move || g.iter().map(|s| decode_one(s)).collect::<Vec<_>>())).collect();
+            let hs: Vec<_> = batch
+                .chunks(per)
+                .map(|g| scope.spawn(move || g.iter().map(|s| decode_one(s)).collect::<Vec<_>>()))
+                .collect();
             hs.into_iter().flat_map(|h| h.join().expect("decoder thread panicked")).collect()
         });
         for r in results {
@@ -521,7 +587,6 @@ pub fn bunzip2_sparse(r: impl std::io::Read, dst: &File, threads: usize) -> Resu
     Ok(n)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,7 +595,8 @@ mod tests {
     fn image(d: &std::path::Path) -> File {
         let f = sparse::create(&d.join("img"), 100 << 20).unwrap();
         // Data, a short zero gap (stays inside the data), more data, a long run.
-        let noisy: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let noisy: Vec<u8> =
+            (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         f.write_all_at(&noisy, 5 << 20).unwrap();
         f.write_all_at(&[7u8; 100_000], (5 << 20) + 3_000_000 + 300_000).unwrap();
         f.write_all_at(&[0u8; 4096], 60 << 20).unwrap(); // allocated zeros
@@ -546,22 +612,33 @@ mod tests {
         File::open(d.path().join("img")).unwrap().read_to_end(&mut raw).unwrap();
         for codec in Codec::ALL {
             let mut out = Vec::new();
-            let st = compress_sparse(&f, 100 << 20, &mut out, codec, codec.default_level(), 2, &|_| {}).unwrap();
+            let st =
+                compress_sparse(&f, 100 << 20, &mut out, codec, codec.default_level(), 2, &|_| {})
+                    .unwrap();
             assert!(st.zero_bytes > 90 << 20, "{codec:?} {st:?}");
             assert_eq!(st.output, out.len() as u64);
             // The short gap stayed inside the data: one data member before the long run.
             // (The 5 MiB of zeros before it: members of 4 and 1 MiB.)
-            assert_eq!(st.members[..2].iter().map(|m| m.in_len).collect::<Vec<_>>(), [4 << 20, 1 << 20], "{codec:?}");
+            assert_eq!(
+                st.members[..2].iter().map(|m| m.in_len).collect::<Vec<_>>(),
+                [4 << 20, 1 << 20],
+                "{codec:?}"
+            );
             let di = 2;
             assert_eq!(st.members[di].in_offset, 5 << 20, "{codec:?}");
-            assert_eq!(st.members[di].in_len, (((5 << 20) + 3_400_000u64).div_ceil(4096) * 4096) - (5 << 20), "{codec:?}");
+            assert_eq!(
+                st.members[di].in_len,
+                (((5 << 20) + 3_400_000u64).div_ceil(4096) * 4096) - (5 << 20),
+                "{codec:?}"
+            );
             // The format's own whole-file decoder gives the image.
             let mut dec = Vec::new();
             codec.reader(&out[..]).unwrap().read_to_end(&mut dec).unwrap();
             assert!(dec == raw, "{codec:?}");
             // Same input, same bytes, whatever the thread count.
             let mut again = Vec::new();
-            compress_sparse(&f, 100 << 20, &mut again, codec, codec.default_level(), 1, &|_| {}).unwrap();
+            compress_sparse(&f, 100 << 20, &mut again, codec, codec.default_level(), 1, &|_| {})
+                .unwrap();
             assert!(again == out, "{codec:?}");
             // verify accepts it and refuses a changed image or a bad table.
             let c = d.path().join("img.c");

@@ -99,13 +99,14 @@ pub fn write(raw: &File, len: u64, out: &mut (impl Write + ?Sized)) -> Result<Qc
     put32(&mut h, 56, rt_clusters as u32);
     put32(&mut h, 96, REFCOUNT_ORDER);
     put32(&mut h, 100, 104); // header length
-    // header extension end marker at 104 (zeros)
+                             // header extension end marker at 104 (zeros)
     out.write_all(&h)?;
 
     // Refcount table, then blocks: every host cluster used has refcount 1.
     let mut rt = vec![0u8; (rt_clusters * CLUSTER) as usize];
     for i in 0..rb {
-        rt[(i * 8) as usize..(i * 8 + 8) as usize].copy_from_slice(&((rb_off + i) * CLUSTER).to_be_bytes());
+        rt[(i * 8) as usize..(i * 8 + 8) as usize]
+            .copy_from_slice(&((rb_off + i) * CLUSTER).to_be_bytes());
     }
     out.write_all(&rt)?;
     let mut blocks = vec![0u8; (rb * CLUSTER) as usize];
@@ -118,7 +119,8 @@ pub fn write(raw: &File, len: u64, out: &mut (impl Write + ?Sized)) -> Result<Qc
     let mut l1 = vec![0u8; (l1_clusters * CLUSTER) as usize];
     for (i, l1i) in l2_used.iter().enumerate() {
         let off = (l2_off + i as u64) * CLUSTER;
-        l1[(*l1i * 8) as usize..(*l1i * 8 + 8) as usize].copy_from_slice(&(off | COPIED).to_be_bytes());
+        l1[(*l1i * 8) as usize..(*l1i * 8 + 8) as usize]
+            .copy_from_slice(&(off | COPIED).to_be_bytes());
     }
     out.write_all(&l1)?;
     let mut di = 0usize;
@@ -127,7 +129,8 @@ pub fn write(raw: &File, len: u64, out: &mut (impl Write + ?Sized)) -> Result<Qc
         while di < data.len() && data[di] / L2_ENTRIES == *l1i {
             let slot = data[di] % L2_ENTRIES;
             let host = (data_off + di as u64) * CLUSTER;
-            l2[(slot * 8) as usize..(slot * 8 + 8) as usize].copy_from_slice(&(host | COPIED).to_be_bytes());
+            l2[(slot * 8) as usize..(slot * 8 + 8) as usize]
+                .copy_from_slice(&(host | COPIED).to_be_bytes());
             di += 1;
         }
         out.write_all(&l2)?;
@@ -140,5 +143,9 @@ pub fn write(raw: &File, len: u64, out: &mut (impl Write + ?Sized)) -> Result<Qc
         raw.read_exact_at(&mut buf[..n], off)?;
         out.write_all(&buf)?;
     }
-    Ok(Qcow2Stats { virtual_size: len, data_clusters: data.len() as u64, file_size: total * CLUSTER })
+    Ok(Qcow2Stats {
+        virtual_size: len,
+        data_clusters: data.len() as u64,
+        file_size: total * CLUSTER,
+    })
 }

@@ -110,10 +110,18 @@ pub fn punch_hole(f: &File, offset: u64, len: u64) -> Result<()> {
 /// reading only `src`'s data extents and writing only non-zero blocks. With
 /// `consume`, each chunk is punched out of `src` once copied, so the scratch
 /// space never holds the data twice. Returns the number of bytes written.
-pub fn splice(src: &File, src_offset: u64, len: u64, dst: &File, dst_offset: u64, consume: bool) -> Result<u64> {
+pub fn splice(
+    src: &File,
+    src_offset: u64,
+    len: u64,
+    dst: &File,
+    dst_offset: u64,
+    consume: bool,
+) -> Result<u64> {
     let mut written = 0;
     for_each_data_chunk(src, src_offset, src_offset + len, &mut |pos, buf| {
-        written += write_nonzero_at(dst, dst_offset + (pos - src_offset), buf).context("writing into the disk image")?;
+        written += write_nonzero_at(dst, dst_offset + (pos - src_offset), buf)
+            .context("writing into the disk image")?;
         if consume {
             punch_hole(src, pos, buf.len() as u64)?;
         }
@@ -126,7 +134,12 @@ pub fn splice(src: &File, src_offset: u64, len: u64, dst: &File, dst_offset: u64
 /// Reads the data extents of `f` within `[start, end)` in chunks of up to
 /// 1 MiB, in order, giving each chunk and its offset to `each`; holes are
 /// skipped.
-pub fn for_each_data_chunk(f: &File, start: u64, end: u64, each: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+pub fn for_each_data_chunk(
+    f: &File,
+    start: u64,
+    end: u64,
+    each: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
     let mut buf = Vec::new();
     for (s, e) in data_extents(f, start, end)? {
         let mut pos = s;
