@@ -133,7 +133,8 @@ fn unknown_platform_is_named() {
 #[test]
 fn broken_payloads_are_rejected() {
     let tmp = open_tempdir();
-    let cases: &[(&str, &dyn Fn(&std::path::Path), &str)] = &[
+    type MakePayload<'a> = &'a dyn Fn(&std::path::Path);
+    let cases: &[(&str, MakePayload, &str)] = &[
         ("no-usr", &|d| std::fs::create_dir_all(d).unwrap(), "no usr/ directory"),
         (
             "no-os-release",

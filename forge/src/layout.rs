@@ -356,13 +356,13 @@ impl LayoutFile {
             block_size: m.block_size.0,
             fs_block_size: m.fs_block_size.0,
         };
-        if meta.block_size == 0 || meta.block_size % 512 != 0 {
+        if meta.block_size == 0 || !meta.block_size.is_multiple_of(512) {
             bail!(
                 "{f}: metadata: block_size {} is not a positive multiple of 512",
                 meta.block_size
             );
         }
-        if meta.fs_block_size == 0 || meta.fs_block_size % meta.block_size != 0 {
+        if meta.fs_block_size == 0 || !meta.fs_block_size.is_multiple_of(meta.block_size) {
             bail!(
                 "{f}: metadata: fs_block_size {} is not a positive multiple of block_size {}",
                 meta.fs_block_size,
@@ -591,7 +591,7 @@ impl LayoutFile {
             anyhow!("{}: unknown fs_type '{t}' (known: vfat, ext2, ext4, btrfs, erofs)", ctx())
         })?;
         let block_size = p.fs_block_size.map(|b| b.0).unwrap_or(self.meta.fs_block_size);
-        if block_size == 0 || block_size % 512 != 0 {
+        if block_size == 0 || !block_size.is_multiple_of(512) {
             bail!("{}: fs_block_size {block_size} is not a positive multiple of 512", ctx());
         }
         let bytes = blocks * self.meta.block_size;

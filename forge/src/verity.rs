@@ -140,7 +140,7 @@ pub fn format(
     if data_blocks < 2 {
         bail!("dm-verity needs at least 2 data blocks");
     }
-    if hash_offset % BLOCK != 0 || hash_offset < data_blocks * BLOCK {
+    if !hash_offset.is_multiple_of(BLOCK) || hash_offset < data_blocks * BLOCK {
         bail!("verity hash offset {hash_offset} must be block-aligned and after the data");
     }
     let sizes = level_sizes(data_blocks);

@@ -191,10 +191,8 @@ fn copy_tree(src: &Path, dst: &Path, budget: &mut u64) -> Result<()> {
             }
         } else if m.is_dir() {
             copy_tree(&s, &d, budget)?;
-        } else if m.is_file() && std::fs::File::open(&s).is_ok() {
-            if std::fs::copy(&s, &d).is_ok() {
-                *budget = budget.saturating_sub(m.len());
-            }
+        } else if m.is_file() && std::fs::File::open(&s).is_ok() && std::fs::copy(&s, &d).is_ok() {
+            *budget = budget.saturating_sub(m.len());
         }
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! Host packages the build and the tests need (Debian names), checked by
 //! program, and installed with apt-get when asked and allowed (root).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use forge::tools::{self, Tool};
 
 /// Host programs `build-image` runs (filesystems, GRUB, the demo payload).
@@ -53,43 +53,124 @@ pub fn missing_of(set: &[Tool]) -> Vec<Tool> {
     set.iter().copied().filter(|t| tools::find(t.program).is_none()).collect()
 }
 
-pub fn missing() -> Vec<Tool> {
-    let mut v = missing_of(BUILD_TOOLS);
-    v.extend(missing_of(TEST_TOOLS));
-    v
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
 }
 
-/// Names every missing build tool and its package (no installing).
-pub fn check_build() -> Result<()> {
-    tools::require(BUILD_TOOLS)
-        .map_err(|e| anyhow::anyhow!("{e} (as root, `cargo xtask deps --install` does it)"))
+/// The build's host tools: as root, installs the missing ones (and says so);
+/// otherwise fails naming the exact `apt-get install` command.
+pub fn ensure_build() -> Result<()> {
+    ensure_set(BUILD_TOOLS, true)
 }
 
-/// Makes sure every host tool is present: installs the missing packages when
-/// `install` is set and we are root, otherwise names the command to run.
+/// Makes sure every host tool (build and tests) is present: installs the
+/// missing packages when `install` is set and we are root, otherwise names
+/// the command to run.
 pub fn ensure(install: bool) -> Result<()> {
-    let miss = missing();
+    let mut all = BUILD_TOOLS.to_vec();
+    all.extend_from_slice(TEST_TOOLS);
+    ensure_set(&all, install)
+}
+
+fn ensure_set(set: &[Tool], install: bool) -> Result<()> {
+    let miss = missing_of(set);
     if miss.is_empty() {
         return Ok(());
     }
-    let mut pkgs: Vec<&str> = miss.iter().map(|t| t.package).collect();
+    let mut pkgs: Vec<String> = miss.iter().map(|t| t.package.to_string()).collect();
     pkgs.sort();
     pkgs.dedup();
-    let is_root = unsafe { libc::geteuid() } == 0;
-    if install && is_root && tools::find("apt-get").is_some() {
-        eprintln!("installing host packages: {}", pkgs.join(" "));
-        duct::cmd!("apt-get", "update", "-q").stdout_null().run()?;
-        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-        args.extend(pkgs.iter().copied());
-        duct::cmd("apt-get", &args).env("DEBIAN_FRONTEND", "noninteractive").stdout_null().run()?;
-        let still = missing();
-        if !still.is_empty() {
-            bail!(
-                "still missing after apt-get: {}",
-                still.iter().map(|t| t.program).collect::<Vec<_>>().join(", ")
-            );
-        }
-        return Ok(());
+    if !(install && is_root() && tools::find("apt-get").is_some()) {
+        return tools::require(&miss);
     }
-    tools::require(&miss)
+    eprintln!("installing missing host packages with apt-get: {}", pkgs.join(" "));
+    duct::cmd!("apt-get", "update", "-q").stdout_null().run().context("apt-get update")?;
+    let pinned = consistent_set(&mut pkgs)?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    if pinned {
+        args.push("--allow-downgrades");
+    }
+    args.extend(pkgs.iter().map(String::as_str));
+    eprintln!("  apt-get {}", args.join(" "));
+    duct::cmd("apt-get", &args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout_null()
+        .run()
+        .with_context(|| format!("apt-get {}", args.join(" ")))?;
+    let still = missing_of(set);
+    if !still.is_empty() {
+        bail!(
+            "still missing after apt-get: {}",
+            still.iter().map(|t| t.program).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Keeps QEMU's packages at one version. `qemu-system-*` pulls in
+/// `qemu-system-common` of its own version, which a newer `qemu-utils` (a
+/// backport preinstalled on some machines) declares broken, so apt would
+/// remove `qemu-utils` (and `qemu-img` with it). Whenever a `qemu-system-*`
+/// or `qemu-utils` is installed, `qemu-utils` is named at the version of the
+/// `qemu-system-*` candidate. Returns whether a version was pinned (the
+/// install may then downgrade).
+fn consistent_set(pkgs: &mut Vec<String>) -> Result<bool> {
+    let system: Vec<String> =
+        pkgs.iter().filter(|p| p.starts_with("qemu-system-")).cloned().collect();
+    let reference = match system.first() {
+        Some(s) => Some(s.clone()),
+        // Only qemu-utils is missing: match the installed qemu-system, if any.
+        None if pkgs.iter().any(|p| p == "qemu-utils") => {
+            installed_version("qemu-system-common").map(|_| "qemu-system-common".to_string())
+        }
+        None => None,
+    };
+    let Some(reference) = reference else { return Ok(false) };
+    let version = candidate_version(&reference)?;
+    pkgs.retain(|p| p != "qemu-utils");
+    pkgs.push(format!("qemu-utils={version}"));
+    Ok(true)
+}
+
+/// `Candidate:` of `apt-cache policy PKG` (installed or to be installed).
+fn candidate_version(pkg: &str) -> Result<String> {
+    let out = duct::cmd!("apt-cache", "policy", pkg)
+        .stdout_capture()
+        .run()
+        .with_context(|| format!("apt-cache policy {pkg}"))?;
+    policy_field(&String::from_utf8_lossy(&out.stdout), "Candidate:")
+        .ok_or_else(|| anyhow::anyhow!("apt-cache policy {pkg}: no candidate version"))
+}
+
+fn installed_version(pkg: &str) -> Option<String> {
+    let out = duct::cmd!("apt-cache", "policy", pkg).stdout_capture().unchecked().run().ok()?;
+    policy_field(&String::from_utf8_lossy(&out.stdout), "Installed:")
+}
+
+fn policy_field(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty() && v != "(none)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_parsing() {
+        let t = "qemu-utils:\n  Installed: 1:10.0.2+ds-2\n  Candidate: 1:7.2+dfsg-7\n";
+        assert_eq!(policy_field(t, "Installed:").as_deref(), Some("1:10.0.2+ds-2"));
+        assert_eq!(policy_field(t, "Candidate:").as_deref(), Some("1:7.2+dfsg-7"));
+        let none = "x:\n  Installed: (none)\n";
+        assert_eq!(policy_field(none, "Installed:"), None);
+    }
+
+    #[test]
+    fn no_qemu_no_pin() {
+        let mut p = vec!["mtools".to_string(), "zstd".to_string()];
+        assert!(!consistent_set(&mut p).unwrap());
+        assert_eq!(p, ["mtools", "zstd"]);
+    }
 }

@@ -296,7 +296,7 @@ pub fn build_image(a: &BuildArgs) -> Result<()> {
         &a.oem_dir.clone().unwrap_or_else(|| repo_root().join("oem")),
         &a.platform,
     )?;
-    deps::check_build()?;
+    deps::ensure_build()?;
     let base = match &a.base {
         Some(b) => b.clone(),
         None => demo_payload(None, a.cache_dir.as_deref())?,

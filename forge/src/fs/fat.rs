@@ -60,7 +60,7 @@ impl Geometry {
                 let clusters = data / spc;
                 let need = ((clusters + 2) * 4).div_ceil(SECTOR);
                 if need <= fat {
-                    if clusters >= MIN_CLUSTERS && clusters <= MAX_CLUSTERS {
+                    if (MIN_CLUSTERS..=MAX_CLUSTERS).contains(&clusters) {
                         return Ok(Geometry {
                             total_sectors: total,
                             sectors_per_cluster: spc,
