@@ -18,6 +18,7 @@ pub mod payload;
 pub mod platform;
 pub mod progress;
 pub mod recipe;
+pub mod rustbuild;
 pub mod seed;
 pub mod table;
 pub mod tools;

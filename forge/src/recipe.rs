@@ -197,9 +197,17 @@ pub fn build(
     Ok(root)
 }
 
-/// `cargo install <crate> --version <v> --locked` into the cache (once).
+/// How crate binaries are built; part of their cache key, so binaries built
+/// an older way are not reused.
+const CRATE_BUILD_SCHEME: &str = "remapped-paths-1";
+
+/// `cargo install <crate> --version <v> --locked` into the cache (once per
+/// toolchain), with every build path remapped (see `rustbuild`): the binary
+/// is the same whoever builds it, from whichever cargo home and cache.
 fn cargo_install(c: &CrateBin, cache: &Cache, log: &dyn Fn(&str)) -> Result<PathBuf> {
-    let dir = cache.root.join("crates").join(format!("{}-{}", c.krate, c.version));
+    let toolchain = crate::rustbuild::toolchain_id()?;
+    let crates = cache.root.join("crates");
+    let dir = crates.join(format!("{}-{}-{toolchain}-{CRATE_BUILD_SCHEME}", c.krate, c.version));
     let bin = dir.join("bin").join(&c.binary);
     if bin.exists() {
         return Ok(bin);
@@ -209,14 +217,20 @@ fn cargo_install(c: &CrateBin, cache: &Cache, log: &dyn Fn(&str)) -> Result<Path
         c.krate, c.version
     ));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = crates.join("target");
+    std::fs::create_dir_all(&target)
+        .with_context(|| format!("{}: cannot create", target.display()))?;
+    let flags = crate::rustbuild::remap_flags(&[(&target, "/target"), (&dir, "/install")]);
     let out =
         duct::cmd!(cargo, "install", &c.krate, "--version", &c.version, "--locked", "--root", &dir)
-            .env("CARGO_TARGET_DIR", cache.root.join("crates").join("target"))
+            .env("CARGO_TARGET_DIR", &target)
+            .env("CARGO_ENCODED_RUSTFLAGS", crate::rustbuild::encode(&flags))
             .env_remove("RUSTFLAGS")
             .stderr_to_stdout()
             .stdout_capture()
             .unchecked()
-            .run()?;
+            .run()
+            .context("running cargo install")?;
     if !out.status.success() || !bin.exists() {
         let text = String::from_utf8_lossy(&out.stdout);
         let tail: Vec<&str> = text.lines().rev().take(15).collect();

@@ -1,0 +1,97 @@
+//! Rust binaries that go into an image (forge-init, crates from the
+//! registry), built so that their bytes do not depend on who builds them.
+//!
+//! rustc embeds source paths in panic messages and debug info: the cargo
+//! home (`$CARGO_HOME/registry/src/…` for every dependency), the checkout
+//! and the target directory. Those differ between users and directories, so
+//! every build here maps them to fixed prefixes with `--remap-path-prefix`
+//! (the last matching mapping wins, so the most specific comes last). The
+//! flags are passed as `CARGO_ENCODED_RUSTFLAGS`, which also reaches every
+//! dependency (rustc arguments after `cargo rustc --` reach only the last
+//! crate), and which keeps paths with spaces intact.
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// The fixed prefix the cargo home is mapped to.
+pub const CARGO_HOME_PREFIX: &str = "/cargo";
+
+/// The cargo home cargo uses: `$CARGO_HOME`, else `$HOME/.cargo`.
+pub fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+}
+
+/// `--remap-path-prefix` flags: the cargo home to [`CARGO_HOME_PREFIX`],
+/// then each of `extra` (path, fixed name) in order. Paths are made absolute
+/// (and canonical where they exist), so a relative or symlinked spelling of
+/// the same directory maps too.
+pub fn remap_flags(extra: &[(&Path, &str)]) -> Vec<String> {
+    let mut pairs: Vec<(PathBuf, String)> = Vec::new();
+    if let Some(h) = cargo_home() {
+        pairs.push((h, CARGO_HOME_PREFIX.to_string()));
+    }
+    pairs.extend(extra.iter().map(|(p, to)| (p.to_path_buf(), to.to_string())));
+    let mut flags = Vec::new();
+    for (from, to) in pairs {
+        let abs = std::path::absolute(&from).unwrap_or(from.clone());
+        let mut spellings = vec![abs.clone()];
+        if let Ok(c) = abs.canonicalize() {
+            if c != abs {
+                spellings.push(c);
+            }
+        }
+        for s in spellings {
+            flags.push(format!("--remap-path-prefix={}={to}", s.display()));
+        }
+    }
+    flags
+}
+
+/// `CARGO_ENCODED_RUSTFLAGS`: the flags separated by 0x1f.
+pub fn encode(flags: &[String]) -> String {
+    flags.join("\u{1f}")
+}
+
+/// A short hash of `rustc -vV` (the compiler's version, commit and host):
+/// binaries built by another compiler are other bytes, so caches of built
+/// binaries are keyed by it.
+pub fn toolchain_id() -> Result<String> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = std::process::Command::new(&rustc)
+        .arg("-vV")
+        .output()
+        .with_context(|| format!("running {} -vV", rustc.to_string_lossy()))?;
+    if !out.status.success() {
+        bail!("{} -vV failed", rustc.to_string_lossy());
+    }
+    let mut h = Sha256::new();
+    h.update(&out.stdout);
+    Ok(hex::encode(h.finalize())[..12].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_mappings_come_after_the_cargo_home() {
+        let d = tempfile::tempdir().unwrap();
+        let flags = remap_flags(&[(d.path(), "/forge")]);
+        let last = flags.last().unwrap();
+        assert!(last.ends_with("=/forge"), "{flags:?}");
+        assert!(last.contains(&d.path().canonicalize().unwrap().display().to_string()));
+        if cargo_home().is_some() {
+            assert!(flags[0].ends_with(&format!("={CARGO_HOME_PREFIX}")), "{flags:?}");
+        }
+    }
+
+    #[test]
+    fn encoded_flags_keep_spaces() {
+        let f = vec!["--remap-path-prefix=/a b=/x".to_string(), "-Cfoo".to_string()];
+        assert_eq!(encode(&f), "--remap-path-prefix=/a b=/x\u{1f}-Cfoo");
+    }
+}
