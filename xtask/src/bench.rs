@@ -4,7 +4,7 @@
 //! disk (free space sampled every 20 ms) side by side.
 
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use forge::layout::{FsKind, IdPolicy, LayoutFile};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,12 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub which: Which,
+}
 
 #[derive(Subcommand)]
 pub enum Which {
@@ -21,9 +27,9 @@ pub enum Which {
         /// A raw image to compress (default: the Hetzner image from the demo payload, built once).
         #[arg(long)]
         image: Option<PathBuf>,
-        /// bz2, gz, zst or xz.
-        #[arg(long, default_value = "bz2")]
-        format: String,
+        /// Compression format.
+        #[arg(long, value_enum, default_value = "bz2")]
+        format: Format,
         #[arg(long)]
         work_dir: Option<PathBuf>,
     },
@@ -43,10 +49,31 @@ pub enum Which {
     },
 }
 
-pub fn run(w: Which) -> Result<()> {
-    match w {
+/// The formats `bench compress` compares (each has reference tools).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Bz2,
+    Gz,
+    Zst,
+    Xz,
+}
+
+impl Format {
+    /// The name `compress --format` takes, and the output files' suffix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Bz2 => "bz2",
+            Format::Gz => "gz",
+            Format::Zst => "zst",
+            Format::Xz => "xz",
+        }
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    match a.which {
         Which::Assemble { size_mb, work_dir } => assemble(size_mb, work_dir),
-        Which::Compress { image, format, work_dir } => compress(image, &format, work_dir),
+        Which::Compress { image, format, work_dir } => compress(image, format, work_dir),
         Which::Build { work_dir } => build(work_dir),
     }
 }
@@ -201,7 +228,7 @@ fn copy_tree(src: &Path, dst: &Path, budget: &mut u64) -> Result<()> {
 /// The same image built by standard tools: sfdisk, mkfs.fat + mtools,
 /// mkfs.erofs + veritysetup + dd, mkfs.ext4.
 fn reference_script(payload: &Path, image: &Path, scratch: &Path) -> Result<String> {
-    let layout_file = crate::repo_root().join("layouts/disk_layout.json");
+    let layout_file = crate::util::repo_root().join("layouts/disk_layout.json");
     let plan = LayoutFile::load(&layout_file)?.plan("base", &IdPolicy::default())?;
     let img = image.display();
     let mut s = String::from("set -euo pipefail\n");
@@ -281,7 +308,7 @@ fn assemble(size_mb: u64, work_dir: Option<PathBuf>) -> Result<()> {
         forge::tools::MKFS_EROFS,
         forge::tools::MKFS_EXT4,
     ])?;
-    let work = work_dir.unwrap_or_else(|| crate::repo_root().join(".cache/bench"));
+    let work = work_dir.unwrap_or_else(|| crate::util::repo_root().join(".cache/bench"));
     std::fs::create_dir_all(&work)?;
     let work = work.canonicalize()?;
     eprintln!("preparing a {size_mb} MB payload from /usr/lib under {}", work.display());
@@ -364,31 +391,31 @@ fn dir_bytes(p: &Path) -> Result<u64> {
 }
 
 /// The reference tools for a format, at the level ours uses by default, on two threads.
-fn reference_compressors(
-    format: &str,
-) -> Result<Vec<(&'static str, &'static str, forge::tools::Tool)>> {
+fn reference_compressors(format: Format) -> Vec<(&'static str, &'static str, forge::tools::Tool)> {
     use forge::tools::Tool;
-    Ok(match format {
-        "bz2" => vec![
+    match format {
+        Format::Bz2 => vec![
             ("lbzip2 -n2 -9", "lbzip2 -n2 -9 -c", Tool { program: "lbzip2", package: "lbzip2" }),
             ("pbzip2 -p2 -9", "pbzip2 -p2 -9 -c", Tool { program: "pbzip2", package: "pbzip2" }),
         ],
-        "gz" => vec![
+        Format::Gz => vec![
             ("pigz -p2 -6", "pigz -p2 -6 -n -c", Tool { program: "pigz", package: "pigz" }),
             ("gzip -6", "gzip -6 -n -c", Tool { program: "gzip", package: "gzip" }),
         ],
-        "zst" => {
+        Format::Zst => {
             vec![("zstd -T2 -3", "zstd -q -T2 -3 -c", Tool { program: "zstd", package: "zstd" })]
         }
-        "xz" => vec![("xz -T2 -6", "xz -T2 -6 -c", Tool { program: "xz", package: "xz-utils" })],
-        other => bail!("--format {other}: expected bz2, gz, zst or xz"),
-    })
+        Format::Xz => {
+            vec![("xz -T2 -6", "xz -T2 -6 -c", Tool { program: "xz", package: "xz-utils" })]
+        }
+    }
 }
 
-fn compress(image: Option<PathBuf>, format: &str, work_dir: Option<PathBuf>) -> Result<()> {
-    let refs = reference_compressors(format)?;
+fn compress(image: Option<PathBuf>, format: Format, work_dir: Option<PathBuf>) -> Result<()> {
+    let refs = reference_compressors(format);
+    let format = format.name();
     forge::tools::require(&refs.iter().map(|r| r.2).collect::<Vec<_>>())?;
-    let work = work_dir.unwrap_or_else(|| crate::repo_root().join(".cache/bench"));
+    let work = work_dir.unwrap_or_else(|| crate::util::repo_root().join(".cache/bench"));
     std::fs::create_dir_all(&work)?;
     let image = match image {
         Some(i) => i,
@@ -492,10 +519,10 @@ fn compress(image: Option<PathBuf>, format: &str, work_dir: Option<PathBuf>) -> 
 }
 
 fn build(work_dir: Option<PathBuf>) -> Result<()> {
-    let work = work_dir.unwrap_or_else(|| crate::repo_root().join(".cache/bench"));
+    let work = work_dir.unwrap_or_else(|| crate::util::repo_root().join(".cache/bench"));
     std::fs::create_dir_all(&work)?;
     // Make sure the payload is cached, so the measured run is the image build.
-    crate::demo_payload(None, None)?;
+    crate::payload::build(None, None)?;
     let out = work.join("build");
     let _ = std::fs::remove_dir_all(&out);
     let log = work.join("build.log");

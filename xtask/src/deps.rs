@@ -4,6 +4,18 @@
 use anyhow::{bail, Context, Result};
 use forge::tools::{self, Tool};
 
+/// `cargo xtask deps`: checks the host tools; with --install (as root),
+/// apt-gets the missing ones.
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    pub install: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    ensure(a.install)
+}
+
 /// Host programs `build-image` runs (filesystems, GRUB, the demo payload).
 pub const BUILD_TOOLS: &[Tool] = &[
     Tool { program: "mkfs.ext4", package: "e2fsprogs" },

@@ -1,0 +1,32 @@
+//! `cargo xtask inspect`: an image's partitions, filesystems, OEM content and
+//! verity state; fails when a dm-verity root hash does not match.
+
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    pub image: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let r = forge::inspect::inspect(&a.image)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", forge::inspect::render(&r));
+    }
+    let bad: Vec<String> = r
+        .partitions
+        .iter()
+        .filter(|p| p.verity.as_ref().and_then(|v| v.matches) == Some(false))
+        .map(|p| p.label.clone())
+        .collect();
+    if !bad.is_empty() {
+        bail!("dm-verity root hash mismatch on {}", bad.join(", "));
+    }
+    Ok(())
+}
