@@ -131,7 +131,7 @@ fn filesystems_are_clean_and_read_back_byte_identical() {
     let (ok, out) = sh_status(&format!("fsck.fat -n {}", esp.display()));
     assert!(ok, "fsck.fat -n: {out}");
     assert_eq!(out.lines().count(), 2, "fsck.fat printed findings: {out}");
-    assert!(sh(&format!("blkid -o export {}", esp.display())).contains("LABEL=EFI-SYSTEM"));
+    assert!(sh(&format!("blkid -p -o export {}", esp.display())).contains("LABEL=EFI-SYSTEM"));
     sh(&format!("mcopy -n -i {} ::/flatcar/vmlinuz-a {}/k", esp.display(), b.dir.display()));
     assert_eq!(
         std::fs::read(b.dir.join("k")).unwrap(),

@@ -119,7 +119,11 @@ pub fn build(
     let mut st = Stages(Vec::new(), Instant::now());
     let payload = Payload::open(&req.payload)?;
     st.mark("payload");
-    let plan = LayoutFile::load(&req.layout_file)?.plan(&req.layout, &req.ids)?;
+    let mut plan = LayoutFile::load(&req.layout_file)?.plan(&req.layout, &req.ids)?;
+    // What the installed tools cannot build as asked falls back, loudly.
+    for w in fs::adapt(&mut plan) {
+        log(&format!("warning: {w}"));
+    }
     let mut needed = vec![tools::FSCK_FAT, tools::E2FSCK];
     for p in &plan.partitions {
         if let Some(f) = &p.fs {

@@ -59,6 +59,39 @@ pub struct FsReport {
 }
 
 /// Host tools needed to build (and check) a filesystem kind.
+/// Fits a plan to what the installed tools can build, falling back to the
+/// nearest thing: returns one warning per change, naming the layout, the
+/// partition and the reason. Today: btrfs compression without
+/// `mkfs.btrfs --compress` becomes uncompressed btrfs; btrfs is also flagged
+/// as not byte-reproducible.
+pub fn adapt(plan: &mut crate::layout::DiskPlan) -> Vec<String> {
+    adapt_with(plan, btrfs::mkfs_can_compress)
+}
+
+fn adapt_with(plan: &mut crate::layout::DiskPlan, can_compress: fn() -> bool) -> Vec<String> {
+    let layout = plan.layout.clone();
+    let mut warnings = Vec::new();
+    for p in &mut plan.partitions {
+        let Some(f) = p.fs.as_mut() else { continue };
+        if f.kind != FsKind::Btrfs {
+            continue;
+        }
+        let what = format!("layout '{layout}', partition {} ({})", p.number, p.label);
+        if let Some(c) = f.compression.clone() {
+            if !can_compress() {
+                f.compression = None;
+                warnings.push(format!(
+                    "{what}: fs_compression '{c}' needs `mkfs.btrfs --compress` (btrfs-progs 6.11+), which the installed mkfs.btrfs lacks: building it as uncompressed btrfs"
+                ));
+            }
+        }
+        warnings.push(format!(
+            "{what}: btrfs cannot be rebuilt byte for byte (mkfs.btrfs draws device and chunk-tree UUIDs at random); use erofs or ext4 for reproducible images"
+        ));
+    }
+    warnings
+}
+
 pub fn tools_for(kind: FsKind) -> Vec<Tool> {
     match kind {
         FsKind::Vfat => vec![],
@@ -165,5 +198,47 @@ pub fn check(
                 _ => unreachable!(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{IdPolicy, LayoutFile};
+
+    fn btrfs_plan(compression: &str) -> crate::layout::DiskPlan {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("l.json");
+        let json = format!(
+            r#"{{"metadata": {{"block_size": 512, "fs_block_size": 4096, "part_alignment": 4096, "disk_alignment": 4096}},
+  "layouts": {{"base": {{
+    "1": {{"label": "DATA", "type": "data", "blocks": "65536", "fs_type": "btrfs", "fs_compression": "{compression}"}}
+  }}}}}}"#
+        );
+        std::fs::write(&f, json).unwrap();
+        LayoutFile::load(&f).unwrap().plan("base", &IdPolicy::default()).unwrap()
+    }
+
+    #[test]
+    fn btrfs_compression_falls_back_with_a_warning() {
+        let mut plan = btrfs_plan("zstd");
+        assert_eq!(plan.partitions[0].fs.as_ref().unwrap().compression.as_deref(), Some("zstd"));
+        let w = adapt_with(&mut plan, || false);
+        assert_eq!(plan.partitions[0].fs.as_ref().unwrap().compression, None);
+        assert!(
+            w.iter().any(|w| w.contains("layout 'base', partition 1 (DATA)")
+                && w.contains("fs_compression 'zstd'")
+                && w.contains("uncompressed")),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn btrfs_compression_is_kept_where_mkfs_can() {
+        let mut plan = btrfs_plan("zlib:3");
+        let w = adapt_with(&mut plan, || true);
+        assert_eq!(plan.partitions[0].fs.as_ref().unwrap().compression.as_deref(), Some("zlib:3"));
+        assert!(w.iter().all(|w| !w.contains("uncompressed")), "{w:?}");
+        assert!(w.iter().any(|w| w.contains("byte for byte")), "{w:?}");
     }
 }
