@@ -9,6 +9,7 @@ pub mod compress;
 pub mod deps;
 pub mod inspect;
 pub mod metadata_respond;
+mod other_user;
 pub mod payload;
 mod progress;
 pub mod sdk_image;

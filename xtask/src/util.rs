@@ -43,21 +43,21 @@ pub fn init_binary(log: &dyn Fn(&str)) -> Result<PathBuf> {
         .unwrap_or_else(|| repo_root().join("target"));
     log("boot: building forge-init (static)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Static, and with the checkout, target directory and cargo home
+    // remapped, so the binary (and the image) is the same whoever builds it
+    // and wherever. With --target the flags reach forge-init and its
+    // dependencies, not build scripts.
+    let mut flags = vec!["-Ctarget-feature=+crt-static".to_string()];
+    flags.extend(forge::rustbuild::remap_flags(&[
+        (&repo_root(), "/forge"),
+        (&target_dir, "/target"),
+    ]));
     let st = std::process::Command::new(cargo)
-        .args([
-            "rustc",
-            "--quiet",
-            "--release",
-            "-p",
-            "forge-init",
-            "--target",
-            target,
-            "--",
-            "-C",
-            "target-feature=+crt-static",
-        ])
+        .args(["build", "--quiet", "--release", "-p", "forge-init", "--target", target])
         .current_dir(repo_root())
         .env("CARGO_TARGET_DIR", &target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", forge::rustbuild::encode(&flags))
+        .env_remove("RUSTFLAGS")
         .status()
         .context("running cargo to build forge-init")?;
     if !st.success() {
