@@ -199,7 +199,7 @@ pub fn build(
 
 /// How crate binaries are built; part of their cache key, so binaries built
 /// an older way are not reused.
-const CRATE_BUILD_SCHEME: &str = "remapped-paths-1";
+const CRATE_BUILD_SCHEME: &str = "remapped-paths-2";
 
 /// `cargo install <crate> --version <v> --locked` into the cache (once per
 /// toolchain), with every build path remapped (see `rustbuild`): the binary
@@ -220,11 +220,21 @@ fn cargo_install(c: &CrateBin, cache: &Cache, log: &dyn Fn(&str)) -> Result<Path
     let target = crates.join("target");
     std::fs::create_dir_all(&target)
         .with_context(|| format!("{}: cannot create", target.display()))?;
-    let flags = crate::rustbuild::remap_flags(&[(&target, "/target"), (&dir, "/install")]);
+    let maps: [(&Path, &str); 2] = [(&target, "/target"), (&dir, "/install")];
+    let flags = crate::rustbuild::remap_flags(&maps);
+    let (cflags, unmapped) = crate::rustbuild::cflags(&maps);
+    if !unmapped.is_empty() {
+        log(&format!(
+            "warning: build paths with spaces cannot be remapped for C code: {unmapped:?}; {} {} may embed them",
+            c.krate, c.version
+        ));
+    }
     let out =
         duct::cmd!(cargo, "install", &c.krate, "--version", &c.version, "--locked", "--root", &dir)
             .env("CARGO_TARGET_DIR", &target)
             .env("CARGO_ENCODED_RUSTFLAGS", crate::rustbuild::encode(&flags))
+            .env("CFLAGS", &cflags)
+            .env("CXXFLAGS", &cflags)
             .env_remove("RUSTFLAGS")
             .stderr_to_stdout()
             .stdout_capture()

@@ -51,6 +51,27 @@ pub fn remap_flags(extra: &[(&Path, &str)]) -> Vec<String> {
     flags
 }
 
+/// The same mappings for C and assembly compiled by build scripts (the `cc`
+/// crate reads `CFLAGS`/`CXXFLAGS`): `-ffile-prefix-map` covers `__FILE__`
+/// and the debug info's compilation directory, which the assembler
+/// otherwise records (e.g. vmw_backdoor's assembly in afterburn). Flags
+/// are separated by spaces there, so a path with a space is left unmapped
+/// (and said so by [`cflags`] returning it in the second list).
+pub fn cflags(extra: &[(&Path, &str)]) -> (String, Vec<PathBuf>) {
+    let mut out = Vec::new();
+    let mut unmapped = Vec::new();
+    for f in remap_flags(extra) {
+        let m = f.trim_start_matches("--remap-path-prefix=");
+        let from = m.rsplit_once('=').map(|(a, _)| a).unwrap_or(m);
+        if from.contains(char::is_whitespace) {
+            unmapped.push(PathBuf::from(from));
+        } else {
+            out.push(format!("-ffile-prefix-map={m}"));
+        }
+    }
+    (out.join(" "), unmapped)
+}
+
 /// `CARGO_ENCODED_RUSTFLAGS`: the flags separated by 0x1f.
 pub fn encode(flags: &[String]) -> String {
     flags.join("\u{1f}")
@@ -87,6 +108,18 @@ mod tests {
         if cargo_home().is_some() {
             assert!(flags[0].ends_with(&format!("={CARGO_HOME_PREFIX}")), "{flags:?}");
         }
+    }
+
+    #[test]
+    fn cflags_map_the_same_prefixes() {
+        let d = tempfile::tempdir().unwrap();
+        let (c, unmapped) = cflags(&[(d.path(), "/target")]);
+        assert!(unmapped.is_empty());
+        assert!(
+            c.split(' ').next_back().unwrap().starts_with("-ffile-prefix-map=")
+                && c.ends_with("=/target"),
+            "{c}"
+        );
     }
 
     #[test]
