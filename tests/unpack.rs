@@ -328,6 +328,12 @@ fn a_recipes_local_packages_land_in_the_payload() {
     std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
     std::fs::create_dir_all(pkg.join("usr/lib/site-agent")).unwrap();
     std::fs::write(pkg.join("usr/lib/site-agent/agent.conf"), b"site=1\n").unwrap();
+    // A link out of the tree that the overlay then writes below.
+    let outside = PathBuf::from("/tmp").join(unique("overlay"));
+    std::fs::create_dir_all(pkg.join("etc")).unwrap();
+    std::os::unix::fs::symlink(&outside, pkg.join("etc/agent")).unwrap();
+    std::fs::create_dir_all(recipe_dir.join("overlay/etc/agent")).unwrap();
+    std::fs::write(recipe_dir.join("overlay/etc/agent/site.conf"), b"overlay\n").unwrap();
     std::fs::write(
         pkg.join("DEBIAN/control"),
         "Package: site-agent\nVersion: 2.3-1\nArchitecture: all\nMaintainer: Site <ops@example.org>\nDescription: a site's agent\n",
@@ -350,6 +356,10 @@ fn a_recipes_local_packages_land_in_the_payload() {
     let root = forge::recipe::build(&recipe, &cache, 1_700_000_000, &|_| {}, &|_, _, _| {})
         .expect("build a payload from local packages only");
     assert_eq!(std::fs::read(root.join("usr/lib/site-agent/agent.conf")).unwrap(), b"site=1\n");
+    assert!(!outside.exists(), "the overlay wrote through a link to {}", outside.display());
+    let inside = root.join(outside.strip_prefix("/").unwrap()).join("site.conf");
+    assert_eq!(std::fs::read(inside).unwrap(), b"overlay\n");
+    assert_eq!(std::fs::read_link(root.join("etc/agent")).unwrap(), outside);
     let lock = std::fs::read_to_string(root.parent().unwrap().join("packages.lock")).unwrap();
     assert_eq!(lock, "site-agent 2.3-1 debs/local.deb\n");
 

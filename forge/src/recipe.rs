@@ -256,13 +256,14 @@ pub fn build(
     if payload {
         install_kernel(&staging)?;
     }
+    // Binaries and the overlay are written like the packages: never
+    // through a link out of the tree (see `unpack.rs`).
+    let tree = crate::unpack::Root::open(&staging)?;
     for (c, p) in &bins {
-        let d = staging.join(&c.dest);
-        std::fs::create_dir_all(d.parent().unwrap())?;
-        std::fs::copy(p, &d)
+        copy_into(&tree, p, Path::new(&c.dest))
             .with_context(|| format!("installing {} to {}", p.display(), c.dest))?;
     }
-    copy_overlay(&recipe.dir.join("overlay"), &staging)?;
+    copy_overlay(&recipe.dir.join("overlay"), Path::new(""), &tree)?;
     if payload {
         depmod(&staging)?;
     }
@@ -549,26 +550,49 @@ fn install_kernel(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn copy_overlay(src: &Path, dst: &Path) -> Result<()> {
+/// Copies the overlay `src` over the tree, `rel` being where `src` lands.
+fn copy_overlay(src: &Path, rel: &Path, tree: &crate::unpack::Root) -> Result<()> {
     if !src.exists() {
         return Ok(());
     }
-    for e in std::fs::read_dir(src)? {
-        let e = e?;
-        let (s, d) = (e.path(), dst.join(e.file_name()));
-        let m = std::fs::symlink_metadata(&s)?;
+    let entries = std::fs::read_dir(src)
+        .and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
+        .with_context(|| format!("{}: cannot list", src.display()))?;
+    for e in entries {
+        let (s, d) = (e.path(), rel.join(e.file_name()));
+        let m = std::fs::symlink_metadata(&s)
+            .with_context(|| format!("{}: cannot stat", s.display()))?;
         if m.is_dir() {
-            std::fs::create_dir_all(&d)?;
-            copy_overlay(&s, &d)?;
+            tree.create_dir_all(&d).with_context(|| {
+                format!("overlay {}: cannot create {}", s.display(), d.display())
+            })?;
+            copy_overlay(&s, &d, tree)?;
         } else if m.file_type().is_symlink() {
-            remove_any(&d)?;
-            std::os::unix::fs::symlink(std::fs::read_link(&s)?, &d)?;
+            let target = std::fs::read_link(&s)
+                .with_context(|| format!("{}: cannot read the link", s.display()))?;
+            tree.symlink(&d, &target, None).with_context(|| {
+                format!("overlay {}: cannot create {}", s.display(), d.display())
+            })?;
         } else {
-            remove_any(&d)?;
-            std::fs::copy(&s, &d)?;
+            copy_into(tree, &s, &d).with_context(|| {
+                format!("overlay {}: cannot write {}", s.display(), d.display())
+            })?;
         }
     }
     Ok(())
+}
+
+/// Copies the file `src` to `rel` in the tree with its permission bits.
+fn copy_into(tree: &crate::unpack::Root, src: &Path, rel: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut f =
+        std::fs::File::open(src).with_context(|| format!("{}: cannot open", src.display()))?;
+    let perm = f
+        .metadata()
+        .with_context(|| format!("{}: cannot stat", src.display()))?
+        .permissions()
+        .mode();
+    tree.write_file(rel, &mut f, perm & 0o7777, None)
 }
 
 /// Generates modules.dep & co. for every kernel in usr/lib/modules.

@@ -275,6 +275,85 @@ impl Root {
         }
     }
 
+    /// Creates the directory `rel` and any missing parents (mode 0755),
+    /// resolving symlinks on the way inside the root.
+    pub fn create_dir_all(&self, rel: &Path) -> Result<()> {
+        self.dir(&relative(rel)?, true).map(drop)
+    }
+
+    /// Writes the file `rel` (replacing a non-directory there) from `data`
+    /// with permission bits `perm`; its mtime is `mtime` or now.
+    pub fn write_file(
+        &self,
+        rel: &Path,
+        data: &mut dyn Read,
+        perm: u32,
+        mtime: Option<i64>,
+    ) -> Result<()> {
+        let (parent, name) = self.parent_of(rel)?;
+        self.file_at(parent.as_fd(), &name, data, perm, mtime)
+    }
+
+    /// Creates the symlink `rel` -> `target` (replacing a non-directory there).
+    pub fn symlink(&self, rel: &Path, target: &Path, mtime: Option<i64>) -> Result<()> {
+        let (parent, name) = self.parent_of(rel)?;
+        self.symlink_at(parent.as_fd(), &name, target, mtime)
+    }
+
+    /// The parent directory of `rel` (created if missing) and its last name.
+    fn parent_of(&self, rel: &Path) -> Result<(OwnedFd, OsString)> {
+        let comps = relative(rel)?;
+        let Some((name, parents)) = comps.split_last() else {
+            bail!("'{}' names the destination itself", rel.display());
+        };
+        Ok((self.dir(parents, true)?, name.clone()))
+    }
+
+    fn file_at(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        data: &mut dyn Read,
+        perm: u32,
+        mtime: Option<i64>,
+    ) -> Result<()> {
+        self.make_room(parent, name, "file")?;
+        let fd = rustix::fs::openat(
+            parent,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            mode(0o600),
+        )
+        .context("cannot create the file")?;
+        let mut f = std::fs::File::from(fd);
+        std::io::copy(data, &mut f).context("cannot write the file")?;
+        rustix::fs::fchmod(&f, mode(perm)).context("cannot set the mode")?;
+        if let Some(t) = mtime {
+            rustix::fs::futimens(&f, &times(t)).context("cannot set the times")?;
+        }
+        Ok(())
+    }
+
+    fn symlink_at(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        target: &Path,
+        mtime: Option<i64>,
+    ) -> Result<()> {
+        if target.as_os_str().is_empty() {
+            bail!("a symlink without target");
+        }
+        self.make_room(parent, name, "symlink")?;
+        rustix::fs::symlinkat(target.as_os_str(), parent, name)
+            .context("cannot create the symlink")?;
+        if let Some(t) = mtime {
+            rustix::fs::utimensat(parent, name, &times(t), AtFlags::SYMLINK_NOFOLLOW)
+                .context("cannot set the symlink's times")?;
+        }
+        Ok(())
+    }
+
     /// Removes a non-directory at `name` so a new entry can take its place.
     fn make_room(&self, parent: BorrowedFd<'_>, name: &OsStr, what: &str) -> Result<()> {
         match kind_at(parent, name)? {
@@ -340,33 +419,11 @@ impl Root {
                 Some((t, _, _)) => bail!("a {} is in the way of this directory", describe(t)),
             },
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                self.make_room(parent.as_fd(), name, "file")?;
-                let fd = rustix::fs::openat(
-                    &parent,
-                    name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    mode(0o600),
-                )
-                .context("cannot create the file")?;
-                let mut f = std::fs::File::from(fd);
-                std::io::copy(e, &mut f).context("cannot write the file")?;
-                rustix::fs::fchmod(&f, mode(perm)).context("cannot set the mode")?;
-                rustix::fs::futimens(&f, &times(mtime)).context("cannot set the times")?;
+                self.file_at(parent.as_fd(), name, e, perm, Some(mtime))?;
             }
             tar::EntryType::Symlink => {
                 let target = e.link_name()?.ok_or_else(|| anyhow!("a symlink without target"))?;
-                if target.as_os_str().is_empty() {
-                    bail!("a symlink without target");
-                }
-                self.make_room(parent.as_fd(), name, "symlink")?;
-                rustix::fs::symlinkat(target.as_os_str(), &parent, name)
-                    .context("cannot create the symlink")?;
-                rustix::fs::utimensat(&parent, name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .context("cannot set the symlink's times")?;
+                self.symlink_at(parent.as_fd(), name, &target, Some(mtime))?;
             }
             tar::EntryType::Link => {
                 let target = e
