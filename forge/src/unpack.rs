@@ -25,11 +25,14 @@
 //! The last component is always created with `*at` calls relative to the
 //! parent's descriptor and never followed (`O_CREAT | O_EXCL | O_NOFOLLOW`,
 //! `symlinkat`, `linkat` without `AT_SYMLINK_FOLLOW`, `AT_SYMLINK_NOFOLLOW`).
-//! Because each step starts from a descriptor we hold, renaming or swapping
-//! a directory for a link behind our back cannot redirect a write outside
-//! the tree; the only remaining window is between checking a last component
-//! and replacing it, which only matters if someone else writes into a build
-//! directory we own (they could then make us fail, not escape).
+//! Since every step starts from a descriptor we hold and no call follows a
+//! link, swapping a component for a symlink behind our back cannot send a
+//! write elsewhere: the swap is seen as a link and resolved inside the tree.
+//! `..` in a link target pops our own stack of descriptors, never asks the
+//! kernel for a parent. What remains is the window between checking a last
+//! component and replacing it, and a directory moved out of the tree while
+//! we hold it; both need someone else writing into a build directory we
+//! own, which we do not defend against (it is race-free enough for that).
 //!
 //! # Policy per entry
 //!
