@@ -22,4 +22,5 @@ pub mod rustbuild;
 pub mod seed;
 pub mod table;
 pub mod tools;
+pub mod unpack;
 pub mod verity;

@@ -5,8 +5,19 @@
 //! (see `payload.rs`), cached by a hash of everything that goes into it.
 //!
 //! A recipe directory holds `packages.txt` (one package per line),
-//! optionally `crates.txt` (`crate version binary destination`), and
+//! optionally `crates.txt` (`crate version binary destination`),
+//! optionally `debs/*.deb` (local packages, e.g. a site's own agent), and
 //! `overlay/` (copied over the unpacked packages).
+//!
+//! Local packages are unpacked after the downloaded ones, in file-name
+//! order, with the same contained unpacker (`unpack.rs`); apt does not see
+//! them, so their dependencies belong in `packages.txt`. They are part of
+//! the recipe's hash (the whole recipe directory is hashed) and are listed in
+//! the payload's `packages.lock` as `name version debs/<file>`. A recipe
+//! whose packages are all local may leave `packages.txt` empty or out.
+//!
+//! Unpacking never writes outside the payload directory: see `unpack.rs`
+//! for how symlinks, `..`, absolute paths and hard links are handled.
 
 use crate::fs::tree::set_times;
 use anyhow::{anyhow, bail, Context, Result};
@@ -30,6 +41,8 @@ pub struct Recipe {
     pub kind: String,
     pub packages: Vec<String>,
     pub crates: Vec<CrateBin>,
+    /// The recipe's own packages, `debs/*.deb`, in file-name order.
+    pub local_debs: Vec<PathBuf>,
 }
 
 fn lines(text: &str) -> impl Iterator<Item = &str> {
@@ -38,12 +51,19 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
 
 impl Recipe {
     pub fn load(dir: &Path) -> Result<Recipe> {
+        let local_debs = local_debs(dir)?;
         let p = dir.join("packages.txt");
-        let text = std::fs::read_to_string(&p)
-            .with_context(|| format!("{}: cannot read the recipe's package list", p.display()))?;
+        let text = match std::fs::read_to_string(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !local_debs.is_empty() => {
+                String::new()
+            }
+            r => r.with_context(|| {
+                format!("{}: cannot read the recipe's package list", p.display())
+            })?,
+        };
         let packages: Vec<String> = lines(&text).map(str::to_string).collect();
-        if packages.is_empty() {
-            bail!("{}: no packages", p.display());
+        if packages.is_empty() && local_debs.is_empty() {
+            bail!("{}: no packages (and no local packages in debs/)", p.display());
         }
         let mut crates = Vec::new();
         if let Ok(t) = std::fs::read_to_string(dir.join("crates.txt")) {
@@ -73,10 +93,11 @@ impl Recipe {
         if kind != "payload" && kind != "rootfs" {
             bail!("{}: kind '{kind}' is neither payload nor rootfs", dir.join("kind").display());
         }
-        Ok(Recipe { dir: dir.to_path_buf(), name, kind, packages, crates })
+        Ok(Recipe { dir: dir.to_path_buf(), name, kind, packages, crates, local_debs })
     }
 
-    /// Hash of the recipe's files (package list, crate list, overlay tree).
+    /// Hash of the recipe's files (package list, crate list, local
+    /// packages, overlay tree: the whole recipe directory).
     pub fn hash(&self) -> Result<String> {
         let mut h = Sha256::new();
         h.update(b"forge-recipe-v1\0");
@@ -85,21 +106,70 @@ impl Recipe {
     }
 }
 
+/// `dir/debs/*.deb`, sorted by file name.
+fn local_debs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let d = dir.join("debs");
+    let entries = match std::fs::read_dir(&d) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot list", d.display())),
+    };
+    let mut v = Vec::new();
+    for e in entries {
+        let p = e.with_context(|| format!("{}: cannot list", d.display()))?.path();
+        if p.extension().is_some_and(|x| x == "deb") {
+            v.push(p);
+        }
+    }
+    v.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(v)
+}
+
+/// Package name and version from a .deb's control file.
+fn deb_identity(deb: &Path) -> Result<(String, String)> {
+    let dpkg_deb = crate::tools::path(crate::tools::Tool { program: "dpkg-deb", package: "dpkg" })?;
+    let out = duct::cmd!(dpkg_deb, "--field", deb, "Package", "Version")
+        .stderr_to_stdout()
+        .stdout_capture()
+        .unchecked()
+        .run()
+        .with_context(|| format!("{}: cannot run dpkg-deb --field", deb.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("{}: not a Debian package: {}", deb.display(), text.trim());
+    }
+    let field = |f: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(f).and_then(|r| r.strip_prefix(':')))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| anyhow!("{}: the control file has no {f} field", deb.display()))
+    };
+    Ok((field("Package")?, field("Version")?))
+}
+
 fn hash_tree(root: &Path, p: &Path, h: &mut Sha256) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(p)?.collect::<std::io::Result<Vec<_>>>()?;
+    let mut entries: Vec<_> = std::fs::read_dir(p)
+        .and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
+        .with_context(|| format!("{}: cannot list", p.display()))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
         let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-        let m = std::fs::symlink_metadata(&path)?;
+        let m = std::fs::symlink_metadata(&path)
+            .with_context(|| format!("{}: cannot stat", path.display()))?;
         use std::os::unix::fs::PermissionsExt;
         h.update(format!("{rel}\0{:o}\0", m.permissions().mode()).as_bytes());
         if m.file_type().is_symlink() {
-            h.update(std::fs::read_link(&path)?.to_string_lossy().as_bytes());
+            let t = std::fs::read_link(&path)
+                .with_context(|| format!("{}: cannot read the link", path.display()))?;
+            h.update(t.to_string_lossy().as_bytes());
         } else if m.is_dir() {
             hash_tree(root, &path, h)?;
         } else {
-            h.update(std::fs::read(&path)?);
+            h.update(
+                std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?,
+            );
         }
         h.update(b"\0");
     }
@@ -154,11 +224,21 @@ pub fn build(
             .with_context(|| format!("{}: cannot clear a stale payload", out.display()))?;
     }
     std::fs::create_dir_all(&out)?;
-    let debs = download(recipe, cache, log, progress)?;
-    std::fs::write(
-        out.join("packages.lock"),
-        debs.iter().map(|(n, v, _)| format!("{n} {v}\n")).collect::<String>(),
-    )?;
+    let mut debs = if recipe.packages.is_empty() {
+        Vec::new()
+    } else {
+        download(recipe, cache, log, progress)?
+    };
+    let mut lock: String = debs.iter().map(|(n, v, _)| format!("{n} {v}\n")).collect();
+    for deb in &recipe.local_debs {
+        let (n, v) = deb_identity(deb)?;
+        let file = deb.file_name().unwrap().to_string_lossy();
+        lock.push_str(&format!("{n} {v} debs/{file}\n"));
+        debs.push((n, v, deb.clone()));
+    }
+    let lock_path = out.join("packages.lock");
+    std::fs::write(&lock_path, lock)
+        .with_context(|| format!("{}: cannot write", lock_path.display()))?;
     let staging = out.join("root.partial");
     std::fs::create_dir_all(&staging)?;
     log(&format!("payload '{}': unpacking {} packages", recipe.name, debs.len()));
@@ -167,7 +247,7 @@ pub fn build(
     let total: u64 = sizes.iter().sum();
     let mut done = 0;
     for ((_, _, deb), n) in debs.iter().zip(sizes) {
-        unpack_deb(deb, &staging).with_context(|| format!("unpacking {}", deb.display()))?;
+        crate::unpack::unpack_deb(deb, &staging, log)?;
         done += n;
         progress("unpack", done, total);
     }
@@ -176,13 +256,14 @@ pub fn build(
     if payload {
         install_kernel(&staging)?;
     }
+    // Binaries and the overlay are written like the packages: never
+    // through a link out of the tree (see `unpack.rs`).
+    let tree = crate::unpack::Root::open(&staging)?;
     for (c, p) in &bins {
-        let d = staging.join(&c.dest);
-        std::fs::create_dir_all(d.parent().unwrap())?;
-        std::fs::copy(p, &d)
+        copy_into(&tree, p, Path::new(&c.dest))
             .with_context(|| format!("installing {} to {}", p.display(), c.dest))?;
     }
-    copy_overlay(&recipe.dir.join("overlay"), &staging)?;
+    copy_overlay(&recipe.dir.join("overlay"), Path::new(""), &tree)?;
     if payload {
         depmod(&staging)?;
     }
@@ -396,63 +477,6 @@ fn download(
         .collect()
 }
 
-/// Unpacks a .deb's data archive with our own tar reader: modes (including
-/// set-uid bits) and mtimes from the archive, owner = whoever builds (owners
-/// are set to root when the filesystems are made), no device nodes.
-fn unpack_deb(deb: &Path, dest: &Path) -> Result<()> {
-    let child =
-        duct::cmd!("dpkg-deb", "--fsys-tarfile", deb).stdout_capture().stderr_capture().run()?;
-    let mut ar = tar::Archive::new(&child.stdout[..]);
-    for entry in ar.entries()? {
-        let mut e = entry?;
-        let path = e.path()?.into_owned();
-        let rel: PathBuf =
-            path.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
-        if rel.as_os_str().is_empty() {
-            continue;
-        }
-        let target = dest.join(&rel);
-        let kind = e.header().entry_type();
-        let mode = e.header().mode()? & 0o7777;
-        let mtime = e.header().mtime().unwrap_or(0) as i64;
-        if let Some(p) = target.parent() {
-            std::fs::create_dir_all(p)?;
-        }
-        use std::os::unix::fs::PermissionsExt;
-        match kind {
-            tar::EntryType::Directory => {
-                std::fs::create_dir_all(&target)?;
-                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode | 0o700))?;
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                remove_any(&target)?;
-                let mut f = std::fs::File::create(&target)?;
-                std::io::copy(&mut e, &mut f)?;
-                drop(f);
-                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
-                set_times(&target, mtime)?;
-            }
-            tar::EntryType::Symlink => {
-                remove_any(&target)?;
-                let link = e.link_name()?.ok_or_else(|| anyhow!("symlink without target"))?;
-                std::os::unix::fs::symlink(link.as_ref(), &target)?;
-                set_times(&target, mtime)?;
-            }
-            tar::EntryType::Link => {
-                remove_any(&target)?;
-                let link = e.link_name()?.ok_or_else(|| anyhow!("hard link without target"))?;
-                let src: PathBuf = link
-                    .components()
-                    .filter(|c| matches!(c, std::path::Component::Normal(_)))
-                    .collect();
-                std::fs::hard_link(dest.join(src), &target)?;
-            }
-            _ => {} // device nodes, fifos: not in a payload
-        }
-    }
-    Ok(())
-}
-
 fn remove_any(p: &Path) -> Result<()> {
     match std::fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(p)?,
@@ -526,26 +550,49 @@ fn install_kernel(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn copy_overlay(src: &Path, dst: &Path) -> Result<()> {
+/// Copies the overlay `src` over the tree, `rel` being where `src` lands.
+fn copy_overlay(src: &Path, rel: &Path, tree: &crate::unpack::Root) -> Result<()> {
     if !src.exists() {
         return Ok(());
     }
-    for e in std::fs::read_dir(src)? {
-        let e = e?;
-        let (s, d) = (e.path(), dst.join(e.file_name()));
-        let m = std::fs::symlink_metadata(&s)?;
+    let entries = std::fs::read_dir(src)
+        .and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
+        .with_context(|| format!("{}: cannot list", src.display()))?;
+    for e in entries {
+        let (s, d) = (e.path(), rel.join(e.file_name()));
+        let m = std::fs::symlink_metadata(&s)
+            .with_context(|| format!("{}: cannot stat", s.display()))?;
         if m.is_dir() {
-            std::fs::create_dir_all(&d)?;
-            copy_overlay(&s, &d)?;
+            tree.create_dir_all(&d).with_context(|| {
+                format!("overlay {}: cannot create {}", s.display(), d.display())
+            })?;
+            copy_overlay(&s, &d, tree)?;
         } else if m.file_type().is_symlink() {
-            remove_any(&d)?;
-            std::os::unix::fs::symlink(std::fs::read_link(&s)?, &d)?;
+            let target = std::fs::read_link(&s)
+                .with_context(|| format!("{}: cannot read the link", s.display()))?;
+            tree.symlink(&d, &target, None).with_context(|| {
+                format!("overlay {}: cannot create {}", s.display(), d.display())
+            })?;
         } else {
-            remove_any(&d)?;
-            std::fs::copy(&s, &d)?;
+            copy_into(tree, &s, &d).with_context(|| {
+                format!("overlay {}: cannot write {}", s.display(), d.display())
+            })?;
         }
     }
     Ok(())
+}
+
+/// Copies the file `src` to `rel` in the tree with its permission bits.
+fn copy_into(tree: &crate::unpack::Root, src: &Path, rel: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut f =
+        std::fs::File::open(src).with_context(|| format!("{}: cannot open", src.display()))?;
+    let perm = f
+        .metadata()
+        .with_context(|| format!("{}: cannot stat", src.display()))?
+        .permissions()
+        .mode();
+    tree.write_file(rel, &mut f, perm & 0o7777, None)
 }
 
 /// Generates modules.dep & co. for every kernel in usr/lib/modules.
