@@ -6,13 +6,11 @@
 
 pub mod artifacts;
 pub mod boot;
-pub mod boottest;
 pub mod fs;
 pub mod image;
 pub mod inspect;
 pub mod io;
 pub mod layout;
-pub mod metadata;
 pub mod oem;
 pub mod payload;
 pub mod platform;

@@ -1,33 +1,46 @@
-//! `cargo xtask boot-test`: boots an image in QEMU as its platform would,
-//! against a fake metadata service, and checks it.
+//! `cargo xtask boot-test`: boots an image in QEMU as its platform declares
+//! in `oem/<id>/boot-test.json` (the `forge-boottest` crate), prints a
+//! summary and writes the structured reports as JSON.
 
 use crate::progress::logger;
 use crate::util::repo_root;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
-use std::path::PathBuf;
+use forge_boottest::run::{BootReport, Report};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// flatcar_production_<platform>_image.bin or .bin.bz2
+    /// flatcar_production_<platform>_image.bin, or compressed (.bz2, .gz, .zst, .xz)
     pub image: PathBuf,
     #[arg(long, default_value = "hetzner")]
     pub platform: String,
-    /// Firmware QEMU boots the image with.
+    /// Where platform folders live (default: oem/ in the checkout).
+    #[arg(long)]
+    pub oem_dir: Option<PathBuf>,
+    /// Firmware to boot with (repeatable; default: every one the boot test declares).
     #[arg(long, value_enum)]
-    pub firmware: Firmware,
-    /// Disk size the image is grown to, in GiB.
-    #[arg(long, default_value_t = 20)]
-    pub disk_gib: u64,
-    /// Seconds to wait for each boot.
-    #[arg(long, default_value_t = 900)]
-    pub timeout: u64,
-    /// Skip the negative boots (no OEM grub.cfg; a flipped byte in USR-A).
+    pub firmware: Vec<Firmware>,
+    /// Architecture (repeatable; default: every one the boot test declares).
+    #[arg(long, value_enum)]
+    pub arch: Vec<Arch>,
+    /// Disk size the image is grown to, in GiB (default: the boot test's machine.disk_bytes).
+    #[arg(long)]
+    pub disk_gib: Option<u64>,
+    /// Seconds to wait for each boot (default: the boot test's machine.timeout_seconds).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Skip the boots the boot test marks negative.
     #[arg(long)]
     pub no_negative: bool,
     /// QEMU accelerator (TCG by default: nested KVM is unreliable here).
     #[arg(long, default_value = "tcg")]
     pub accel: String,
+    /// Also write every report, as one JSON array, to this file. Each report
+    /// is always written beside the serial logs as
+    /// `<image stem>.<arch>-<firmware>.boot-test.json`.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -36,47 +49,146 @@ pub enum Firmware {
     Uefi,
 }
 
-impl From<Firmware> for forge::boottest::Firmware {
+impl From<Firmware> for forge_boottest::Firmware {
     fn from(f: Firmware) -> Self {
         match f {
-            Firmware::Bios => forge::boottest::Firmware::Bios,
-            Firmware::Uefi => forge::boottest::Firmware::Uefi,
+            Firmware::Bios => forge_boottest::Firmware::Bios,
+            Firmware::Uefi => forge_boottest::Firmware::Uefi,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Arch {
+    #[value(name = "x86-64")]
+    X86_64,
+    Arm64,
+}
+
+impl From<Arch> for forge_boottest::Arch {
+    fn from(a: Arch) -> Self {
+        match a {
+            Arch::X86_64 => forge_boottest::Arch::X86_64,
+            Arch::Arm64 => forge_boottest::Arch::Arm64,
         }
     }
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let p = forge::oem::load(&repo_root().join("oem"), &a.platform)?;
-    let firmware = forge::boottest::Firmware::from(a.firmware);
-    let cfg = forge::boottest::Config {
-        image: a
-            .image
-            .canonicalize()
-            .with_context(|| format!("{}: not found", a.image.display()))?,
-        oem_id: p.oem_id().to_string(),
-        firmware,
-        disk_bytes: a.disk_gib << 30,
-        responder: std::env::current_exe()?,
-        timeout: std::time::Duration::from_secs(a.timeout),
-        negative: !a.no_negative,
-        accel: a.accel.clone(),
+    let oem = a.oem_dir.clone().unwrap_or_else(|| repo_root().join("oem"));
+    forge::oem::load(&oem, &a.platform)?;
+    let spec = forge_boottest::spec::load_for(&oem, &a.platform)?.ok_or_else(|| {
+        anyhow!(
+            "platform {} declares no boot test: {} does not exist",
+            a.platform,
+            forge_boottest::spec::path(&oem, &a.platform).display()
+        )
+    })?;
+    let arches: Vec<forge_boottest::Arch> = if a.arch.is_empty() {
+        spec.arch.clone()
+    } else {
+        a.arch.iter().map(|x| (*x).into()).collect()
     };
+    let firmwares: Vec<forge_boottest::Firmware> = if a.firmware.is_empty() {
+        spec.firmware.clone()
+    } else {
+        a.firmware.iter().map(|x| (*x).into()).collect()
+    };
+    let image =
+        a.image.canonicalize().with_context(|| format!("{}: not found", a.image.display()))?;
+    let log_dir = image.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let log = logger();
-    let out = forge::boottest::run(&cfg, &log)?;
-    let fw = firmware.name();
-    let failed = out.checks.iter().filter(|c| !c.ok).count();
-    println!("boot-test {fw}: {} passed, {failed} failed", out.checks.len() - failed);
-    if let Some(s) = out.boot_secs {
-        println!(
-            "boot-test {fw}: boot time {s:.1}s (power-on to the boot report, TCG={})",
-            a.accel == "tcg"
-        );
+    let mut reports = Vec::new();
+    for arch in &arches {
+        for fw in &firmwares {
+            let opts = forge_boottest::Options {
+                image: image.clone(),
+                platform: a.platform.clone(),
+                arch: *arch,
+                firmware: *fw,
+                responder: std::env::current_exe().context("locating this program")?,
+                timeout: a.timeout.map(std::time::Duration::from_secs),
+                disk_bytes: a.disk_gib.map(|g| g << 30),
+                negative: !a.no_negative,
+                accel: a.accel.clone(),
+                log_dir: Some(log_dir.clone()),
+            };
+            let report = forge_boottest::run(&spec, &opts, &log).unwrap_or_else(|e| {
+                // Set-up failed before any boot: still a report, with one failed check.
+                Report {
+                    platform: a.platform.clone(),
+                    firmware: *fw,
+                    arch: *arch,
+                    image: image.clone(),
+                    boots: vec![BootReport {
+                        variant: "set-up".into(),
+                        negative: false,
+                        seconds: None,
+                        stopped_at: None,
+                        serial_log: PathBuf::new(),
+                        checks: vec![forge_boottest::check::CheckResult {
+                            name: "the boot test was set up".into(),
+                            ok: false,
+                            detail: format!("{e:#}"),
+                        }],
+                    }],
+                }
+            });
+            let file = log_dir.join(format!(
+                "{}.{}-{}.boot-test.json",
+                forge_boottest::run::stem(&image),
+                arch.name(),
+                fw.name()
+            ));
+            write_json(&file, serde_json::to_value(&report)?)?;
+            print_summary(&report, &file, a.accel == "tcg");
+            reports.push(report);
+        }
     }
-    for l in &out.serial_logs {
-        println!("boot-test {fw}: serial log {}", l.display());
+    if let Some(j) = &a.json {
+        write_json(j, serde_json::to_value(&reports)?)?;
+        println!("boot-test: reports written to {}", j.display());
     }
-    if !out.ok() {
+    let failed: usize = reports.iter().map(Report::failed).sum();
+    if reports.iter().any(|r| !r.ok()) {
         bail!("boot test failed ({failed} checks)");
     }
     Ok(())
+}
+
+fn write_json(file: &Path, v: serde_json::Value) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(&v)?;
+    text.push('\n');
+    let tmp = file.with_extension(format!("json.{}.partial", std::process::id()));
+    std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, file)
+        .with_context(|| format!("{}: cannot rename to {}", tmp.display(), file.display()))
+}
+
+fn print_summary(r: &Report, file: &Path, tcg: bool) {
+    let tag = format!("boot-test {} {}-{}", r.platform, r.arch.name(), r.firmware.name());
+    for b in &r.boots {
+        let n = b.checks.len();
+        let ok = b.checks.iter().filter(|c| c.ok).count();
+        let time = b.seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into());
+        println!(
+            "{tag}: {:<18} {:>7} to {:<28} {ok}/{n} checks passed",
+            b.variant,
+            time,
+            b.stopped_at.as_deref().map(|s| format!("{s:?}")).unwrap_or_else(|| "no marker".into())
+        );
+        for c in b.checks.iter().filter(|c| !c.ok) {
+            println!("{tag}: {} FAIL {} — {}", b.variant, c.name, c.detail);
+        }
+        if !b.serial_log.as_os_str().is_empty() {
+            println!("{tag}: {} serial log {}", b.variant, b.serial_log.display());
+        }
+    }
+    println!(
+        "{tag}: {} passed, {} failed (times are power-on to the marker{}); report {}",
+        r.passed(),
+        r.failed(),
+        if tcg { ", under TCG" } else { "" },
+        file.display()
+    );
 }

@@ -1,8 +1,9 @@
 //! `cargo xtask test`: installs (as root) or names the missing host packages,
 //! runs `cargo test --workspace`, then builds the Hetzner image from the demo
 //! payload and checks it: a byte-identical rebuild, a cold build by another
-//! user (see `other_user`),
-//! both boot tests, and parity with the SDK container.
+//! user (see `other_user`), its boot test (`oem/hetzner/boot-test.json`,
+//! counted from the JSON reports), and parity with the SDK container.
+//! Platforms without a boot test are listed as skipped.
 
 use crate::progress::logger;
 use crate::util::{init_binary, repo_root};
@@ -128,26 +129,29 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         println!("SKIPPED (needs root to switch users): the cold build by another user is not run");
     }
-    for fw in ["bios", "uefi"] {
-        log(&format!("test: boot test ({fw})"));
-        let o = std::process::Command::new(std::env::current_exe()?)
-            .args(["boot-test"])
-            .arg(&image)
-            .args(["--firmware", fw])
-            .output()?;
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
-        print!("{text}");
-        let (p, f) = (
-            text.lines().filter(|l| l.contains("] PASS ")).count(),
-            text.lines().filter(|l| l.contains("] FAIL ")).count(),
-        );
-        passed += p;
-        failed += f;
-        if !o.status.success() && f == 0 {
-            failed += 1; // the boot test itself failed before its checks
+    // Boot tests: every platform that declares one in oem/<id>/boot-test.json;
+    // this run builds the Hetzner image only, so others are listed as skipped.
+    let oem = repo_root().join("oem");
+    let mut skipped = 0usize;
+    for id in forge::oem::list(&oem) {
+        let declared = forge_boottest::spec::path(&oem, &id);
+        if !declared.exists() {
+            println!("[--] SKIP boot test of platform {id}: no {}", declared.display());
+            skipped += 1;
+        } else if id != "hetzner" {
+            println!(
+                "[--] SKIP boot test of platform {id}: this run builds only the hetzner image"
+            );
+            skipped += 1;
         }
     }
+    log("test: boot test (every firmware oem/hetzner/boot-test.json declares)");
+    let json = out_dir.join("boot-test.json");
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["boot-test", "--platform", "hetzner"]).arg(&image).arg("--json").arg(&json);
+    let (p, f) = boot_reports(cmd, &json)?;
+    passed += p;
+    failed += f;
     // Parity: the same build in the SDK container gives the same bytes, and
     // the boot test passes when run inside the container too.
     if forge::tools::find("podman").is_some() || forge::tools::find("docker").is_some() {
@@ -168,26 +172,23 @@ pub fn run(a: Args) -> Result<()> {
         } else {
             failed += 1
         }
-        let o = std::process::Command::new(&script)
-            .args(["cargo", "xtask", "boot-test"])
+        let json = sdk_out.join("boot-test.json");
+        let mut cmd = std::process::Command::new(&script);
+        cmd.args(["cargo", "xtask", "boot-test"])
             .arg(sdk_out.join("flatcar_production_hetzner_image.bin.bz2"))
-            .args(["--firmware", "bios", "--no-negative"])
-            .output()?;
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
-        let f = text.lines().filter(|l| l.contains("] FAIL ")).count();
-        let ok = o.status.success() && f == 0;
+            .args(["--firmware", "bios", "--no-negative", "--json"])
+            .arg(&json);
+        let (p, f) = boot_reports(cmd, &json)?;
+        let ok = p > 0 && f == 0;
         println!(
-            "[{}] {} the BIOS boot test passes inside the SDK container ({} checks)",
+            "[{}] {} the BIOS boot test passes inside the SDK container — {p} checks passed, {f} failed",
             if ok { "ok" } else { "!!" },
             if ok { "PASS" } else { "FAIL" },
-            text.lines().filter(|l| l.contains("] PASS ")).count()
         );
-        if !ok {
-            print!("{text}");
-            failed += 1;
-        } else {
+        if ok {
             passed += 1;
+        } else {
+            failed += 1;
         }
     } else {
         println!("neither podman nor docker: the SDK container parity checks are not run");
@@ -195,7 +196,7 @@ pub fn run(a: Args) -> Result<()> {
     if !unit_ok {
         println!("cargo test reported failures (see above)");
     }
-    println!("boot-tests: {passed} passed, {failed} failed");
+    println!("boot-tests: {passed} passed, {failed} failed, {skipped} skipped");
     if !unit_ok || failed > 0 {
         bail!("tests failed");
     }
@@ -208,4 +209,48 @@ fn sha256_file(p: &Path) -> Result<String> {
     let mut h = sha2::Sha256::new();
     std::io::copy(&mut f, &mut h).with_context(|| format!("{}: cannot read", p.display()))?;
     Ok(hex::encode(h.finalize()))
+}
+
+/// Runs a `boot-test … --json FILE` command (its output shown as it runs)
+/// and counts the checks of the reports it wrote. A run that wrote no
+/// readable report, or failed with no failed check, counts as one failure.
+fn boot_reports(mut cmd: std::process::Command, json: &Path) -> Result<(usize, usize)> {
+    let _ = std::fs::remove_file(json);
+    let st = cmd.status().context("running boot-test")?;
+    let reports: Vec<forge_boottest::Report> = match std::fs::read(json) {
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(r) => r,
+            Err(e) => {
+                println!("[!!] FAIL {}: not a boot-test report: {e}", json.display());
+                return Ok((0, 1));
+            }
+        },
+        Err(e) => {
+            println!("[!!] FAIL boot-test wrote no report ({}: {e}; exit {st})", json.display());
+            return Ok((0, 1));
+        }
+    };
+    let passed: usize = reports.iter().map(forge_boottest::Report::passed).sum();
+    let mut failed: usize = reports.iter().map(forge_boottest::Report::failed).sum();
+    for r in &reports {
+        for b in &r.boots {
+            for c in &b.checks {
+                println!(
+                    "[{}] {} {}-{} {}: {}{}",
+                    if c.ok { "ok" } else { "!!" },
+                    if c.ok { "PASS" } else { "FAIL" },
+                    r.arch.name(),
+                    r.firmware.name(),
+                    b.variant,
+                    c.name,
+                    if c.detail.is_empty() { String::new() } else { format!(" — {}", c.detail) }
+                );
+            }
+        }
+    }
+    if reports.is_empty() || (!st.success() && failed == 0) {
+        println!("[!!] FAIL boot-test exited with {st} and {} reports", reports.len());
+        failed += 1;
+    }
+    Ok((passed, failed))
 }

@@ -1,0 +1,114 @@
+//! The test disk: the image (raw or compressed) written to a sparse disk of
+//! the platform's size, and the named mutations of the negative boots.
+
+use crate::spec::Mutation;
+use anyhow::{anyhow, bail, Context, Result};
+use forge::io::sparse;
+use std::path::Path;
+
+/// Writes the image (raw, .bz2, .gz, .zst or .xz) as a sparse raw disk of `disk_bytes`.
+pub fn prepare(image: &Path, dest: &Path, disk_bytes: u64) -> Result<()> {
+    let out = sparse::create(dest, 0)?;
+    let f =
+        std::fs::File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
+    let written = if let Some(codec) = forge::io::codec::Codec::from_path(image) {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        forge::io::compress::decompress_sparse(image, codec, &out, threads)
+            .with_context(|| format!("{}: decompressing", image.display()))?
+    } else {
+        let len = f.metadata().with_context(|| format!("{}: stat", image.display()))?.len();
+        sparse::splice(&f, 0, len, &out, 0, false)
+            .with_context(|| format!("{}: copying to {}", image.display(), dest.display()))?;
+        len
+    };
+    if written > disk_bytes {
+        bail!(
+            "{}: the image ({written} B) is larger than the test disk ({disk_bytes} B)",
+            image.display()
+        );
+    }
+    out.set_len(disk_bytes).with_context(|| format!("{}: set_len", dest.display()))?;
+    Ok(())
+}
+
+/// A sparse copy of a disk.
+pub fn copy(src: &Path, dst: &Path) -> Result<()> {
+    let s = std::fs::File::open(src).with_context(|| format!("{}: cannot open", src.display()))?;
+    let len = s.metadata().with_context(|| format!("{}: stat", src.display()))?.len();
+    let d = sparse::create(dst, len)?;
+    sparse::splice(&s, 0, len, &d, 0, false)
+        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    Ok(())
+}
+
+/// Byte offset and length of the partition labelled `label`.
+pub fn partition(disk: &Path, label: &str) -> Result<(u64, u64)> {
+    let f =
+        std::fs::File::open(disk).with_context(|| format!("{}: cannot open", disk.display()))?;
+    let t = forge::table::read_primary(&f)
+        .with_context(|| format!("{}: reading the GPT", disk.display()))?;
+    let e = t
+        .entries
+        .iter()
+        .find(|e| e.name == label)
+        .ok_or_else(|| anyhow!("{}: no partition labelled {label}", disk.display()))?;
+    Ok((e.first_lba * 512, e.sectors() * 512))
+}
+
+/// Applies a mutation to `disk`; returns what was done, for the log.
+pub fn mutate(disk: &Path, m: &Mutation) -> Result<String> {
+    match m {
+        Mutation::RemoveFile { partition: label, path } => {
+            remove_file(disk, label, path)?;
+            Ok(format!("{path} removed from {label}"))
+        }
+        Mutation::FlipByte { partition: label } => {
+            let at = flip_byte(disk, label)?;
+            Ok(format!("{label} byte at offset {at} flipped"))
+        }
+    }
+}
+
+/// Removes a file from an ext4 partition (debugfs at its offset) and checks it is gone.
+pub fn remove_file(disk: &Path, label: &str, path: &str) -> Result<()> {
+    if path.contains(['"', '\n']) || !path.starts_with('/') {
+        bail!("remove_file: {path:?} is not an absolute path debugfs can take");
+    }
+    let (off, _) = partition(disk, label)?;
+    let target = format!("{}?offset={off}", disk.display());
+    let debugfs = forge::tools::path(forge::tools::DEBUGFS)?;
+    forge::fs::run(
+        duct::cmd!(&debugfs, "-w", "-R", format!("rm \"{path}\""), &target),
+        &format!("debugfs rm {path} on {label}"),
+    )?;
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let dir = if dir.is_empty() { "/" } else { dir };
+    let out = forge::fs::run(
+        duct::cmd!(&debugfs, "-R", format!("ls -l \"{dir}\""), &target),
+        &format!("debugfs ls {dir} on {label}"),
+    )?;
+    if out.split_whitespace().any(|w| w == name) {
+        bail!("{}: {path} still present on {label} after removal", disk.display());
+    }
+    Ok(())
+}
+
+/// Flips one byte in the middle of the partition's filesystem; returns its offset.
+pub fn flip_byte(disk: &Path, label: &str) -> Result<u64> {
+    let (off, len) = partition(disk, label)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .with_context(|| format!("{}: cannot open for writing", disk.display()))?;
+    let fs = forge::inspect::probe_fs(&f, off, len)?
+        .ok_or_else(|| anyhow!("{}: {label} holds no filesystem", disk.display()))?;
+    let at = off + fs.size_bytes.unwrap_or(len) / 2 + 123;
+    let mut b = [0u8; 1];
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(&mut b, at).with_context(|| format!("{}: read at {at}", disk.display()))?;
+    f.write_all_at(&[b[0] ^ 0xff], at)
+        .with_context(|| format!("{}: write at {at}", disk.display()))?;
+    f.sync_all()?;
+    Ok(at)
+}

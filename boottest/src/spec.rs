@@ -1,0 +1,770 @@
+//! The boot-test file, `oem/<id>/boot-test.json`: how a platform boots its
+//! image in QEMU and what is checked. Everything a platform varies is here
+//! (architectures and firmwares, machine, NICs, disks, fw_cfg entries, the
+//! metadata service's paths, per-boot user-data, disk mutations, checks);
+//! the code only knows how to turn it into QEMU arguments and how to
+//! evaluate checks.
+//!
+//! Strings are MiniJinja templates rendered per boot with: `platform`,
+//! `arch`, `firmware`, `variant`, `disk_bytes`, `disk_gib`,
+//! `ssh_public_key` (the test's generated key, one line),
+//! `ssh_public_key_body` (its base64 part), `userdata` (the boot's, itself
+//! rendered first) and `metadata.<name>` (the file's `metadata.values`).
+//! An unknown variable is an error, never an empty string.
+
+use crate::check::{Check, Cond, Probe};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+/// The file name beside `platform.json`.
+pub const FILE: &str = "boot-test.json";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arch {
+    #[serde(rename = "x86-64")]
+    X86_64,
+    #[serde(rename = "arm64")]
+    Arm64,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86-64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+/// One platform's boot test.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootTest {
+    #[serde(rename = "_comment", default)]
+    _comment: Option<serde_json::Value>,
+    /// Architectures the image boots on (each with every firmware it supports).
+    pub arch: Vec<Arch>,
+    pub firmware: Vec<Firmware>,
+    pub machine: Machine,
+    /// The fake metadata service, reached by the NICs that say `"metadata": true`.
+    #[serde(default)]
+    pub metadata: Option<MetadataService>,
+    #[serde(default)]
+    pub nics: Vec<Nic>,
+    pub disks: Vec<Disk>,
+    /// QEMU firmware configuration entries (e.g. Ignition for the qemu platform).
+    #[serde(default)]
+    pub fw_cfg: Vec<FwCfg>,
+    /// Default user-data of every boot (a boot may override it).
+    #[serde(default)]
+    pub userdata: String,
+    pub boots: Vec<Boot>,
+    /// The file this was read from.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    pub memory_mib: u32,
+    #[serde(default = "one")]
+    pub cpus: u32,
+    /// The image is written to a sparse disk of this size (the platform's disks are larger).
+    pub disk_bytes: u64,
+    /// Seconds each boot may take to reach one of its `until` markers.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_timeout() -> u64 {
+    900
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataService {
+    /// Guest-side address QEMU forwards to the responder, e.g. "169.254.169.254:80".
+    pub listen: String,
+    /// Named values, available to every template as `metadata.<name>`.
+    #[serde(default)]
+    pub values: BTreeMap<String, serde_json::Value>,
+    /// Path → body. A string is text/plain; an object gives `content_type`
+    /// and either `body` or `lines` (joined with newlines, one after the last).
+    pub paths: BTreeMap<String, Body>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Body {
+    pub content_type: String,
+    pub body: String,
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            content_type: String,
+            body: Option<String>,
+            lines: Option<Vec<String>>,
+        }
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Body { content_type: "text/plain".into(), body: s }),
+            v @ serde_json::Value::Object(_) => {
+                let f: Full = serde_json::from_value(v).map_err(D::Error::custom)?;
+                let body = match (f.body, f.lines) {
+                    (Some(b), None) => b,
+                    (None, Some(l)) => l.iter().map(|l| format!("{l}\n")).collect(),
+                    _ => return Err(D::Error::custom("give exactly one of `body` and `lines`")),
+                };
+                Ok(Body { content_type: f.content_type, body })
+            }
+            _ => Err(D::Error::custom(
+                "a body is a string or {\"content_type\", \"body\" | \"lines\"}",
+            )),
+        }
+    }
+}
+
+/// One NIC, on a QEMU user network of its own (always `restrict=on`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    #[serde(default = "virtio_net")]
+    pub model: String,
+    pub mac: String,
+    /// The user network's addresses (QEMU's defaults if absent).
+    #[serde(default)]
+    pub user_net: Option<UserNet>,
+    /// Forward the metadata service's `listen` address on this network to the responder.
+    #[serde(default)]
+    pub metadata: bool,
+    /// Guest TCP ports reachable from the host at 127.0.0.1 (ephemeral ports).
+    #[serde(default)]
+    pub hostfwd: Vec<u16>,
+}
+
+fn virtio_net() -> String {
+    "virtio-net-pci".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserNet {
+    /// e.g. "169.254.0.0/16"
+    pub net: String,
+    pub host: Ipv4Addr,
+    pub dhcpstart: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    pub source: DiskSource,
+    pub device: DiskDevice,
+    #[serde(default)]
+    pub vendor: Option<String>,
+    #[serde(default)]
+    pub product: Option<String>,
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum DiskSource {
+    /// The image under test, grown to `machine.disk_bytes`.
+    Image,
+    /// An empty sparse disk of this many bytes.
+    Blank { bytes: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum DiskDevice {
+    /// On a virtio-scsi controller.
+    #[serde(rename = "scsi-hd")]
+    ScsiHd,
+    #[serde(rename = "virtio-blk-pci")]
+    VirtioBlk,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FwCfg {
+    /// e.g. "opt/org.flatcar-linux/config"
+    pub name: String,
+    /// Template, rendered per boot.
+    pub content: String,
+}
+
+/// One boot of the image (or of a mutated copy).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    pub variant: String,
+    /// Skipped with `--no-negative`.
+    #[serde(default)]
+    pub negative: bool,
+    /// Applied to a copy of the prepared disk before this boot.
+    #[serde(default)]
+    pub mutation: Option<Mutation>,
+    /// Overrides the file's `userdata` for this boot.
+    #[serde(default)]
+    pub userdata: Option<String>,
+    /// Serial console markers; the boot is observed when one appears (the
+    /// first of this list that is present is the `stopped_at` observation).
+    pub until: Vec<String>,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Mutation {
+    /// Removes a file from an ext4 partition (debugfs at the partition's offset).
+    RemoveFile { partition: String, path: String },
+    /// Flips one byte in the middle of the partition's filesystem.
+    FlipByte { partition: String },
+}
+
+impl Mutation {
+    pub fn describe(&self) -> String {
+        match self {
+            Mutation::RemoveFile { partition, path } => format!("{path} removed from {partition}"),
+            Mutation::FlipByte { partition } => format!("one byte flipped in {partition}"),
+        }
+    }
+}
+
+/// `oem_root/<id>/boot-test.json`.
+pub fn path(oem_root: &Path, id: &str) -> PathBuf {
+    oem_root.join(id).join(FILE)
+}
+
+/// The platform's boot test, or None if it declares none.
+pub fn load_for(oem_root: &Path, id: &str) -> Result<Option<BootTest>> {
+    let p = path(oem_root, id);
+    if !p.exists() {
+        return Ok(None);
+    }
+    load(&p).map(Some)
+}
+
+/// Reads and validates one boot-test file; errors name the file, the place in it and the problem.
+pub fn load(file: &Path) -> Result<BootTest> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{}: cannot read", file.display()))?;
+    parse(&text, file)
+}
+
+pub fn parse(text: &str, file: &Path) -> Result<BootTest> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let mut t: BootTest = serde_path_to_error::deserialize(de).map_err(|e| {
+        let at = e.path().to_string();
+        if at == "." {
+            anyhow!("{}: {}", file.display(), e.inner())
+        } else {
+            anyhow!("{}: {at}: {}", file.display(), e.inner())
+        }
+    })?;
+    t.file = file.to_path_buf();
+    t.validate().map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    Ok(t)
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Characters QEMU's option syntax would take as separators.
+fn plain_option(what: &str, s: &str) -> Result<()> {
+    if s.is_empty() || s.contains([',', '=', ' ', '\n']) {
+        bail!("{what} {s:?}: must be non-empty without ',', '=', spaces or newlines");
+    }
+    Ok(())
+}
+
+impl BootTest {
+    fn validate(&self) -> Result<()> {
+        if self.arch.is_empty() {
+            bail!("arch: name at least one architecture (x86-64, arm64)");
+        }
+        if self.firmware.is_empty() {
+            bail!("firmware: name at least one firmware (bios, uefi)");
+        }
+        if self.arch.contains(&Arch::Arm64) && self.firmware.contains(&Firmware::Bios) {
+            bail!("firmware: arm64 boots only with uefi");
+        }
+        let m = &self.machine;
+        if m.memory_mib < 128 {
+            bail!("machine.memory_mib: {} is below 128", m.memory_mib);
+        }
+        if m.cpus == 0 {
+            bail!("machine.cpus: must be at least 1");
+        }
+        if m.disk_bytes == 0 || !m.disk_bytes.is_multiple_of(512) {
+            bail!("machine.disk_bytes: {} is not a positive multiple of 512", m.disk_bytes);
+        }
+        if m.timeout_seconds == 0 {
+            bail!("machine.timeout_seconds: must be positive");
+        }
+        let mut forwarded = BTreeSet::new();
+        for (i, n) in self.nics.iter().enumerate() {
+            let at = format!("nics[{i}]");
+            if !n.model.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                bail!("{at}.model {:?}: not a QEMU device name", n.model);
+            }
+            let octets: Vec<&str> = n.mac.split(':').collect();
+            if octets.len() != 6
+                || !octets.iter().all(|o| o.len() == 2 && u8::from_str_radix(o, 16).is_ok())
+            {
+                bail!("{at}.mac {:?}: expected six hex octets like 52:54:00:12:34:56", n.mac);
+            }
+            if let Some(u) = &n.user_net {
+                let (a, l) = u.net.split_once('/').ok_or_else(|| {
+                    anyhow!("{at}.user_net.net {:?}: expected ADDRESS/BITS", u.net)
+                })?;
+                if a.parse::<Ipv4Addr>().is_err() || !matches!(l.parse::<u8>(), Ok(8..=30)) {
+                    bail!("{at}.user_net.net {:?}: expected ADDRESS/BITS (8..=30)", u.net);
+                }
+            }
+            if n.metadata && self.metadata.is_none() {
+                bail!("{at}.metadata: true, but the file declares no metadata service");
+            }
+            for p in &n.hostfwd {
+                if *p == 0 || !forwarded.insert(*p) {
+                    bail!("{at}.hostfwd: port {p} is zero or forwarded twice");
+                }
+            }
+        }
+        if let Some(md) = &self.metadata {
+            md.listen.parse::<SocketAddrV4>().map_err(|_| {
+                anyhow!(
+                    "metadata.listen {:?}: expected IPV4:PORT like 169.254.169.254:80",
+                    md.listen
+                )
+            })?;
+            if !self.nics.iter().any(|n| n.metadata) {
+                bail!("metadata: declared, but no NIC has \"metadata\": true");
+            }
+            for p in md.paths.keys() {
+                if !p.starts_with('/')
+                    || (p.len() > 1 && p.ends_with('/'))
+                    || p.contains(['?', ' '])
+                {
+                    bail!("metadata.paths {p:?}: a path starts with '/' and has no trailing '/', '?' or spaces");
+                }
+            }
+        }
+        if self.disks.iter().filter(|d| d.source == DiskSource::Image).count() != 1 {
+            bail!("disks: exactly one disk has \"source\": \"image\"");
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            for (k, v) in [("vendor", &d.vendor), ("product", &d.product), ("serial", &d.serial)] {
+                if let Some(v) = v {
+                    plain_option(&format!("disks[{i}].{k}"), v)?;
+                    if k != "serial" && d.device != DiskDevice::ScsiHd {
+                        bail!("disks[{i}].{k}: only a scsi-hd has a vendor and product");
+                    }
+                }
+            }
+            if let DiskSource::Blank { bytes } = d.source {
+                if bytes == 0 || !bytes.is_multiple_of(512) {
+                    bail!(
+                        "disks[{i}].source.blank.bytes: {bytes} is not a positive multiple of 512"
+                    );
+                }
+            }
+        }
+        for (i, f) in self.fw_cfg.iter().enumerate() {
+            plain_option(&format!("fw_cfg[{i}].name"), &f.name)?;
+            if !f.name.starts_with("opt/") {
+                bail!("fw_cfg[{i}].name {:?}: user entries live under opt/", f.name);
+            }
+        }
+        if self.boots.is_empty() {
+            bail!("boots: declare at least one boot");
+        }
+        let mut variants = BTreeSet::new();
+        for (i, b) in self.boots.iter().enumerate() {
+            let at = format!("boots[{i}] ({})", b.variant);
+            if !is_name(&b.variant) || !variants.insert(&b.variant) {
+                bail!("{at}: variant must be a unique name of a-z, 0-9, '-', '_'");
+            }
+            if b.until.is_empty() || b.until.iter().any(|u| u.is_empty()) {
+                bail!("{at}.until: name at least one non-empty serial marker");
+            }
+            if b.checks.is_empty() {
+                bail!("{at}.checks: declare at least one check");
+            }
+            // Every template renders and every pattern compiles, with stand-in values.
+            let ctx = self
+                .context(
+                    Arch::X86_64,
+                    Firmware::Bios,
+                    "probe",
+                    b,
+                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIstandin forge-boot-test",
+                )
+                .map_err(|e| anyhow!("{at}: {e:#}"))?;
+            if let Some(md) = &self.metadata {
+                for (p, body) in &md.paths {
+                    render(&body.body, &ctx).map_err(|e| anyhow!("metadata.paths {p:?}: {e}"))?;
+                }
+            }
+            for (j, f) in self.fw_cfg.iter().enumerate() {
+                render(&f.content, &ctx).map_err(|e| anyhow!("fw_cfg[{j}].content: {e}"))?;
+            }
+            for (j, c) in b.checks.iter().enumerate() {
+                c.validate(&ctx, &forwarded)
+                    .map_err(|e| anyhow!("{at}.checks[{j}] ({}): {e}", c.name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Template variables for one boot.
+    pub fn context(
+        &self,
+        arch: Arch,
+        firmware: Firmware,
+        platform: &str,
+        boot: &Boot,
+        ssh_public_key: &str,
+    ) -> Result<minijinja::Value> {
+        let key = ssh_public_key.trim();
+        let mut base = serde_json::json!({
+            "platform": platform,
+            "arch": arch.name(),
+            "firmware": firmware.name(),
+            "variant": boot.variant,
+            "disk_bytes": self.machine.disk_bytes,
+            "disk_gib": self.machine.disk_bytes >> 30,
+            "ssh_public_key": key,
+            "ssh_public_key_body": key.split_whitespace().nth(1).unwrap_or(""),
+            "metadata": self.metadata.as_ref().map(|m| m.values.clone()).unwrap_or_default(),
+        });
+        let userdata = boot.userdata.as_deref().unwrap_or(&self.userdata);
+        let rendered = render(userdata, &minijinja::Value::from(minijinja::value::Serde(&base)))
+            .map_err(|e| anyhow!("userdata: {e}"))?;
+        base["userdata"] = serde_json::Value::String(rendered);
+        Ok(minijinja::Value::from(minijinja::value::Serde(&base)))
+    }
+
+    /// The metadata service's paths for one boot, rendered.
+    pub fn served(&self, ctx: &minijinja::Value) -> Result<BTreeMap<String, Body>> {
+        let mut out = BTreeMap::new();
+        if let Some(md) = &self.metadata {
+            for (p, b) in &md.paths {
+                let body = render(&b.body, ctx)
+                    .map_err(|e| anyhow!("{}: metadata.paths {p:?}: {e}", self.file.display()))?;
+                out.insert(p.clone(), Body { content_type: b.content_type.clone(), body });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The guest port → NIC index map of `hostfwd`s.
+    pub fn forwarded_ports(&self) -> BTreeMap<u16, usize> {
+        let mut m = BTreeMap::new();
+        for (i, n) in self.nics.iter().enumerate() {
+            for p in &n.hostfwd {
+                m.insert(*p, i);
+            }
+        }
+        m
+    }
+}
+
+/// Renders one template; undefined variables are errors.
+pub fn render(template: &str, ctx: &minijinja::Value) -> Result<String> {
+    if !template.contains("{{") && !template.contains("{%") && !template.contains("{#") {
+        return Ok(template.to_string());
+    }
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+            .map_err(|e| anyhow!("template syntax: {e}"))?,
+    );
+    env.render_str(template, ctx).map_err(|e| anyhow!("template {template:?}: {e}"))
+}
+
+impl Check {
+    fn validate(&self, ctx: &minijinja::Value, forwarded: &BTreeSet<u16>) -> Result<()> {
+        render(&self.name, ctx)?;
+        if self.conds.is_empty() {
+            bail!("no condition");
+        }
+        for c in &self.conds {
+            c.validate(ctx, forwarded)?;
+        }
+        Ok(())
+    }
+}
+
+impl Cond {
+    fn validate(&self, ctx: &minijinja::Value, forwarded: &BTreeSet<u16>) -> Result<()> {
+        let sources = [self.report_key.is_some(), self.observe.is_some(), self.probe.is_some()];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            bail!("give exactly one of report_key, observe and probe");
+        }
+        let judged_by_probe = matches!(self.probe, Some(Probe::RootGrown { .. }));
+        if !judged_by_probe && !self.has_operator() {
+            bail!("give at least one of equals, contains, not_contains, matches, word");
+        }
+        if judged_by_probe && self.has_operator() {
+            bail!("probe root_grown judges by itself; it takes no operators");
+        }
+        match &self.probe {
+            Some(Probe::Http { guest_port, .. }) | Some(Probe::Ssh { guest_port, .. })
+                if !forwarded.contains(guest_port) =>
+            {
+                bail!("probe uses guest port {guest_port}, which no NIC forwards (hostfwd)")
+            }
+            _ => {}
+        }
+        for t in self.templates() {
+            render(t, ctx)?;
+        }
+        for m in self.matches.iter().flat_map(|m| m.iter()) {
+            regex::Regex::new(&render(m, ctx)?).map_err(|e| anyhow!("matches {m:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPO_OEM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../oem");
+
+    fn minimal() -> serde_json::Value {
+        serde_json::json!({
+            "arch": ["x86-64"],
+            "firmware": ["bios"],
+            "machine": { "memory_mib": 1024, "disk_bytes": 1073741824u64 },
+            "metadata": {
+                "listen": "169.254.169.254:80",
+                "values": { "hostname": "h1" },
+                "paths": {
+                    "/hostname": "{{metadata.hostname}}",
+                    "/keys": { "content_type": "application/json", "body": "[\"{{ssh_public_key}}\"]" },
+                    "/user-data": "{{userdata}}"
+                }
+            },
+            "userdata": "default for {{metadata.hostname}}",
+            "nics": [{ "mac": "52:54:00:12:34:56", "metadata": true, "hostfwd": [22] }],
+            "disks": [{ "source": "image", "device": "scsi-hd" }],
+            "boots": [
+                {
+                    "variant": "one",
+                    "until": ["END"],
+                    "checks": [{ "name": "h", "report_key": "hostname", "equals": "{{metadata.hostname}}" }]
+                },
+                {
+                    "variant": "two",
+                    "userdata": "custom",
+                    "until": ["END"],
+                    "checks": [{ "name": "ssh", "probe": { "ssh": { "user": "core", "command": "true" } }, "equals": "" }]
+                }
+            ]
+        })
+    }
+
+    fn parse_value(v: &serde_json::Value) -> Result<BootTest> {
+        parse(&serde_json::to_string_pretty(v).unwrap(), Path::new("oem/x/boot-test.json"))
+    }
+
+    /// The error for `v` with one edit applied; it must name the file.
+    fn error_after(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+        let mut v = minimal();
+        edit(&mut v);
+        let e = format!("{:#}", parse_value(&v).unwrap_err());
+        assert!(e.starts_with("oem/x/boot-test.json: "), "{e}");
+        e
+    }
+
+    #[test]
+    fn the_repository_files_load() {
+        let t = load_for(Path::new(REPO_OEM), "hetzner").unwrap().expect("hetzner has a boot test");
+        assert_eq!(t.firmware, vec![Firmware::Bios, Firmware::Uefi]);
+        assert_eq!(t.machine.disk_bytes, 20 << 30);
+        assert_eq!(t.boots.iter().filter(|b| b.negative).count(), 2);
+        assert!(load_for(Path::new(REPO_OEM), "qemu").unwrap().is_none());
+    }
+
+    #[test]
+    fn hetzner_serves_the_reference_paths_with_the_key() {
+        let t = load_for(Path::new(REPO_OEM), "hetzner").unwrap().unwrap();
+        let key = "ssh-ed25519 AAAAtestkey forge-boot-test\n";
+        let ctx = t.context(Arch::X86_64, Firmware::Bios, "hetzner", &t.boots[0], key).unwrap();
+        let s = t.served(&ctx).unwrap();
+        for p in [
+            "/hetzner/v1/metadata",
+            "/hetzner/v1/metadata/hostname",
+            "/hetzner/v1/metadata/instance-id",
+            "/hetzner/v1/metadata/public-ipv4",
+            "/hetzner/v1/metadata/public-keys",
+            "/hetzner/v1/metadata/private-networks",
+            "/hetzner/v1/metadata/network-config",
+            "/hetzner/v1/userdata",
+        ] {
+            assert!(s.contains_key(p), "{p}");
+        }
+        assert_eq!(s["/hetzner/v1/metadata/hostname"].body, "forge-boot-test");
+        assert_eq!(s["/hetzner/v1/metadata/instance-id"].body, "4200042");
+        let keys: Vec<String> =
+            serde_json::from_str(&s["/hetzner/v1/metadata/public-keys"].body).unwrap();
+        assert_eq!(keys, vec!["ssh-ed25519 AAAAtestkey forge-boot-test".to_string()]);
+        let md = &s["/hetzner/v1/metadata"];
+        assert_eq!(md.content_type, "application/yaml");
+        assert!(md.body.contains("\npublic-keys:\n- ssh-ed25519 AAAAtestkey forge-boot-test\n"));
+        assert!(md.body.contains("\n    - address: 2001:db8:1234::1/64\n"), "{}", md.body);
+        assert!(md.body.ends_with("vendor_data: |\n  #cloud-config\n"));
+        assert_eq!(s["/hetzner/v1/userdata"].body, "{\"ignition\":{\"version\":\"3.3.0\"}}");
+    }
+
+    #[test]
+    fn userdata_is_per_boot_and_rendered() {
+        let t = parse_value(&minimal()).unwrap();
+        let key = "ssh-ed25519 AAAAk c";
+        let one = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
+        let two = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
+        assert_eq!(t.served(&one).unwrap()["/user-data"].body, "default for h1");
+        assert_eq!(t.served(&two).unwrap()["/user-data"].body, "custom");
+        assert_eq!(t.served(&one).unwrap()["/keys"].body, "[\"ssh-ed25519 AAAAk c\"]");
+        assert_eq!(t.nics[0].model, "virtio-net-pci");
+        assert_eq!(t.machine.cpus, 1);
+    }
+
+    #[test]
+    fn bad_files_name_the_file_the_place_and_the_problem() {
+        type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (Box::new(|v| v["machine"]["memroy_mib"] = 1.into()), "unknown field `memroy_mib`"),
+            (
+                Box::new(|v| v["arch"] = serde_json::json!(["sparc"])),
+                "arch[0]: unknown variant `sparc`",
+            ),
+            (Box::new(|v| v["firmware"] = serde_json::json!([])), "firmware: name at least one"),
+            (
+                Box::new(|v| {
+                    v["arch"] = serde_json::json!(["arm64"]);
+                }),
+                "arm64 boots only with uefi",
+            ),
+            (Box::new(|v| v["machine"]["disk_bytes"] = 1000.into()), "machine.disk_bytes: 1000"),
+            (Box::new(|v| v["nics"][0]["mac"] = "52:54:00".into()), "nics[0].mac \"52:54:00\""),
+            (
+                Box::new(|v| v["nics"][0]["metadata"] = false.into()),
+                "no NIC has \"metadata\": true",
+            ),
+            (Box::new(|v| v["metadata"]["listen"] = "metadata:80".into()), "metadata.listen"),
+            (Box::new(|v| v["metadata"]["paths"]["/x/"] = "y".into()), "metadata.paths \"/x/\""),
+            (
+                Box::new(|v| {
+                    v["metadata"]["paths"]["/y"] =
+                        serde_json::json!({"content_type": "a", "body": "b", "lines": []})
+                }),
+                "metadata.paths./y: give exactly one of `body` and `lines`",
+            ),
+            (
+                Box::new(|v| v["metadata"]["paths"]["/z"] = "{{metadata.hostnmae}}".into()),
+                "metadata.paths \"/z\"",
+            ),
+            (
+                Box::new(|v| {
+                    v["disks"][0]["source"] = serde_json::json!({"blank": {"bytes": 512}})
+                }),
+                "exactly one disk has \"source\": \"image\"",
+            ),
+            (Box::new(|v| v["disks"][0]["vendor"] = "a,b".into()), "disks[0].vendor \"a,b\""),
+            (
+                Box::new(|v| v["fw_cfg"] = serde_json::json!([{"name": "etc/x", "content": ""}])),
+                "fw_cfg[0].name \"etc/x\": user entries live under opt/",
+            ),
+            (
+                Box::new(|v| v["boots"][1]["variant"] = "one".into()),
+                "boots[1] (one): variant must be a unique",
+            ),
+            (Box::new(|v| v["boots"][0]["until"] = serde_json::json!([])), "boots[0] (one).until"),
+            (
+                Box::new(|v| v["boots"][0]["checks"][0]["equal"] = "x".into()),
+                "boots[0].checks[0]: check \"h\": unknown field `equal`",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][0]["checks"][0] = serde_json::json!({"name": "n", "report_key": "k"})
+                }),
+                "boots[0] (one).checks[0] (n): give at least one of equals",
+            ),
+            (
+                Box::new(
+                    |v| v["boots"][0]["checks"][0] = serde_json::json!({"name": "n", "report_key": "k", "observe": "serial", "equals": ""}),
+                ),
+                "give exactly one of report_key, observe and probe",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][0]["checks"][0] =
+                        serde_json::json!({"name": "n", "report_key": "k", "matches": "(unclosed"})
+                }),
+                "matches \"(unclosed\"",
+            ),
+            (
+                Box::new(
+                    |v| v["boots"][0]["checks"][0] = serde_json::json!({"name": "n", "probe": {"http": {"guest_port": 80}}, "equals": "x"}),
+                ),
+                "guest port 80, which no NIC forwards",
+            ),
+            (
+                Box::new(|v| v["boots"][0]["checks"][0]["equals"] = "{{nope}}".into()),
+                "boots[0] (one).checks[0] (h): template \"{{nope}}\"",
+            ),
+            (
+                Box::new(|v| v["boots"][0]["mutation"] = serde_json::json!({"shred": {}})),
+                "boots[0].mutation: unknown variant `shred`",
+            ),
+        ];
+        for (edit, want) in cases {
+            let e = error_after(edit);
+            assert!(e.contains(want), "expected {want:?} in: {e}");
+        }
+        // Not JSON at all: the file and the line.
+        let e = parse("{\n  \"arch\": [,\n", Path::new("oem/x/boot-test.json")).unwrap_err();
+        let e = e.to_string();
+        assert!(e.starts_with("oem/x/boot-test.json: ") && e.contains("line 2"), "{e}");
+        // Missing file.
+        let e = load(Path::new("/nonexistent/boot-test.json")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/boot-test.json: cannot read"), "{e}");
+    }
+}
