@@ -214,3 +214,95 @@ impl Vm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn spec(extra_nic: bool) -> BootTest {
+        let mut nics = vec![serde_json::json!({
+            "mac": "52:54:00:12:34:56",
+            "user_net": { "net": "169.254.0.0/16", "host": "169.254.0.2", "dhcpstart": "169.254.0.15" },
+            "metadata": true,
+            "hostfwd": [80, 22]
+        })];
+        if extra_nic {
+            nics.push(serde_json::json!({ "mac": "52:54:00:12:34:57", "model": "e1000" }));
+        }
+        let v = serde_json::json!({
+            "arch": ["x86-64"],
+            "firmware": ["bios", "uefi"],
+            "machine": { "memory_mib": 2048, "disk_bytes": 21474836480u64 },
+            "metadata": { "listen": "169.254.169.254:80", "paths": { "/x": "y" } },
+            "nics": nics,
+            "disks": [
+                { "source": "image", "device": "scsi-hd" },
+                { "source": { "blank": { "bytes": 1048576 } }, "device": "scsi-hd", "vendor": "ACME", "product": "Disk", "serial": "S1" }
+            ],
+            "fw_cfg": [{ "name": "opt/org.flatcar-linux/config", "content": "{{userdata}}" }],
+            "boots": [{ "variant": "a", "until": ["x"], "checks": [{ "name": "n", "observe": "serial", "contains": "x" }] }]
+        });
+        crate::spec::parse(&v.to_string(), Path::new("t/boot-test.json")).unwrap()
+    }
+
+    fn files() -> BootFiles {
+        BootFiles {
+            disks: vec!["/w/disk.raw".into(), "/w/blank.raw".into()],
+            serial: "/w/serial.log".into(),
+            responder: Some("/bin/xtask metadata-respond --served /w/s.json --log /w/l".into()),
+            fw_cfg: vec![("opt/org.flatcar-linux/config".into(), "/w/fw0".into())],
+            uefi_vars: Some("/w/VARS.fd".into()),
+            host_ports: BTreeMap::from([(80, 40080), (22, 40022)]),
+        }
+    }
+
+    #[test]
+    fn every_nic_is_restricted_and_forwards_only_to_loopback() {
+        let a = args(&spec(true), Arch::X86_64, Firmware::Uefi, "tcg", &files()).unwrap();
+        let netdevs: Vec<&String> = a
+            .iter()
+            .zip(a.iter().skip(1))
+            .filter(|(k, _)| *k == "-netdev")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(netdevs.len(), 2);
+        for n in &netdevs {
+            assert!(n.starts_with("user,") && n.contains(",restrict=on"), "{n}");
+            for part in n.split(',').filter(|p| p.starts_with("hostfwd=")) {
+                assert!(part.starts_with("hostfwd=tcp:127.0.0.1:"), "{part}");
+            }
+        }
+        assert_eq!(
+            netdevs[0].as_str(),
+            "user,id=n0,restrict=on,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,hostfwd=tcp:127.0.0.1:40080-:80,hostfwd=tcp:127.0.0.1:40022-:22,guestfwd=tcp:169.254.169.254:80-cmd:/bin/xtask metadata-respond --served /w/s.json --log /w/l"
+        );
+        assert_eq!(netdevs[1].as_str(), "user,id=n1,restrict=on");
+        let joined = a.join(" ");
+        assert!(joined.contains("-device e1000,netdev=n1,mac=52:54:00:12:34:57"), "{joined}");
+        assert!(joined.contains("scsi-hd,drive=d0,bus=scsi0.0,bootindex=0"), "{joined}");
+        assert!(
+            joined.contains("scsi-hd,drive=d1,bus=scsi0.0,vendor=ACME,product=Disk,serial=S1"),
+            "{joined}"
+        );
+        assert!(joined.contains("-fw_cfg name=opt/org.flatcar-linux/config,file=/w/fw0"));
+        assert!(joined.contains(&format!("readonly=on,file={OVMF_CODE}")));
+        assert!(joined.contains("if=pflash,format=raw,unit=1,file=/w/VARS.fd"));
+        assert!(joined.contains("-m 2048 -smp 1"));
+    }
+
+    #[test]
+    fn bios_has_no_pflash_and_commas_in_paths_are_refused() {
+        let a = args(&spec(false), Arch::X86_64, Firmware::Bios, "tcg", &files()).unwrap();
+        assert!(!a.join(" ").contains("pflash"));
+        let mut f = files();
+        f.responder = Some("/bin/x metadata-respond --served /w,x/s.json".into());
+        let e = args(&spec(false), Arch::X86_64, Firmware::Bios, "tcg", &f).unwrap_err();
+        assert!(e.to_string().contains("must not contain commas"), "{e}");
+        let mut f = files();
+        f.disks[0] = "/w,1/disk.raw".into();
+        assert!(args(&spec(false), Arch::X86_64, Firmware::Bios, "tcg", &f).is_err());
+        let e = args(&spec(false), Arch::Arm64, Firmware::Uefi, "tcg", &files()).unwrap_err();
+        assert!(e.to_string().contains("arm64 boot tests are not implemented yet"), "{e}");
+    }
+}
