@@ -257,6 +257,7 @@ fn eval_cond(
             }
             _ => bail!("give exactly one of report_key, observe and probe"),
         };
+    let summary_is_set = summary.is_some();
     let shown = summary.unwrap_or_else(|| format!("{label}={}", short(&value)));
     let mut failed = Vec::new();
     if let Some(e) = &c.equals {
@@ -292,7 +293,29 @@ fn eval_cond(
         }
     }
     if failed.is_empty() {
-        Ok((true, shown))
+        // What was found, rather than the whole value, when an operator says.
+        let mut found = Vec::new();
+        for m in c.matches.iter().flat_map(|o| o.iter()) {
+            if let Ok(re) = regex::Regex::new(&render(m, ctx)?) {
+                if let Some(x) = re.find(&value).filter(|x| !x.as_str().trim().is_empty()) {
+                    found.push(x.as_str().trim().to_string());
+                }
+            }
+        }
+        if let Some(w) = &c.word {
+            found.push(render(w, ctx)?);
+        }
+        for t in c.contains.iter().flat_map(|o| o.iter()) {
+            let t = render(t, ctx)?;
+            found.push(
+                value.split_whitespace().find(|w| w.contains(&t)).unwrap_or(t.as_str()).to_string(),
+            );
+        }
+        if found.is_empty() || summary_is_set || c.equals.is_some() || c.not_contains.is_some() {
+            Ok((true, shown))
+        } else {
+            Ok((true, format!("{label}: {}", short(&found.join(" ")))))
+        }
     } else {
         Ok((false, format!("{shown}: {}", failed.join(", "))))
     }
@@ -481,6 +504,37 @@ mod tests {
             assert!(!r.ok, "{c} should fail");
             assert!(r.detail.contains(want), "{c}: {want:?} not in {:?}", r.detail);
         }
+    }
+
+    #[test]
+    fn a_pass_shows_what_was_found() {
+        let mut o = fake();
+        let r = eval(
+            serde_json::json!({"name": "n", "report_key": "cmdline", "word": "flatcar.oem.id={{platform}}"}),
+            &mut o,
+        );
+        assert_eq!(r.detail, "cmdline: flatcar.oem.id=hetzner");
+        let r = eval(
+            serde_json::json!({"name": "n", "report_key": "cmdline", "matches": "verity\\.usrhash=[0-9a-f]{8}"}),
+            &mut o,
+        );
+        assert_eq!(r.detail, "cmdline: verity.usrhash=01234567");
+        let r = eval(
+            serde_json::json!({"name": "n", "report_key": "hostname", "equals": "forge-boot-test"}),
+            &mut o,
+        );
+        assert_eq!(r.detail, "hostname=forge-boot-test");
+        let r = eval(
+            serde_json::json!({"name": "n", "report_key": "cmdline", "contains": "oem.id", "matches": "verity\\.usrhash=[0-9a-f]{8}"}),
+            &mut o,
+        );
+        assert_eq!(r.detail, "cmdline: verity.usrhash=01234567 flatcar.oem.id=hetzner");
+        // Absence is shown with the whole value.
+        let r = eval(
+            serde_json::json!({"name": "n", "report_key": "hostname", "matches": "\\S", "not_contains": "x"}),
+            &mut o,
+        );
+        assert_eq!(r.detail, "hostname=forge-boot-test");
     }
 
     #[test]

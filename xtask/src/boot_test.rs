@@ -140,13 +140,13 @@ pub fn run(a: Args) -> Result<()> {
                 arch.name(),
                 fw.name()
             ));
-            write_json(&file, serde_json::to_value(&report)?)?;
+            write_json(&file, serde_json::to_string_pretty(&report)?)?;
             print_summary(&report, &file, a.accel == "tcg");
             reports.push(report);
         }
     }
     if let Some(j) = &a.json {
-        write_json(j, serde_json::to_value(&reports)?)?;
+        write_json(j, serde_json::to_string_pretty(&reports)?)?;
         println!("boot-test: reports written to {}", j.display());
     }
     let failed: usize = reports.iter().map(Report::failed).sum();
@@ -156,8 +156,8 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-fn write_json(file: &Path, v: serde_json::Value) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(&v)?;
+/// Writes `text` (pretty JSON) atomically.
+fn write_json(file: &Path, mut text: String) -> Result<()> {
     text.push('\n');
     let tmp = file.with_extension(format!("json.{}.partial", std::process::id()));
     std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;

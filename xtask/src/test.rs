@@ -254,3 +254,48 @@ fn boot_reports(mut cmd: std::process::Command, json: &Path) -> Result<(usize, u
     }
     Ok((passed, failed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report_json(checks: &[bool]) -> String {
+        let checks: Vec<serde_json::Value> = checks
+            .iter()
+            .enumerate()
+            .map(|(i, ok)| serde_json::json!({"name": format!("c{i}"), "ok": ok, "detail": ""}))
+            .collect();
+        serde_json::json!([{
+            "platform": "hetzner", "firmware": "bios", "arch": "x86-64", "image": "/i",
+            "boots": [{"variant": "as-built", "negative": false, "seconds": 1.0,
+                       "stopped_at": "END", "serial_log": "/s", "checks": checks}]
+        }])
+        .to_string()
+    }
+
+    /// A stand-in for `boot-test --json FILE`: writes `json` (if any) to FILE, exits with `rc`.
+    fn fake(file: &Path, json: Option<&str>, rc: i32) -> std::process::Command {
+        let mut c = std::process::Command::new("sh");
+        let write = match json {
+            Some(j) => format!("printf '%s' '{j}' > '{}'; ", file.display()),
+            None => String::new(),
+        };
+        c.args(["-c", &format!("{write}exit {rc}")]);
+        c
+    }
+
+    #[test]
+    fn boot_counts_come_from_the_json_reports() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("r.json");
+        let all = report_json(&[true, true, true]);
+        assert_eq!(boot_reports(fake(&f, Some(&all), 0), &f).unwrap(), (3, 0));
+        let one_bad = report_json(&[true, false, true]);
+        assert_eq!(boot_reports(fake(&f, Some(&one_bad), 1), &f).unwrap(), (2, 1));
+        // Failed without a failed check, or no report at all: one failure.
+        assert_eq!(boot_reports(fake(&f, Some(&all), 1), &f).unwrap(), (3, 1));
+        assert_eq!(boot_reports(fake(&f, None, 1), &f).unwrap(), (0, 1));
+        assert_eq!(boot_reports(fake(&f, Some("[]"), 0), &f).unwrap(), (0, 1));
+        assert_eq!(boot_reports(fake(&f, Some("{"), 0), &f).unwrap(), (0, 1));
+    }
+}
