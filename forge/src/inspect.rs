@@ -157,7 +157,7 @@ fn find_verity(file: &File, off: u64, fs_len: u64, part_len: u64) -> Result<Opti
         pos = pos.max(s - (s - off) % verity::BLOCK);
         while pos + verity::BLOCK <= e {
             file.read_exact_at(&mut buf, pos)?;
-            if &buf[0..8] == b"verity\0\0" {
+            if forge_formats::verity::has_magic(&buf) {
                 return Ok(Some(pos - off));
             }
             if !crate::io::sparse::is_zero(&buf) {
@@ -171,81 +171,27 @@ fn find_verity(file: &File, off: u64, fs_len: u64, part_len: u64) -> Result<Opti
 
 /// Recognizes the filesystem at `off` by its superblock.
 pub fn probe_fs(file: &File, off: u64, len: u64) -> Result<Option<FsInfo>> {
-    let mut b = vec![0u8; 4096];
+    use forge_formats::fs;
     if len < 4096 {
         return Ok(None);
     }
-    file.read_exact_at(&mut b, off)?;
-    let le32 = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-    let le64 = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-    let text = |s: &[u8]| {
-        let t = String::from_utf8_lossy(s).trim_end_matches(['\0', ' ']).to_string();
-        (!t.is_empty()).then_some(t)
-    };
-    let uuid = |s: &[u8]| uuid::Uuid::from_slice(s).ok().map(|u| u.to_string());
-    if b[510] == 0x55 && b[511] == 0xAA && &b[82..87] == b"FAT32" {
-        let total = le32(&b, 32) as u64 * u16::from_le_bytes([b[11], b[12]]) as u64;
-        let id = le32(&b, 67);
-        return Ok(Some(FsInfo {
-            kind: "vfat".into(),
-            label: text(&b[71..82]).filter(|l| l != "NO NAME"),
-            uuid: Some(format!("{:04X}-{:04X}", id >> 16, id & 0xffff)),
-            size_bytes: Some(total),
-        }));
+    let mut b = vec![0u8; fs::PROBE_BYTES];
+    file.read_exact_at(&mut b, off)
+        .with_context(|| format!("reading the filesystem superblock at offset {off}"))?;
+    let mut found = fs::probe(&b).with_context(|| format!("at offset {off}"))?;
+    let at = off + fs::BTRFS_SUPERBLOCK_OFFSET;
+    if found.is_none() && len >= fs::BTRFS_SUPERBLOCK_OFFSET + fs::BTRFS_PROBE_BYTES as u64 {
+        let mut s = vec![0u8; fs::BTRFS_PROBE_BYTES];
+        file.read_exact_at(&mut s, at)
+            .with_context(|| format!("reading the btrfs superblock at offset {at}"))?;
+        found = fs::probe_btrfs(&s).with_context(|| format!("at offset {at}"))?;
     }
-    let sb = &b[1024..];
-    if u16::from_le_bytes([sb[56], sb[57]]) == 0xEF53 {
-        let incompat = le32(sb, 96);
-        let compat = le32(sb, 92);
-        let kind = if incompat & (0x40 | 0x80 | 0x200) != 0 {
-            "ext4"
-        } else if compat & 4 != 0 {
-            "ext3"
-        } else {
-            "ext2"
-        };
-        let bs = 1024u64 << le32(sb, 24);
-        let mut blocks = le32(sb, 4) as u64;
-        if incompat & 0x80 != 0 {
-            blocks |= (le32(sb, 0x150) as u64) << 32;
-        }
-        return Ok(Some(FsInfo {
-            kind: kind.into(),
-            label: text(&sb[120..136]),
-            uuid: uuid(&sb[104..120]),
-            size_bytes: Some(blocks * bs),
-        }));
-    }
-    if le32(sb, 0) == 0xE0F5_E1E2 {
-        let bs = 1u64 << sb[12];
-        return Ok(Some(FsInfo {
-            kind: "erofs".into(),
-            label: text(&sb[64..80]),
-            uuid: uuid(&sb[48..64]),
-            size_bytes: Some(le32(sb, 36) as u64 * bs),
-        }));
-    }
-    if &b[0..4] == b"hsqs" {
-        return Ok(Some(FsInfo {
-            kind: "squashfs".into(),
-            label: None,
-            uuid: None,
-            size_bytes: Some(le64(&b, 40)),
-        }));
-    }
-    if len >= 65536 + 4096 {
-        let mut s = vec![0u8; 4096];
-        file.read_exact_at(&mut s, off + 65536)?;
-        if &s[64..72] == b"_BHRfS_M" {
-            return Ok(Some(FsInfo {
-                kind: "btrfs".into(),
-                label: text(&s[299..299 + 256]),
-                uuid: uuid(&s[32..48]),
-                size_bytes: Some(le64(&s, 0x70)),
-            }));
-        }
-    }
-    Ok(None)
+    Ok(found.map(|f| FsInfo {
+        kind: f.kind.as_str().into(),
+        label: f.label,
+        uuid: f.uuid,
+        size_bytes: Some(f.size_bytes),
+    }))
 }
 
 fn read_oem(file: &File, path: &Path, p: &PartInfo, ss: u64) -> Result<OemInfo> {

@@ -25,23 +25,7 @@ pub struct OsRelease(pub BTreeMap<String, String>);
 
 impl OsRelease {
     pub fn parse(text: &str) -> OsRelease {
-        let mut m = BTreeMap::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            if let Some((k, v)) = line.split_once('=') {
-                let v = v.trim();
-                let v = v
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                    .unwrap_or(v);
-                m.insert(k.trim().to_string(), v.to_string());
-            }
-        }
-        OsRelease(m)
+        OsRelease(forge_formats::os_release::parse(text))
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {

@@ -177,7 +177,16 @@ pub fn format(
     debug_assert_eq!(levels.iter().map(|l| l.len() as u64 / BLOCK).collect::<Vec<_>>(), sizes);
 
     // Superblock, then the top level first, level 0 last.
-    let sb = superblock(data_blocks, &salt, uuid);
+    let sb = Superblock {
+        hash_type: 1,
+        uuid: *uuid.as_bytes(),
+        algorithm: "sha256".into(),
+        data_block_size: BLOCK as u32,
+        hash_block_size: BLOCK as u32,
+        data_blocks,
+        salt: salt.to_vec(),
+    }
+    .to_bytes()?;
     let base = part_offset + hash_offset;
     image.write_all_at(&sb, base)?;
     let mut pos = base + BLOCK;
@@ -217,58 +226,29 @@ fn build_levels(level0: Vec<[u8; 32]>, salt: &[u8]) -> (Vec<Vec<u8>>, [u8; 32]) 
     }
 }
 
-fn superblock(data_blocks: u64, salt: &[u8; 32], uuid: Uuid) -> [u8; 512] {
-    let mut b = [0u8; 512];
-    b[0..8].copy_from_slice(b"verity\0\0");
-    b[8..12].copy_from_slice(&1u32.to_le_bytes()); // superblock version
-    b[12..16].copy_from_slice(&1u32.to_le_bytes()); // hash type: normal
-    b[16..32].copy_from_slice(uuid.as_bytes());
-    b[32..38].copy_from_slice(b"sha256");
-    b[64..68].copy_from_slice(&(BLOCK as u32).to_le_bytes());
-    b[68..72].copy_from_slice(&(BLOCK as u32).to_le_bytes());
-    b[72..80].copy_from_slice(&data_blocks.to_le_bytes());
-    b[80..82].copy_from_slice(&(salt.len() as u16).to_le_bytes());
-    b[88..88 + salt.len()].copy_from_slice(salt);
-    b
-}
+pub use forge_formats::verity::Superblock;
 
-/// A verity superblock as found on disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Superblock {
-    pub data_blocks: u64,
-    pub data_block_size: u64,
-    pub hash_block_size: u64,
-    pub algorithm: String,
-    pub salt: Vec<u8>,
-    pub uuid: Uuid,
-}
-
+/// The verity superblock at byte `at` of `image`: `None` when there is no
+/// verity signature there, an error when there is one but the rest is wrong.
 pub fn read_superblock(image: &File, at: u64) -> Result<Option<Superblock>> {
-    let mut b = [0u8; 512];
-    image.read_exact_at(&mut b, at)?;
-    if &b[0..8] != b"verity\0\0" {
+    let mut b = [0u8; forge_formats::verity::SUPERBLOCK_BYTES];
+    image
+        .read_exact_at(&mut b, at)
+        .with_context(|| format!("reading {} B at offset {at}", b.len()))?;
+    if !forge_formats::verity::has_magic(&b) {
         return Ok(None);
     }
-    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as u64;
-    let salt_len = u16::from_le_bytes([b[80], b[81]]) as usize;
-    if salt_len > 256 {
-        bail!("verity superblock: salt of {salt_len} bytes");
-    }
-    Ok(Some(Superblock {
-        data_blocks: u64::from_le_bytes(b[72..80].try_into().unwrap()),
-        data_block_size: u32_at(64),
-        hash_block_size: u32_at(68),
-        algorithm: String::from_utf8_lossy(&b[32..64]).trim_end_matches('\0').to_string(),
-        salt: b[88..88 + salt_len].to_vec(),
-        uuid: Uuid::from_slice(&b[16..32]).unwrap(),
-    }))
+    Ok(Some(Superblock::parse(&b).with_context(|| format!("at offset {at}"))?))
 }
 
 /// Recomputes the root hash of a partition whose superblock sits at
 /// `hash_offset` (relative to the partition), from the data alone.
 pub fn compute_root(image: &File, part_offset: u64, hash_offset: u64) -> Result<Option<[u8; 32]>> {
     let Some(sb) = read_superblock(image, part_offset + hash_offset)? else { return Ok(None) };
-    if sb.algorithm != "sha256" || sb.data_block_size != BLOCK || sb.hash_block_size != BLOCK {
+    if sb.algorithm != "sha256"
+        || sb.data_block_size as u64 != BLOCK
+        || sb.hash_block_size as u64 != BLOCK
+    {
         bail!(
             "verity superblock: only sha256 with 4096-byte blocks is supported (found {} {}/{})",
             sb.algorithm,

@@ -18,11 +18,15 @@
 //!
 //! Any failure prints `forge-init: FATAL: …` on the console and powers off.
 
+mod config;
 mod dm;
 mod gpt;
 mod sys;
 
-use std::collections::HashMap;
+use config::{BootConfig, DevSpec};
+use forge_formats::modules::ModulesDep;
+use forge_formats::{cmdline, os_release};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -50,8 +54,6 @@ pub fn console(line: &str) {
 }
 pub(crate) use say;
 
-const DEFAULT_HASH_OFFSET: u64 = 1_065_345_024;
-
 fn main() {
     if std::process::id() != 1 {
         eprintln!("forge-init: not PID 1; this is the initramfs init");
@@ -66,54 +68,29 @@ fn main() {
     }
 }
 
-struct Cmdline {
-    args: HashMap<String, String>,
-    raw: String,
-}
-
-impl Cmdline {
-    fn parse(s: &str) -> Cmdline {
-        let mut args = HashMap::new();
-        for w in s.split_whitespace() {
-            let (k, v) = w.split_once('=').unwrap_or((w, ""));
-            args.insert(k.to_string(), v.trim_matches('"').to_string());
-        }
-        Cmdline { args, raw: s.trim().to_string() }
-    }
-    fn get(&self, k: &str) -> Option<&str> {
-        self.args.get(k).map(String::as_str)
-    }
+fn mkdir(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
 fn run() -> Result<()> {
     sys::mount_basics()?;
     let t0 = Instant::now();
-    let cmdline = Cmdline::parse(
-        &std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?,
-    );
-    say!("starting; cmdline: {}", cmdline.raw);
+    let raw =
+        std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+    say!("starting; cmdline: {}", raw.trim());
+    let cfg = BootConfig::from_cmdline(&cmdline::parse(&raw))?;
     load_modules()?;
 
     // dm-verity /usr
-    let usr_spec = cmdline.get("verity.usr").ok_or("no verity.usr= on the kernel command line")?;
-    let root_hash =
-        cmdline.get("verity.usrhash").ok_or("no verity.usrhash= on the kernel command line")?;
-    if root_hash.len() != 64 || !root_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("verity.usrhash={root_hash} is not 64 hex digits"));
-    }
-    let hash_offset: u64 = match cmdline.get("verity.usrhashoffset") {
-        Some(v) => v.parse().map_err(|_| format!("verity.usrhashoffset={v} is not a number"))?,
-        None => DEFAULT_HASH_OFFSET,
-    };
-    let usr_dev = wait_for(usr_spec, Duration::from_secs(60))?;
-    say!("USR is {} ({usr_spec})", usr_dev.display());
-    let dm_dev = dm::setup_verity("usr", &usr_dev, hash_offset, root_hash)?;
+    let usr_dev = wait_for(&cfg.usr, Duration::from_secs(60))?;
+    say!("USR is {} ({})", usr_dev.display(), cfg.usr);
+    let dm_dev = dm::setup_verity("usr", &usr_dev, cfg.hash_offset, &cfg.usr_hash)?;
     let _ = std::fs::create_dir_all("/dev/mapper");
     let _ = std::os::unix::fs::symlink(
-        format!("../{}", dm_dev.file_name().unwrap().to_string_lossy()),
+        format!("../{}", dm_dev.file_name().unwrap_or_default().to_string_lossy()),
         "/dev/mapper/usr",
     );
-    if cmdline.get("verity.usrcheck") != Some("lazy") {
+    if cfg.verify_usr_fully {
         let t = Instant::now();
         let n = dm::read_all(&dm_dev)
             .map_err(|e| format!("dm-verity: /usr does not match verity.usrhash ({e})"))?;
@@ -121,12 +98,12 @@ fn run() -> Result<()> {
     }
 
     // ROOT
-    let root_spec = cmdline.get("root").unwrap_or("LABEL=ROOT");
-    let root_dev = wait_for(root_spec, Duration::from_secs(30))?;
-    std::fs::create_dir_all("/sysroot").map_err(|e| e.to_string())?;
-    sys::mount(&root_dev, Path::new("/sysroot"), "ext4", 0, "")?;
+    let root_dev = wait_for(&cfg.root, Duration::from_secs(30))?;
+    let sysroot = Path::new("/sysroot");
+    mkdir(sysroot)?;
+    sys::mount(&root_dev, sysroot, "ext4", 0, "")?;
     say!("ROOT {} mounted on /sysroot", root_dev.display());
-    match gpt::grow_root(&root_dev, Path::new("/sysroot")) {
+    match gpt::grow_root(&root_dev, sysroot) {
         Ok(Some((old, new))) => say!("grew ROOT from {old} to {new} bytes to fill the disk"),
         Ok(None) => {}
         Err(e) => say!("warning: could not grow ROOT: {e}"),
@@ -134,23 +111,19 @@ fn run() -> Result<()> {
 
     // /usr (read-only, verified)
     let usr_mnt = Path::new("/sysroot/usr");
-    std::fs::create_dir_all(usr_mnt).map_err(|e| format!("/sysroot/usr: {e}"))?;
-    let usr_fs = cmdline.get("mount.usrfstype").unwrap_or("erofs");
-    sys::mount(&dm_dev, usr_mnt, usr_fs, libc::MS_RDONLY, "")?;
-    say!("/usr mounted read-only from {} ({usr_fs}, dm-verity)", dm_dev.display());
+    mkdir(usr_mnt)?;
+    sys::mount(&dm_dev, usr_mnt, &cfg.usr_fstype, libc::MS_RDONLY, "")?;
+    say!("/usr mounted read-only from {} ({}, dm-verity)", dm_dev.display(), cfg.usr_fstype);
 
     // OEM
-    let oem_id = cmdline
-        .get("flatcar.oem.id")
-        .or_else(|| cmdline.get("coreos.oem.id"))
-        .filter(|s| !s.is_empty());
-    match find("LABEL=OEM") {
+    match find(&DevSpec::Label("OEM".into())) {
         Some(oem_dev) => {
-            std::fs::create_dir_all("/sysroot/oem").map_err(|e| e.to_string())?;
-            match sys::mount(&oem_dev, Path::new("/sysroot/oem"), "ext4", 0, "") {
+            let oem = Path::new("/sysroot/oem");
+            mkdir(oem)?;
+            match sys::mount(&oem_dev, oem, "ext4", 0, "") {
                 Ok(()) => {
                     say!("OEM {} mounted on /oem", oem_dev.display());
-                    if let Some(id) = oem_id {
+                    if let Some(id) = &cfg.oem_id {
                         link_oem_sysext(id)?;
                     }
                 }
@@ -159,13 +132,26 @@ fn run() -> Result<()> {
         }
         None => say!("no OEM partition"),
     }
-    if oem_id.is_none() {
+    if cfg.oem_id.is_none() {
         say!("no flatcar.oem.id on the command line: no OEM extension");
     }
 
-    let init = cmdline.get("init").unwrap_or("/usr/lib/systemd/systemd").to_string();
-    say!("switching root after {:.1}s; exec {init}", t0.elapsed().as_secs_f64());
-    sys::switch_root(Path::new("/sysroot"), &init)
+    say!("switching root after {:.1}s; exec {}", t0.elapsed().as_secs_f64(), cfg.init);
+    sys::switch_root(sysroot, &cfg.init)
+}
+
+/// The sysext image to activate for OEM `id` among the file names in
+/// /oem/sysext: the version /oem/oem-release names (`VERSION_ID`) if that
+/// image exists, otherwise the last by name.
+fn pick_sysext(id: &str, names: &[String], oem_release: Option<&str>) -> Option<String> {
+    let prefix = format!("oem-{id}-");
+    let mut images: Vec<&String> =
+        names.iter().filter(|n| n.starts_with(&prefix) && n.ends_with(".raw")).collect();
+    images.sort();
+    let want = oem_release
+        .and_then(|t| os_release::parse(t).remove("VERSION_ID"))
+        .map(|v| format!("{prefix}{v}.raw"));
+    want.filter(|w| images.contains(&w)).or_else(|| images.last().map(|s| s.to_string()))
 }
 
 /// Links /etc/extensions/oem-<id>.raw to the active OEM sysext image.
@@ -175,30 +161,18 @@ fn link_oem_sysext(id: &str) -> Result<()> {
         say!("OEM '{id}': no /oem/sysext/active-oem-{id}; no extension linked");
         return Ok(());
     }
-    let prefix = format!("oem-{id}-");
-    let mut images: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| format!("/oem/sysext: {e}"))?
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&prefix) && n.ends_with(".raw"))
         .collect();
-    images.sort();
-    // The version named by /oem/oem-release wins; otherwise the newest by name.
-    let want = std::fs::read_to_string("/sysroot/oem/oem-release")
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("VERSION_ID=").map(|v| v.trim_matches('"').to_string())
-            })
-        })
-        .map(|v| format!("{prefix}{v}.raw"));
-    let pick = want.filter(|w| images.contains(w)).or_else(|| images.last().cloned());
-    let Some(img) = pick else {
+    let release = std::fs::read_to_string("/sysroot/oem/oem-release").ok();
+    let Some(img) = pick_sysext(id, &names, release.as_deref()) else {
         say!("OEM '{id}': no sysext image in /oem/sysext");
         return Ok(());
     };
     let ext = Path::new("/sysroot/etc/extensions");
-    std::fs::create_dir_all(ext).map_err(|e| format!("/etc/extensions: {e}"))?;
+    mkdir(ext)?;
     let link = ext.join(format!("oem-{id}.raw"));
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(format!("/oem/sysext/{img}"), &link)
@@ -207,47 +181,50 @@ fn link_oem_sysext(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The modules to load, in order, for the names in `wanted` (one per line,
+/// `#` comments): each one's dependencies first, every path once. Names
+/// modules.dep does not know are built in or not shipped: nothing to load.
+fn modules_to_load(deps: &ModulesDep, wanted: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for w in wanted.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for p in deps.load_order(w).unwrap_or_default() {
+            if seen.insert(p) {
+                out.push(p.to_string());
+            }
+        }
+    }
+    out
+}
+
 /// Loads the modules named in /etc/forge-init/modules and their dependencies.
 fn load_modules() -> Result<()> {
     let release = sys::uname_release();
     let base = PathBuf::from(format!("/lib/modules/{release}"));
-    let dep_text = std::fs::read_to_string(base.join("modules.dep")).unwrap_or_default();
-    let mut deps: HashMap<String, (String, Vec<String>)> = HashMap::new();
-    for line in dep_text.lines() {
-        let Some((m, d)) = line.split_once(':') else { continue };
-        let name = module_name(m);
-        deps.insert(name, (m.to_string(), d.split_whitespace().map(str::to_string).collect()));
-    }
-    let wanted = std::fs::read_to_string("/etc/forge-init/modules").unwrap_or_default();
-    let mut loaded = std::collections::HashSet::new();
+    let dep_path = base.join("modules.dep");
+    let deps = match std::fs::read_to_string(&dep_path) {
+        Ok(text) => ModulesDep::parse(&text).map_err(|e| format!("{}: {e}", dep_path.display()))?,
+        Err(e) => {
+            say!("no modules for kernel {release} ({}: {e})", dep_path.display());
+            ModulesDep::default()
+        }
+    };
+    let wanted = std::fs::read_to_string(MODULE_LIST).unwrap_or_default();
     let mut count = 0;
-    for w in wanted.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let key = w.replace('-', "_");
-        let Some((path, ds)) = deps.get(&key) else {
-            continue; // built in, or not shipped: nothing to load
-        };
-        // modules.dep lists dependencies deepest-last; load them in reverse.
-        for p in ds.iter().rev().chain(std::iter::once(path)) {
-            if loaded.insert(p.clone()) {
-                match sys::load_module(&base.join(p)) {
-                    Ok(()) => count += 1,
-                    Err(e) => say!("warning: {p}: {e}"),
-                }
-            }
+    for p in modules_to_load(&deps, &wanted) {
+        match sys::load_module(&base.join(&p)) {
+            Ok(()) => count += 1,
+            Err(e) => say!("warning: {e}"),
         }
     }
     say!("loaded {count} modules for kernel {release}");
     Ok(())
 }
 
-fn module_name(path: &str) -> String {
-    let f = path.rsplit('/').next().unwrap_or(path);
-    let f = f.split(".ko").next().unwrap_or(f);
-    f.replace('-', "_")
-}
+const MODULE_LIST: &str = "/etc/forge-init/modules";
 
-/// Polls until a device spec (`PARTUUID=…`, `LABEL=…`, `PARTLABEL=…`, `/dev/…`) resolves.
-fn wait_for(spec: &str, timeout: Duration) -> Result<PathBuf> {
+/// Polls until a device appears.
+fn wait_for(spec: &DevSpec, timeout: Duration) -> Result<PathBuf> {
     let start = Instant::now();
     loop {
         if let Some(p) = find(spec) {
@@ -265,24 +242,77 @@ fn wait_for(spec: &str, timeout: Duration) -> Result<PathBuf> {
     }
 }
 
-fn find(spec: &str) -> Option<PathBuf> {
-    if spec.starts_with("/dev/") {
-        return Path::new(spec).exists().then(|| PathBuf::from(spec));
+fn find(spec: &DevSpec) -> Option<PathBuf> {
+    if let DevSpec::Path(p) = spec {
+        return p.exists().then(|| p.clone());
     }
-    let (kind, value) = spec.split_once('=')?;
     for d in sys::block_devices() {
-        let hit = match kind {
-            "PARTUUID" => {
+        let hit = match spec {
+            DevSpec::PartUuid(v) => {
                 d.partition.is_some()
-                    && gpt::partuuid(&d).is_some_and(|u| u.eq_ignore_ascii_case(value))
+                    && gpt::partuuid(&d).is_some_and(|u| u.eq_ignore_ascii_case(v))
             }
-            "PARTLABEL" => d.partition.is_some() && gpt::partlabel(&d).is_some_and(|l| l == value),
-            "LABEL" => sys::fs_label(&d.dev).is_some_and(|l| l == value),
-            _ => false,
+            DevSpec::PartLabel(v) => {
+                d.partition.is_some() && gpt::partlabel(&d).is_some_and(|l| l == *v)
+            }
+            DevSpec::Label(v) => sys::fs_label(&d.dev).is_some_and(|l| l == *v),
+            DevSpec::Path(_) => false,
         };
         if hit {
             return Some(d.dev.clone());
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_load_order() {
+        let deps = ModulesDep::parse(
+            "kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/lib/rs.ko\n\
+             kernel/drivers/md/dm-bufio.ko:\n\
+             kernel/lib/rs.ko:\n\
+             kernel/fs/erofs/erofs.ko: kernel/lib/lz4.ko\n\
+             kernel/lib/lz4.ko:\n",
+        )
+        .unwrap();
+        let order = modules_to_load(&deps, "# for /usr\ndm-verity\n\n  dm_bufio \next4\nerofs\n");
+        assert_eq!(
+            order,
+            [
+                "kernel/lib/rs.ko",
+                "kernel/drivers/md/dm-bufio.ko",
+                "kernel/drivers/md/dm-verity.ko",
+                "kernel/lib/lz4.ko",
+                "kernel/fs/erofs/erofs.ko"
+            ]
+        );
+        assert!(modules_to_load(&ModulesDep::default(), "dm-verity\n").is_empty());
+    }
+
+    #[test]
+    fn sysext_choice() {
+        let names: Vec<String> = [
+            "oem-hetzner-1.0.0.raw",
+            "oem-hetzner-2.0.0.raw",
+            "oem-other-9.raw",
+            "active-oem-hetzner",
+            "oem-hetzner-3.raw.tmp",
+        ]
+        .map(String::from)
+        .into();
+        let pick = |rel: Option<&str>| pick_sysext("hetzner", &names, rel);
+        assert_eq!(
+            pick(Some("ID=hetzner\nVERSION_ID=\"1.0.0\"\n")).as_deref(),
+            Some("oem-hetzner-1.0.0.raw")
+        );
+        assert_eq!(pick(Some("VERSION_ID=1.0.0")).as_deref(), Some("oem-hetzner-1.0.0.raw"));
+        // A version without an image, or no oem-release: the last by name.
+        assert_eq!(pick(Some("VERSION_ID=7")).as_deref(), Some("oem-hetzner-2.0.0.raw"));
+        assert_eq!(pick(None).as_deref(), Some("oem-hetzner-2.0.0.raw"));
+        assert_eq!(pick_sysext("azure", &names, None), None);
+    }
 }

@@ -57,7 +57,7 @@ pub fn uname_release() -> String {
 }
 
 pub fn load_module(path: &Path) -> Result<()> {
-    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     use std::os::unix::io::AsRawFd;
     let empty = CString::new("").unwrap();
     let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), empty.as_ptr(), 0) };
@@ -66,7 +66,7 @@ pub fn load_module(path: &Path) -> Result<()> {
         if e.raw_os_error() == Some(libc::EEXIST) {
             return Ok(());
         }
-        return Err(e.to_string());
+        return Err(format!("{}: finit_module: {e}", path.display()));
     }
     Ok(())
 }
@@ -105,23 +105,13 @@ pub fn block_devices() -> Vec<BlockDev> {
     v
 }
 
-/// Filesystem label from the superblock (ext2/3/4, FAT32, erofs).
+/// Filesystem label from the superblock (ext2/3/4, FAT32, erofs, squashfs);
+/// None when the device cannot be read or holds no known filesystem.
 pub fn fs_label(dev: &Path) -> Option<String> {
     let f = std::fs::File::open(dev).ok()?;
-    let mut b = vec![0u8; 2048];
+    let mut b = vec![0u8; forge_formats::fs::PROBE_BYTES];
     f.read_exact_at(&mut b, 0).ok()?;
-    let text =
-        |s: &[u8]| Some(String::from_utf8_lossy(s).trim_end_matches(['\0', ' ']).to_string());
-    if u16::from_le_bytes([b[1024 + 56], b[1024 + 57]]) == 0xEF53 {
-        return text(&b[1024 + 120..1024 + 136]);
-    }
-    if b[510] == 0x55 && b[511] == 0xAA && &b[82..87] == b"FAT32" {
-        return text(&b[71..82]);
-    }
-    if u32::from_le_bytes(b[1024..1028].try_into().unwrap()) == 0xE0F5_E1E2 {
-        return text(&b[1024 + 64..1024 + 80]);
-    }
-    None
+    forge_formats::fs::probe(&b).ok()??.label
 }
 
 pub fn sync() {
@@ -145,22 +135,22 @@ pub fn switch_root(new: &Path, init: &str) -> Result<()> {
             libc::mount(s.as_ptr(), d.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null())
         } != 0
         {
-            return Err(format!("moving {m}: {}", errno()));
+            return Err(format!("moving {m} to {}: {}", target.display(), errno()));
         }
     }
-    std::env::set_current_dir(new).map_err(|e| e.to_string())?;
+    std::env::set_current_dir(new).map_err(|e| format!("{}: {e}", new.display()))?;
     let dot = CString::new(".").unwrap();
     let slash = CString::new("/").unwrap();
     if unsafe {
         libc::mount(dot.as_ptr(), slash.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null())
     } != 0
     {
-        return Err(format!("moving the new root to /: {}", errno()));
+        return Err(format!("moving {} to /: {}", new.display(), errno()));
     }
     if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
-        return Err(format!("chroot: {}", errno()));
+        return Err(format!("chroot into {}: {}", new.display(), errno()));
     }
-    std::env::set_current_dir("/").map_err(|e| e.to_string())?;
+    std::env::set_current_dir("/").map_err(|e| format!("/ (the new root): {e}"))?;
     let prog = CString::new(init).unwrap();
     let argv = [prog.as_ptr(), std::ptr::null()];
     unsafe { libc::execv(prog.as_ptr(), argv.as_ptr()) };

@@ -4,7 +4,8 @@
 //! needs from the payload's kernel, with their dependencies.
 
 use anyhow::{anyhow, bail, Context, Result};
-use std::collections::{BTreeMap, BTreeSet};
+use forge_formats::modules::{self, ModulesDep};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 /// A newc ("070701") cpio archive under construction.
@@ -101,30 +102,21 @@ pub fn module_closure(modules_dir: &Path, wanted: &[String]) -> Result<Vec<Strin
     let dep_path = modules_dir.join("modules.dep");
     let text = std::fs::read_to_string(&dep_path)
         .with_context(|| format!("{}: missing (run depmod)", dep_path.display()))?;
-    let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
-    for line in text.lines() {
-        let Some((m, d)) = line.split_once(':') else { continue };
-        let name = m.rsplit('/').next().unwrap().split(".ko").next().unwrap().replace('-', "_");
-        deps.insert(name, (m.to_string(), d.split_whitespace().map(str::to_string).collect()));
-    }
+    let deps = ModulesDep::parse(&text).with_context(|| dep_path.display().to_string())?;
     let builtin = std::fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
-    let builtin: BTreeSet<String> = builtin
-        .lines()
-        .map(|l| l.rsplit('/').next().unwrap().split(".ko").next().unwrap().replace('-', "_"))
-        .collect();
+    let builtin = modules::parse_builtin(&builtin);
     let mut out = BTreeSet::new();
     for w in wanted {
         let (w, optional) = match w.strip_suffix('?') {
             Some(x) => (x, true),
             None => (w.as_str(), false),
         };
-        let key = w.replace('-', "_");
-        match deps.get(&key) {
-            Some((path, ds)) => {
-                out.insert(path.clone());
-                out.extend(ds.iter().cloned());
+        match deps.get(w) {
+            Some(m) => {
+                out.insert(m.path.clone());
+                out.extend(m.deps.iter().cloned());
             }
-            None if builtin.contains(&key) || optional => {}
+            None if builtin.contains(&modules::normalize(w)) || optional => {}
             None => bail!("kernel module '{w}' is neither in {} nor built in", dep_path.display()),
         }
     }

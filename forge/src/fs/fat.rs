@@ -505,6 +505,7 @@ pub struct FatReader<'a> {
     offset: u64,
     spc: u64,
     reserved: u64,
+    fats: u64,
     fat_sectors: u64,
     root: u32,
     pub label: String,
@@ -514,24 +515,23 @@ pub struct FatReader<'a> {
 impl<'a> FatReader<'a> {
     pub fn open(file: &'a File, offset: u64) -> Result<FatReader<'a>> {
         let mut b = [0u8; 512];
-        file.read_exact_at(&mut b, offset)?;
-        if b[510] != 0x55 || b[511] != 0xAA || &b[82..87] != b"FAT32" {
-            bail!("not a FAT32 filesystem");
-        }
-        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
-        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        if u16_at(11) != SECTOR {
-            bail!("FAT sector size {} is not supported", u16_at(11));
+        file.read_exact_at(&mut b, offset)
+            .with_context(|| format!("reading the FAT boot sector at offset {offset}"))?;
+        let bs = forge_formats::fat::BootSector::parse(&b)
+            .with_context(|| format!("at offset {offset}"))?;
+        if bs.bytes_per_sector as u64 != SECTOR {
+            bail!("FAT sector size {} is not supported", bs.bytes_per_sector);
         }
         Ok(FatReader {
             file,
             offset,
-            spc: b[13] as u64,
-            reserved: u16_at(14),
-            fat_sectors: u32_at(36) as u64,
-            root: u32_at(44),
-            label: String::from_utf8_lossy(&b[71..82]).trim_end().to_string(),
-            volume_id: u32_at(67),
+            spc: bs.sectors_per_cluster as u64,
+            reserved: bs.reserved_sectors as u64,
+            fats: bs.fats as u64,
+            fat_sectors: bs.sectors_per_fat as u64,
+            root: bs.root_cluster,
+            volume_id: bs.volume_id,
+            label: bs.label,
         })
     }
 
@@ -552,7 +552,7 @@ impl<'a> FatReader<'a> {
 
     fn read_chain(&self, first: u32, len: Option<u64>) -> Result<Vec<u8>> {
         let cb = self.spc * SECTOR;
-        let data = self.offset + (self.reserved + 2 * self.fat_sectors) * SECTOR;
+        let data = self.offset + (self.reserved + self.fats * self.fat_sectors) * SECTOR;
         let mut out = Vec::new();
         for c in self.chain(first)? {
             let mut buf = vec![0u8; cb as usize];
