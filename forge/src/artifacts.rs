@@ -4,6 +4,7 @@
 
 use crate::io::compress;
 use crate::oem::Compression;
+use crate::outdir;
 use crate::payload::OsRelease;
 use anyhow::{anyhow, bail, Context, Result};
 use md5::Md5;
@@ -73,32 +74,50 @@ pub struct Artifact {
     pub path: PathBuf,
     pub bytes: u64,
     pub digests_path: PathBuf,
+}
+
+/// How a disk is compressed.
+#[derive(Clone, Copy, Debug)]
+pub struct CompressOptions {
+    pub compression: Compression,
+    /// Defaults to the stock tool's.
+    pub level: Option<u32>,
+    pub threads: usize,
+    /// Decode the result in full and compare it with the input before it
+    /// is renamed into place.
+    pub verify: bool,
+}
+
+/// What [`compress_file`] wrote.
+#[derive(Clone, Debug)]
+pub struct Compressed {
+    /// Bytes of the output file.
+    pub bytes: u64,
+    pub digests: Digests,
+    /// The compressor's statistics (None when uncompressed).
     pub stats: Option<compress::Stats>,
 }
 
 /// Compresses `raw` to `dest` (under a temporary name, verified by a full
-/// decode unless `verify` is off, then renamed); returns the compressed size,
-/// its digests and the compressor's statistics. `level` defaults to the
-/// stock tool's. `progress` gets (step, bytes done, bytes total).
+/// decode unless `opts.verify` is off, then renamed). `progress` gets
+/// (step, bytes done, bytes total).
 pub fn compress_file(
     raw: &Path,
     dest: &Path,
-    compression: Compression,
-    level: Option<u32>,
-    threads: usize,
-    verify: bool,
+    opts: &CompressOptions,
     progress: &dyn Fn(&str, u64, u64),
-) -> Result<(u64, Digests, Option<compress::Stats>)> {
+) -> Result<Compressed> {
     let src =
         std::fs::File::open(raw).with_context(|| format!("{}: cannot open", raw.display()))?;
-    let len = src.metadata()?.len();
+    let len = src.metadata().with_context(|| format!("{}: cannot stat", raw.display()))?.len();
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    crate::image::clean_stale(dir);
-    let tmp = crate::image::partial_file(dir, &name)?;
-    let result = match compression.codec() {
+    outdir::clean_stale(dir);
+    let tmp = outdir::partial_file(dir, &name)?;
+    let threads = opts.threads;
+    let result = match opts.compression.codec() {
         Some(codec) => {
-            let level = level.unwrap_or(codec.default_level());
+            let level = opts.level.unwrap_or(codec.default_level());
             let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(
                 1 << 20,
                 tmp.as_file().try_clone()?,
@@ -114,52 +133,50 @@ pub fn compress_file(
                 .map_err(|e| anyhow!("{}: writing: {}", dest.display(), e.error()))?
                 .sync_all()
                 .with_context(|| format!("{}: writing", dest.display()))?;
-            if verify {
+            if opts.verify {
                 compress::verify(tmp.path(), &src, codec, &st.members, threads, &|d| {
                     progress("verify", d, len)
                 })?;
             }
-            (bytes, digests, Some(st))
+            Compressed { bytes, digests, stats: Some(st) }
         }
         None => {
-            if level.is_some() {
+            if opts.level.is_some() {
                 bail!("a compression level was given for an uncompressed output");
             }
             // Hash every byte, but keep the copy sparse.
             let mut h = HashingWriter::new(std::io::sink());
-            std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, &src), &mut h)?;
+            std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, &src), &mut h)
+                .with_context(|| format!("{}: reading", raw.display()))?;
             crate::io::sparse::splice(&src, 0, len, tmp.as_file(), 0, false)?;
             tmp.as_file().set_len(len)?;
             tmp.as_file().sync_all()?;
-            (len, h.finish().1, None)
+            Compressed { bytes: len, digests: h.finish().1, stats: None }
         }
     };
-    tmp.persist(dest)
-        .map_err(|e| anyhow!("{}: cannot rename into place: {}", dest.display(), e.error))?;
+    outdir::publish(tmp, dest)?;
     Ok(result)
 }
 
-/// Compresses the raw image at `raw` into `out_dir/<image_name><suffix>`
-/// with its DIGESTS. The raw file is left in place.
-#[allow(clippy::too_many_arguments)] // replaced by a request struct with the disk-format trait
-pub fn publish_disk(
-    raw: &Path,
-    image_name: &str,
-    out_dir: &Path,
-    compression: Compression,
-    level: Option<u32>,
-    threads: usize,
-    verify: bool,
-    progress: &dyn Fn(&str, u64, u64),
-) -> Result<Artifact> {
-    let name = format!("{image_name}{}", compression.suffix());
-    let final_path = out_dir.join(&name);
-    let digests_path = out_dir.join(format!("{name}.DIGESTS"));
+/// A disk to publish: `source` (the disk in its format) compressed into
+/// `out_dir/<image_name><suffix>`, with its DIGESTS.
+#[derive(Clone, Copy, Debug)]
+pub struct DiskRequest<'a> {
+    pub source: &'a Path,
+    pub image_name: &'a str,
+    pub out_dir: &'a Path,
+    pub compress: CompressOptions,
+}
+
+/// Publishes a disk (see [`DiskRequest`]). The source file is left in place.
+pub fn publish_disk(req: &DiskRequest, progress: &dyn Fn(&str, u64, u64)) -> Result<Artifact> {
+    let name = format!("{}{}", req.image_name, req.compress.compression.suffix());
+    let final_path = req.out_dir.join(&name);
+    let digests_path = req.out_dir.join(format!("{name}.DIGESTS"));
     // The DIGESTS go first under their final name only after the disk is in place.
-    let (bytes, digests, stats) =
-        compress_file(raw, &final_path, compression, level, threads, verify, progress)?;
-    crate::image::write_atomic(&digests_path, digests.render(&name).as_bytes())?;
-    Ok(Artifact { path: final_path, bytes, digests_path, stats })
+    let c = compress_file(req.source, &final_path, &req.compress, progress)?;
+    outdir::write_atomic(&digests_path, c.digests.render(&name).as_bytes())?;
+    Ok(Artifact { path: final_path, bytes: c.bytes, digests_path })
 }
 
 /// `version.txt` in upstream's keys, from the payload's os-release.

@@ -1,30 +1,52 @@
-//! The pipeline that turns a payload into a disk image:
-//! payload → layout → partitions (GPT) → filesystems → dm-verity → boot files
-//! → verify → publish. Each stage is a module taking plain data; this one only
-//! strings them together, times them, and makes the output atomic: the image
-//! is written under a temporary name in the output directory, verified, and
-//! only then renamed, so a failed build leaves nothing under the final name.
+//! The pipeline that turns a payload into a disk image, as named phases:
+//!
+//! ```text
+//! plan ─► table ─► usr_and_verity ─► esp ─► other_partitions ─► verify ─► publish
+//! ```
+//!
+//! - [`plan`]: the layout resolved into a [`DiskPlan`], host tools checked.
+//! - [`table`]: the image sized, the GPT written, GRUB installed for BIOS.
+//! - [`usr_and_verity`]: the `/usr` partitions and the dm-verity trees of
+//!   the protected ones, whose root hashes the ESP carries.
+//! - [`esp`]: the partition mounted at `/boot`, with the contents
+//!   `boot::esp::contents` decides from the verity results.
+//! - [`other_partitions`]: everything else (ROOT, OEM, …), by mount point.
+//! - [`verify`]: GPT read back, fsck, verity recomputed.
+//! - [`publish`]: the verity side file, then the image renamed into place.
+//!
+//! Each phase takes plain data and gives plain data, so a test can drive one
+//! alone; [`build`] strings them together, times them, and makes the output
+//! atomic: the image is written under a temporary name in the output
+//! directory, verified, and only then renamed, so a failed build leaves
+//! nothing under the final name.
 
-use crate::fs::tree::{Dir, Source};
+use crate::boot::esp::{self, EspInput};
+use crate::boot::BootConfig;
+use crate::fs::tree::{Dir, Node, Source};
 use crate::fs::{self, Content, FsJob, FsReport};
-use crate::layout::{DiskPlan, Feature, IdPolicy, LayoutFile, PartitionPlan};
+use crate::layout::{DiskPlan, Feature, FsKind, FsPlan, IdPolicy, LayoutFile, PartitionPlan};
+use crate::outdir;
 use crate::payload::Payload;
-use crate::verity::{self, VerityInfo};
+use crate::seed::Seed;
+use crate::verity::{self, ProtectedPartition};
 use crate::{table, tools};
 use anyhow::{anyhow, bail, Context, Result};
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Everything a build needs.
+/// Everything a build needs besides the plan.
 #[derive(Clone, Debug)]
 pub struct BuildRequest {
-    pub payload: PathBuf,
-    pub layout_file: PathBuf,
-    pub layout: String,
+    pub payload: Payload,
+    /// The disk, from [`plan`].
+    pub plan: DiskPlan,
+    /// Derives volume IDs and verity salts and UUIDs.
+    pub seed: Seed,
     pub output_dir: PathBuf,
     /// File name of the raw image, e.g. `flatcar_production_image.bin`.
     pub image_name: String,
-    pub ids: IdPolicy,
     /// Unix time stamped on every file and filesystem (SOURCE_DATE_EPOCH).
     pub epoch: i64,
     /// Contents of the partition mounted at `/oem`, if any.
@@ -41,23 +63,34 @@ pub struct BuildRequest {
     pub publish: bool,
 }
 
-/// Everything the boot chain needs besides the plan.
-#[derive(Clone)]
-pub struct BootConfig {
-    pub grub: std::sync::Arc<crate::boot::grub::Images>,
-    /// The main grub.cfg template (minijinja).
-    pub template: String,
-    pub os_name: String,
-    /// The initramfs for the payload's kernel.
-    pub initramfs: Vec<u8>,
+/// One timed step of a build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stage {
+    pub name: String,
+    pub elapsed: Duration,
 }
 
-impl std::fmt::Debug for BootConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BootConfig")
-            .field("os_name", &self.os_name)
-            .field("initramfs", &self.initramfs.len())
-            .finish()
+/// One filesystem built into the image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuiltFs {
+    /// The partition's number in the layout.
+    pub number: u32,
+    pub report: FsReport,
+}
+
+/// What a partition phase built: plain data out.
+#[derive(Clone, Debug, Default)]
+pub struct Built {
+    pub filesystems: Vec<BuiltFs>,
+    pub verity: Vec<ProtectedPartition>,
+    pub stages: Vec<Stage>,
+}
+
+impl Built {
+    fn extend(&mut self, other: Built) {
+        self.filesystems.extend(other.filesystems);
+        self.verity.extend(other.verity);
+        self.stages.extend(other.stages);
     }
 }
 
@@ -66,72 +99,231 @@ impl std::fmt::Debug for BootConfig {
 pub struct BuildOutput {
     pub image: PathBuf,
     pub plan: DiskPlan,
-    pub filesystems: Vec<(u32, FsReport)>,
-    /// Per verity-protected partition: (partition number, slot letter, info).
-    pub verity: Vec<(u32, String, VerityInfo)>,
+    pub filesystems: Vec<BuiltFs>,
+    pub verity: Vec<ProtectedPartition>,
     pub verity_file: Option<PathBuf>,
-    pub stages: Vec<(String, Duration)>,
+    pub stages: Vec<Stage>,
     /// Bytes the image occupies on disk (its non-zero blocks).
     pub allocated: u64,
     /// Holds the unpublished image (when `publish` was false) until dropped.
-    pub temp: Option<std::sync::Arc<tempfile::TempPath>>,
+    pub temp: Option<Arc<tempfile::TempPath>>,
 }
 
-/// Slot letter of an A/B partition from its label (`USR-A` → `a`).
-pub fn slot_of(p: &PartitionPlan) -> Option<String> {
-    let l = &p.label;
-    let (head, tail) = l.rsplit_once('-')?;
-    (!head.is_empty() && tail.len() == 1 && tail.chars().all(|c| c.is_ascii_alphabetic()))
-        .then(|| tail.to_ascii_lowercase())
+/// The image being built, as the partition phases see it.
+pub struct Target<'a> {
+    pub file: &'a File,
+    pub path: &'a Path,
+    pub plan: &'a DiskPlan,
+    /// Directory for scratch files.
+    pub scratch: &'a Path,
+    pub epoch: i64,
+    pub seed: &'a Seed,
+    /// One line per step.
+    pub log: &'a dyn Fn(&str),
+    /// Called with a partition's size once its filesystem is built.
+    pub built: &'a dyn Fn(u64),
 }
 
-/// The GRUB fragment on the ESP that carries one slot's verity parameters.
-pub fn verity_cfg_path(slot: &str) -> String {
-    format!("flatcar/verity-{slot}.cfg")
-}
-
-pub fn verity_cfg(info: &VerityInfo) -> String {
-    format!(
-        "# dm-verity parameters of this slot's /usr, written by the image build\nset verity_usrhash=\"{}\"\nset verity_usrsalt=\"{}\"\nset verity_usrdatablocks=\"{}\"\nset verity_usrhashoffset=\"{}\"\n",
-        info.root_hex(),
-        info.salt_hex(),
-        info.data_blocks,
-        info.hash_offset
-    )
-}
-
-struct Stages(Vec<(String, Duration)>, Instant);
-impl Stages {
+struct Clock(Vec<Stage>, Instant);
+impl Clock {
+    fn new() -> Clock {
+        Clock(Vec::new(), Instant::now())
+    }
     fn mark(&mut self, name: &str) {
         let now = Instant::now();
-        self.0.push((name.to_string(), now - self.1));
+        self.0.push(Stage { name: name.to_string(), elapsed: now - self.1 });
         self.1 = now;
     }
 }
 
-/// Builds an image. `log` receives one line per step, `progress` (step,
-/// bytes done, bytes total) as each filesystem is built and checked.
-pub fn build(
-    req: &BuildRequest,
+/// Phase 1: the layout `layout` of `layout_file` resolved into a plan with
+/// every partition placed and identified, fitted to the installed tools
+/// (`fs::adapt`: each fallback is logged as a warning). A platform checks
+/// its limits on it (`Platform::check_plan`) before anything is built.
+pub fn plan(
+    layout_file: &Path,
+    layout: &str,
+    ids: &IdPolicy,
     log: &dyn Fn(&str),
-    progress: &dyn Fn(&str, u64, u64),
-) -> Result<BuildOutput> {
-    let mut st = Stages(Vec::new(), Instant::now());
-    let payload = Payload::open(&req.payload)?;
-    st.mark("payload");
-    let mut plan = LayoutFile::load(&req.layout_file)?.plan(&req.layout, &req.ids)?;
+) -> Result<DiskPlan> {
+    let mut plan = LayoutFile::load(layout_file)?.plan(layout, ids)?;
     // What the installed tools cannot build as asked falls back, loudly.
     for w in fs::adapt(&mut plan) {
         log(&format!("warning: {w}"));
     }
+    Ok(plan)
+}
+
+/// The host tools building and checking the plan's filesystems needs.
+pub fn required_tools(plan: &DiskPlan) -> Vec<tools::Tool> {
     let mut needed = vec![tools::FSCK_FAT, tools::E2FSCK];
     for p in &plan.partitions {
         if let Some(f) = &p.fs {
             needed.extend(fs::tools_for(f.kind));
         }
     }
-    tools::require(&needed)?;
-    st.mark("layout");
+    needed
+}
+
+/// Phase 2: the image file sized to the plan, the protective MBR and both
+/// GPTs written, and GRUB installed for BIOS when there is a boot chain.
+pub fn table(
+    image: &mut File,
+    image_path: &Path,
+    plan: &DiskPlan,
+    boot: Option<&BootConfig>,
+    log: &dyn Fn(&str),
+) -> Result<()> {
+    image
+        .set_len(plan.total_bytes())
+        .with_context(|| format!("{}: cannot size the image", image_path.display()))?;
+    table::write(image, plan)
+        .with_context(|| format!("{}: writing the GPT", image_path.display()))?;
+    if let Some(b) = boot {
+        let bios = crate::boot::grub::install_bios(image, plan, &b.grub.boot_img, &b.grub.core_img)
+            .with_context(|| format!("{}: installing GRUB", image_path.display()))?;
+        log(&format!("boot: GRUB boot.img in the MBR, core.img in {}", bios.label));
+    }
+    Ok(())
+}
+
+fn describe(p: &PartitionPlan, f: &FsPlan) -> String {
+    format!("partition {} ({}, {})", p.number, p.label, f.kind.name())
+}
+
+/// Builds one partition's filesystem from `content`.
+fn build_fs(t: &Target, p: &PartitionPlan, content: &Content, built: &mut Built) -> Result<()> {
+    let start = Instant::now();
+    let fsp = p.fs.as_ref().ok_or_else(|| anyhow!("partition {} has no filesystem", p.number))?;
+    let what = describe(p, fsp);
+    (t.log)(&format!("{what}: building {} B filesystem", fsp.bytes()));
+    let job = FsJob {
+        plan: fsp,
+        content,
+        image: t.file,
+        image_path: t.path,
+        offset: t.plan.offset(p),
+        first_lba: p.first_block,
+        epoch: t.epoch,
+        scratch: t.scratch,
+        volume_id: t.seed.u32(&format!("volume-id:{}", p.label)),
+    };
+    let report = fs::build(&job).with_context(|| what.clone())?;
+    built.filesystems.push(BuiltFs { number: p.number, report });
+    built.stages.push(Stage { name: format!("fs {}", p.label), elapsed: start.elapsed() });
+    Ok(())
+}
+
+/// Whether a partition belongs to [`usr_and_verity`].
+fn is_usr(p: &PartitionPlan) -> bool {
+    p.fs.is_some() && (p.mount.as_deref() == Some("/usr") || p.has(Feature::Verity))
+}
+
+/// What goes into a partition other than the ESP, by where the OS mounts it.
+fn content_for(p: &PartitionPlan, payload: &Payload, oem: Option<&Dir>) -> Result<Content> {
+    Ok(match p.mount.as_deref() {
+        Some("/usr") if p.slot().is_some_and(|s| s != "a") => {
+            Content::Tree(Dir::new()) // the update slot starts empty
+        }
+        Some("/usr") => Content::Directory(payload.usr()),
+        Some("/") => Content::Tree(root_tree(payload)?),
+        Some("/oem") => Content::Tree(oem.cloned().unwrap_or_default()),
+        _ => Content::Tree(Dir::new()),
+    })
+}
+
+/// The ROOT partition's tree: the payload's top-level entries besides `usr/`.
+fn root_tree(payload: &Payload) -> Result<Dir> {
+    let mut t = Dir::new();
+    for extra in payload.root_extras()? {
+        let name = extra.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let m = std::fs::symlink_metadata(&extra)
+            .with_context(|| format!("{}: cannot stat", extra.display()))?;
+        if m.is_dir() {
+            t.add(&name, Node::Dir(Dir::from_path(&extra)?))?;
+        } else if m.is_file() {
+            t.add_file(&name, Source::File(extra.clone()))?;
+        } else if m.file_type().is_symlink() {
+            let target = std::fs::read_link(&extra)
+                .with_context(|| format!("{}: cannot read the link", extra.display()))?;
+            t.add(&name, Node::Symlink(target.to_string_lossy().into_owned()))?;
+        }
+    }
+    Ok(t)
+}
+
+/// Phase 3: the `/usr` partitions (slot A gets the payload's `usr/`, other
+/// slots start empty) and every verity-protected partition, each followed
+/// by its dm-verity tree. Verity partitions need an A/B label like `USR-A`.
+pub fn usr_and_verity(t: &Target, payload: &Payload) -> Result<Built> {
+    let mut built = Built::default();
+    for p in t.plan.partitions.iter().filter(|p| is_usr(p)) {
+        let fsp = p.fs.as_ref().expect("is_usr checks the filesystem");
+        let what = describe(p, fsp);
+        build_fs(t, p, &content_for(p, payload, None)?, &mut built)?;
+        if p.has(Feature::Verity) {
+            let start = Instant::now();
+            let slot = p
+                .slot()
+                .ok_or_else(|| anyhow!("{what}: verity partitions need an A/B label like USR-A"))?;
+            let info = verity::format(
+                t.file,
+                t.plan.offset(p),
+                t.plan.size(p),
+                fsp.bytes() / verity::BLOCK,
+                fsp.bytes(),
+                t.seed.bytes(&format!("verity-salt:{}", p.label)),
+                t.seed.uuid(&format!("verity-uuid:{}", p.label)),
+            )
+            .with_context(|| what.clone())?;
+            (t.log)(&format!("{what}: dm-verity root hash {}", info.root_hex()));
+            built.verity.push(ProtectedPartition { number: p.number, slot, info });
+            built
+                .stages
+                .push(Stage { name: format!("verity {}", p.label), elapsed: start.elapsed() });
+        }
+        (t.built)(t.plan.size(p));
+    }
+    Ok(built)
+}
+
+/// Phase 4: the partition mounted at `/boot` (the ESP) with `contents`
+/// (from `boot::esp::contents`); nothing when the layout has none.
+pub fn esp(t: &Target, contents: Dir) -> Result<Built> {
+    let mut built = Built::default();
+    if let Some(p) = t.plan.by_mount("/boot").filter(|p| p.fs.is_some() && !is_usr(p)) {
+        build_fs(t, p, &Content::Tree(contents), &mut built)?;
+        (t.built)(t.plan.size(p));
+    }
+    Ok(built)
+}
+
+/// Phase 5: every other partition with a filesystem, by mount point (`/`
+/// gets the payload's top-level entries besides `usr/`, `/oem` gets `oem`,
+/// the rest start empty).
+pub fn other_partitions(t: &Target, payload: &Payload, oem: Option<&Dir>) -> Result<Built> {
+    let mut built = Built::default();
+    for p in t.plan.partitions.iter() {
+        if p.fs.is_none() || is_usr(p) || p.mount.as_deref() == Some("/boot") {
+            continue;
+        }
+        build_fs(t, p, &content_for(p, payload, oem)?, &mut built)?;
+        (t.built)(t.plan.size(p));
+    }
+    Ok(built)
+}
+
+/// Builds an image: every phase after [`plan`]. `log` receives one line
+/// per step, `progress` (step, bytes done, bytes total) as each filesystem
+/// is built and checked.
+pub fn build(
+    req: &BuildRequest,
+    log: &dyn Fn(&str),
+    progress: &dyn Fn(&str, u64, u64),
+) -> Result<BuildOutput> {
+    let plan = &req.plan;
+    let mut clock = Clock::new();
+    tools::require(&required_tools(plan))?;
     log(&format!(
         "layout '{}' from {}: {} partitions, disk {} sectors ({} B)",
         plan.layout,
@@ -140,197 +332,67 @@ pub fn build(
         plan.total_blocks,
         plan.total_bytes()
     ));
-
-    std::fs::create_dir_all(&req.output_dir).with_context(|| {
-        format!("{}: cannot create the output directory", req.output_dir.display())
-    })?;
-    let final_path = req.output_dir.join(&req.image_name);
-    clean_stale(&req.output_dir);
-    let tmp = partial_file(&req.output_dir, &req.image_name)?;
+    outdir::prepare(&req.output_dir)?;
+    let tmp = outdir::partial_file(&req.output_dir, &req.image_name)?;
     let image_path = tmp.path().to_path_buf();
-    let mut image = tmp.as_file().try_clone()?;
-    image
-        .set_len(plan.total_bytes())
-        .with_context(|| format!("{}: cannot size the image", image_path.display()))?;
-    table::write(&mut image, &plan)?;
-    if let Some(b) = &req.boot {
-        crate::boot::grub::install_bios(&image, &plan, &b.grub.boot_img, &b.grub.core_img)?;
-        log("boot: GRUB boot.img in the MBR, core.img in BIOS-BOOT");
-    }
-    st.mark("partitions");
+    let mut image = tmp
+        .as_file()
+        .try_clone()
+        .with_context(|| format!("{}: cannot reopen", image_path.display()))?;
+    table(&mut image, &image_path, plan, req.boot.as_ref(), log)?;
+    clock.mark("partitions");
 
-    let scratch_guard = scratch_dir(&req.output_dir)?;
-    let scratch = scratch_guard.path();
-    let mut filesystems = Vec::new();
-    let mut verity_infos = Vec::new();
-    // Verity-protected partitions first: the ESP carries their root hashes.
-    let mut order: Vec<&PartitionPlan> =
-        plan.partitions.iter().filter(|p| p.fs.is_some()).collect();
-    order.sort_by_key(|p| (!p.has(Feature::Verity), p.mount.as_deref() == Some("/boot"), p.number));
-    let fs_total: u64 = order.iter().map(|p| plan.size(p)).sum();
-    let mut fs_done = 0;
-    for p in order {
-        let fsp = p.fs.as_ref().unwrap();
-        let what = format!("partition {} ({}, {})", p.number, p.label, fsp.kind.name());
-        let content = content_for(req, &payload, &plan, p, &verity_infos)?;
-        log(&format!("{what}: building {} B filesystem", fsp.bytes()));
-        let job = FsJob {
-            plan: fsp,
-            content: &content,
-            image: &image,
-            image_path: &image_path,
-            offset: plan.offset(p),
-            first_lba: p.first_block,
-            epoch: req.epoch,
-            scratch,
-            volume_id: req.ids.seed.u32(&format!("volume-id:{}", p.label)),
-        };
-        let rep = fs::build(&job).with_context(|| what.clone())?;
-        st.mark(&format!("fs {}", p.label));
-        if p.has(Feature::Verity) {
-            let slot = slot_of(p)
-                .ok_or_else(|| anyhow!("{what}: verity partitions need an A/B label like USR-A"))?;
-            let info = verity::format(
-                &image,
-                plan.offset(p),
-                plan.size(p),
-                fsp.bytes() / verity::BLOCK,
-                fsp.bytes(),
-                req.ids.seed.bytes(&format!("verity-salt:{}", p.label)),
-                req.ids.seed.uuid(&format!("verity-uuid:{}", p.label)),
-            )
-            .with_context(|| what.clone())?;
-            log(&format!("{what}: dm-verity root hash {}", info.root_hex()));
-            verity_infos.push((p.number, slot, info));
-            st.mark(&format!("verity {}", p.label));
-        }
-        filesystems.push((p.number, rep));
-        fs_done += plan.size(p);
-        progress("filesystems", fs_done, fs_total);
-    }
+    let scratch = outdir::scratch_dir(&req.output_dir)?;
+    let fs_total: u64 =
+        plan.partitions.iter().filter(|p| p.fs.is_some()).map(|p| plan.size(p)).sum();
+    let fs_done = std::cell::Cell::new(0);
+    let on_built = |bytes: u64| {
+        fs_done.set(fs_done.get() + bytes);
+        progress("filesystems", fs_done.get(), fs_total);
+    };
+    let target = Target {
+        file: &image,
+        path: &image_path,
+        plan,
+        scratch: scratch.path(),
+        epoch: req.epoch,
+        seed: &req.seed,
+        log,
+        built: &on_built,
+    };
+    let mut built = usr_and_verity(&target, &req.payload)?;
+    let esp_tree = esp::contents(&EspInput {
+        plan,
+        payload: &req.payload,
+        boot: req.boot.as_ref(),
+        verity: &built.verity,
+        extra: &req.esp_extra,
+    })?;
+    built.extend(esp(&target, esp_tree)?);
+    built.extend(other_partitions(&target, &req.payload, req.oem.as_ref())?);
+    clock.0.append(&mut built.stages);
+    clock.1 = Instant::now();
 
     if req.verify {
-        verify(&image, &image_path, &plan, &verity_infos, scratch, log, progress)?;
+        verify(&image, &image_path, plan, &built.verity, scratch.path(), log, progress)?;
     } else {
         log("verify: SKIPPED (--no-verify): GPT, filesystems and dm-verity were not checked");
     }
-    st.mark("verify");
+    clock.mark("verify");
 
-    image.sync_all()?;
+    image.sync_all().with_context(|| format!("{}: cannot sync", image_path.display()))?;
     let allocated = crate::io::sparse::allocated_bytes(&image)?;
-    let verity_file = match verity_infos.first() {
-        Some((_, _, info)) => {
-            let p = req
-                .output_dir
-                .join(format!("{}_verity.txt", req.image_name.trim_end_matches(".bin")));
-            write_atomic(&p, info.side_file().as_bytes())?;
-            Some(p)
-        }
-        None => None,
-    };
-    let (image_path, temp) = if req.publish {
-        tmp.persist(&final_path).map_err(|e| {
-            anyhow!("{}: cannot rename into place: {}", final_path.display(), e.error)
-        })?;
-        (final_path, None)
-    } else {
-        let tp = tmp.into_temp_path();
-        (tp.to_path_buf(), Some(std::sync::Arc::new(tp)))
-    };
-    st.mark("publish");
+    let published = publish(tmp, req, &built.verity)?;
+    clock.mark("publish");
     Ok(BuildOutput {
-        image: image_path,
-        plan,
-        filesystems,
-        verity: verity_infos,
-        verity_file,
-        stages: st.0,
+        image: published.image,
+        plan: req.plan.clone(),
+        filesystems: built.filesystems,
+        verity: built.verity,
+        verity_file: published.verity_file,
+        stages: clock.0,
         allocated,
-        temp,
-    })
-}
-
-/// What goes into a partition, by where the OS mounts it.
-fn content_for(
-    req: &BuildRequest,
-    payload: &Payload,
-    plan: &DiskPlan,
-    p: &PartitionPlan,
-    verity: &[(u32, String, VerityInfo)],
-) -> Result<Content> {
-    Ok(match p.mount.as_deref() {
-        Some("/usr") => {
-            if slot_of(p).as_deref().is_some_and(|s| s != "a") {
-                Content::Tree(Dir::new()) // the update slot starts empty
-            } else {
-                Content::Directory(payload.usr())
-            }
-        }
-        Some("/boot") => {
-            let mut t = Dir::new();
-            t.add_file("flatcar/vmlinuz-a", Source::File(payload.kernel.clone()))?;
-            match (&req.boot, &payload.initrd) {
-                (Some(b), _) => {
-                    t.add_file("flatcar/initrd-a", Source::Bytes(b.initramfs.clone()))?
-                }
-                (None, Some(i)) => t.add_file("flatcar/initrd-a", Source::File(i.clone()))?,
-                (None, None) => {}
-            }
-            if let Some(b) = &req.boot {
-                let slots: Vec<crate::boot::grub::Slot> = plan
-                    .partitions
-                    .iter()
-                    .filter(|q| {
-                        q.mount.as_deref() == Some("/usr")
-                            || Some(q.type_guid) == crate::layout::type_guid("flatcar-rootfs")
-                    })
-                    .filter_map(|q| {
-                        slot_of(q).map(|letter| crate::boot::grub::Slot {
-                            letter,
-                            partuuid: q.uuid.to_string(),
-                        })
-                    })
-                    .collect();
-                let ctx = crate::boot::grub::ConfigContext::flatcar(&b.os_name, slots);
-                t.add_file(
-                    "flatcar/grub/grub.cfg",
-                    Source::Bytes(
-                        crate::boot::grub::render_config(&b.template, &ctx)?.into_bytes(),
-                    ),
-                )?;
-                t.add_file("EFI/boot/bootx64.efi", Source::Bytes(b.grub.efi.clone()))?;
-                t.add_file("flatcar/first_boot", Source::Bytes(Vec::new()))?;
-            }
-            for (_, slot, info) in verity {
-                t.add_file(&verity_cfg_path(slot), Source::Bytes(verity_cfg(info).into_bytes()))?;
-            }
-            for (path, src) in &req.esp_extra {
-                t.add_file(path, src.clone())?;
-            }
-            Content::Tree(t)
-        }
-        Some("/") => {
-            let mut t = Dir::new();
-            for extra in payload.root_extras()? {
-                let name = extra.file_name().unwrap().to_string_lossy().into_owned();
-                let m = std::fs::symlink_metadata(&extra)?;
-                if m.is_dir() {
-                    t.add(&name, crate::fs::tree::Node::Dir(Dir::from_path(&extra)?))?;
-                } else if m.is_file() {
-                    t.add_file(&name, Source::File(extra.clone()))?;
-                } else if m.file_type().is_symlink() {
-                    t.add(
-                        &name,
-                        crate::fs::tree::Node::Symlink(
-                            std::fs::read_link(&extra)?.to_string_lossy().into_owned(),
-                        ),
-                    )?;
-                }
-            }
-            Content::Tree(t)
-        }
-        Some("/oem") => Content::Tree(req.oem.clone().unwrap_or_default()),
-        _ => Content::Tree(Dir::new()),
+        temp: published.temp,
     })
 }
 
@@ -338,10 +400,10 @@ fn content_for(
 /// both CRCs matches the plan; FAT and ext filesystems pass their fsck; each
 /// verity tree's root hash recomputed from the partition matches.
 pub fn verify(
-    image: &std::fs::File,
+    image: &File,
     image_path: &Path,
     plan: &DiskPlan,
-    verity: &[(u32, String, VerityInfo)],
+    verity: &[ProtectedPartition],
     scratch: &Path,
     log: &dyn Fn(&str),
     progress: &dyn Fn(&str, u64, u64),
@@ -362,23 +424,22 @@ pub fn verify(
             bail!("verify: GPT entry {} read back differs from the layout", e.number);
         }
     }
-    let fsck = |f: &crate::layout::FsPlan| {
-        matches!(
-            f.kind,
-            crate::layout::FsKind::Vfat | crate::layout::FsKind::Ext2 | crate::layout::FsKind::Ext4
-        )
+    let fsck = |f: &FsPlan| matches!(f.kind, FsKind::Vfat | FsKind::Ext2 | FsKind::Ext4);
+    let protected = |v: &ProtectedPartition| -> Result<&PartitionPlan> {
+        plan.partitions
+            .iter()
+            .find(|p| p.number == v.number)
+            .ok_or_else(|| anyhow!("verify: no partition {} in the layout", v.number))
     };
-    let total: u64 = plan
+    let mut total: u64 = plan
         .partitions
         .iter()
         .filter(|p| p.fs.as_ref().is_some_and(fsck))
         .map(|p| plan.size(p))
-        .sum::<u64>()
-        + verity
-            .iter()
-            .filter_map(|(num, _, _)| plan.partitions.iter().find(|p| p.number == *num))
-            .map(|p| plan.size(p))
-            .sum::<u64>();
+        .sum();
+    for v in verity {
+        total += plan.size(protected(v)?);
+    }
     let mut done = 0;
     for p in &plan.partitions {
         let Some(f) = &p.fs else { continue };
@@ -389,10 +450,10 @@ pub fn verify(
             progress("verify", done, total);
         }
     }
-    for (num, _, info) in verity {
-        let p = plan.partitions.iter().find(|p| p.number == *num).unwrap();
-        let root = verity::compute_root(image, plan.offset(p), info.hash_offset)?;
-        if root != Some(info.root_hash) {
+    for v in verity {
+        let p = protected(v)?;
+        let root = verity::compute_root(image, plan.offset(p), v.info.hash_offset)?;
+        if root != Some(v.info.root_hash) {
             bail!(
                 "verify: partition {} ({}): dm-verity root hash does not match the data",
                 p.number,
@@ -406,58 +467,117 @@ pub fn verify(
     Ok(())
 }
 
-/// A temporary file in `dir` for the artifact `name`, named
-/// `.<name>.<pid>.<random>.partial` so a later run can tell it was left by a
-/// process that died (SIGKILL leaves no chance to clean up) and remove it.
-pub fn partial_file(dir: &Path, name: &str) -> Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(&format!(".{name}.{}.", std::process::id()))
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))
+/// What [`publish`] left in the output directory.
+pub struct Published {
+    pub image: PathBuf,
+    pub verity_file: Option<PathBuf>,
+    pub temp: Option<Arc<tempfile::TempPath>>,
 }
 
-/// A scratch directory in `dir` for one run, removed when dropped, and by a
-/// later run if this process dies.
-pub fn scratch_dir(dir: &Path) -> Result<tempfile::TempDir> {
-    tempfile::Builder::new()
-        .prefix(&format!(".forge-scratch.{}.", std::process::id()))
-        .suffix(".partial")
-        .tempdir_in(dir)
-        .with_context(|| format!("{}: cannot create a scratch directory", dir.display()))
+/// The file name of the verity side file for the image `image_name`.
+pub fn verity_file_name(image_name: &str) -> String {
+    format!("{}_verity.txt", image_name.trim_end_matches(".bin"))
 }
 
-/// Removes `.*.<pid>.*.partial` files and directories in `dir` whose process is gone.
-pub fn clean_stale(dir: &Path) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if !(n.starts_with('.') && n.ends_with(".partial")) {
-            continue;
+/// Phase 7: the first verity partition's side file, then the image renamed
+/// to its final name (or kept under its temporary name, when `req.publish`
+/// is false).
+pub fn publish(
+    tmp: tempfile::NamedTempFile,
+    req: &BuildRequest,
+    verity: &[ProtectedPartition],
+) -> Result<Published> {
+    let verity_file = match verity.first() {
+        Some(v) => {
+            let p = req.output_dir.join(verity_file_name(&req.image_name));
+            outdir::write_atomic(&p, v.info.side_file().as_bytes())?;
+            Some(p)
         }
-        let parts: Vec<&str> = n.trim_end_matches(".partial").rsplitn(3, '.').collect();
-        let Some(pid) = parts.get(1).and_then(|p| p.parse::<i32>().ok()) else { continue };
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive {
-            if e.path().is_dir() {
-                let _ = std::fs::remove_dir_all(e.path());
-            } else {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
+        None => None,
+    };
+    if req.publish {
+        let image = req.output_dir.join(&req.image_name);
+        outdir::publish(tmp, &image)?;
+        Ok(Published { image, verity_file, temp: None })
+    } else {
+        let tp = tmp.into_temp_path();
+        Ok(Published { image: tp.to_path_buf(), verity_file, temp: Some(Arc::new(tp)) })
     }
 }
 
-/// Writes a small file under a temporary name, then renames it into place.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = partial_file(dir, &name)?;
-    std::fs::write(tmp.path(), data)
-        .with_context(|| format!("{}: cannot write", tmp.path().display()))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .map_err(|e| anyhow!("{}: cannot rename into place: {}", path.display(), e.error))?;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::fat::FatReader;
+
+    fn plan() -> DiskPlan {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../layouts/disk_layout.json");
+        LayoutFile::load(&f).unwrap().plan("vm", &IdPolicy::default()).unwrap()
+    }
+
+    #[test]
+    fn table_phase_writes_the_plans_gpt() {
+        let plan = plan();
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        let mut f = tmp.reopen().unwrap();
+        table(&mut f, tmp.path(), &plan, None, &|_| {}).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), plan.total_bytes());
+        let t = table::read(&f).unwrap();
+        assert_eq!(t.disk_guid, plan.disk_guid);
+        let got: Vec<(u32, &str)> = t.entries.iter().map(|e| (e.number, e.name.as_str())).collect();
+        let want: Vec<(u32, &str)> =
+            plan.partitions.iter().map(|p| (p.number, p.label.as_str())).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn esp_phase_builds_the_boot_partition_alone() {
+        let plan = plan();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.bin");
+        let mut f = crate::io::sparse::create(&path, 0).unwrap();
+        table(&mut f, &path, &plan, None, &|_| {}).unwrap();
+        let mut tree = Dir::new();
+        tree.add_file("flatcar/verity-a.cfg", Source::Bytes(b"set x=1\n".to_vec())).unwrap();
+        let sizes = std::cell::RefCell::new(Vec::new());
+        let on_built = |b: u64| sizes.borrow_mut().push(b);
+        let t = Target {
+            file: &f,
+            path: &path,
+            plan: &plan,
+            scratch: dir.path(),
+            epoch: 0,
+            seed: &Seed::default(),
+            log: &|_| {},
+            built: &on_built,
+        };
+        let built = esp(&t, tree).unwrap();
+        let p = plan.by_mount("/boot").unwrap();
+        assert_eq!(built.filesystems.len(), 1);
+        assert_eq!(built.filesystems[0].number, p.number);
+        assert_eq!(built.filesystems[0].report.kind, FsKind::Vfat);
+        assert_eq!(built.stages[0].name, format!("fs {}", p.label));
+        assert!(built.verity.is_empty());
+        assert_eq!(*sizes.borrow(), [plan.size(p)]);
+        let r = FatReader::open(&f, plan.offset(p)).unwrap();
+        assert_eq!(r.read("flatcar/verity-a.cfg").unwrap(), b"set x=1\n");
+    }
+
+    #[test]
+    fn partitions_go_to_one_phase_each() {
+        let plan = plan();
+        let with_fs: Vec<&PartitionPlan> =
+            plan.partitions.iter().filter(|p| p.fs.is_some()).collect();
+        let usr: Vec<u32> = with_fs.iter().filter(|p| is_usr(p)).map(|p| p.number).collect();
+        let boot = plan.by_mount("/boot").unwrap().number;
+        assert_eq!(usr, [plan.by_mount("/usr").unwrap().number]);
+        assert!(!usr.contains(&boot));
+        // Every partition with a filesystem is in exactly one of the three phases.
+        let others: Vec<u32> = with_fs
+            .iter()
+            .filter(|p| !is_usr(p) && p.mount.as_deref() != Some("/boot"))
+            .map(|p| p.number)
+            .collect();
+        assert_eq!(usr.len() + 1 + others.len(), with_fs.len());
+    }
 }

@@ -138,7 +138,7 @@ pub fn inspect(path: &Path) -> Result<Report> {
 
 fn recorded_hash(file: &File, esp_off: u64, slot: &str) -> Option<String> {
     let r = FatReader::open(file, esp_off).ok()?;
-    let text = String::from_utf8(r.read(&crate::image::verity_cfg_path(slot)).ok()?).ok()?;
+    let text = String::from_utf8(r.read(&crate::boot::esp::verity_cfg_path(slot)).ok()?).ok()?;
     text.lines()
         .find_map(|l| l.trim().strip_prefix("set verity_usrhash="))
         .map(|v| v.trim_matches('"').to_string())

@@ -141,6 +141,12 @@ pub struct PartitionPlan {
 }
 
 impl PartitionPlan {
+    /// Slot letter of an A/B partition from its label (`USR-A` → `a`).
+    pub fn slot(&self) -> Option<String> {
+        let (head, tail) = self.label.rsplit_once('-')?;
+        (!head.is_empty() && tail.len() == 1 && tail.chars().all(|c| c.is_ascii_alphabetic()))
+            .then(|| tail.to_ascii_lowercase())
+    }
     pub fn has(&self, f: Feature) -> bool {
         self.features.contains(&f)
     }
@@ -167,6 +173,26 @@ impl DiskPlan {
     }
     pub fn by_mount(&self, mount: &str) -> Option<&PartitionPlan> {
         self.partitions.iter().find(|p| p.mount.as_deref() == Some(mount))
+    }
+    /// The filesystem label of the partition mounted at `mount` (e.g. the
+    /// ESP's, which GRUB searches for); an error names the layout.
+    pub fn fs_label(&self, mount: &str) -> Result<&str> {
+        let p = self.by_mount(mount).ok_or_else(|| {
+            anyhow!(
+                "layout '{}' ({}): no partition is mounted at {mount}",
+                self.layout,
+                self.source.display()
+            )
+        })?;
+        p.fs.as_ref().and_then(|f| f.label.as_deref()).ok_or_else(|| {
+            anyhow!(
+                "layout '{}' ({}): partition {} ({}, mounted at {mount}) needs a filesystem label (fs_label)",
+                self.layout,
+                self.source.display(),
+                p.number,
+                p.label
+            )
+        })
     }
     pub fn offset(&self, p: &PartitionPlan) -> u64 {
         p.first_block * self.block_size

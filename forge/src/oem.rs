@@ -14,13 +14,6 @@ use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum Format {
-    Raw,
-    Qcow2,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
 pub enum Compression {
     None,
     Bz2,
@@ -69,7 +62,8 @@ pub struct Platform {
     pub id: String,
     pub name: String,
     pub layout: String,
-    pub format: Format,
+    /// The disk format, by name (see `format::ALL`).
+    pub format: crate::format::Format,
     pub compression: Compression,
     /// Defaults to the stock tool's level (bzip2 9, gzip 6, zstd 3, xz 6).
     pub compression_level: Option<u32>,
@@ -139,6 +133,21 @@ impl Platform {
     pub fn sysext_file(&self, version: &str) -> String {
         format!("oem-{}-{version}.raw", self.id)
     }
+    /// Checks a disk plan against the platform's limits (`max_disk_bytes`),
+    /// before anything is built.
+    pub fn check_plan(&self, plan: &crate::layout::DiskPlan) -> Result<()> {
+        if let Some(max) = self.max_disk_bytes {
+            if plan.total_bytes() > max {
+                bail!(
+                    "platform {}: the disk image is {} B but the platform's smallest disk holds {max} B (layout '{}')",
+                    self.id,
+                    plan.total_bytes(),
+                    plan.layout
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `extension-release.oem-<id>`: matches the payload's os-release so
@@ -204,4 +213,47 @@ pub fn build_tree(
     }
     t.add_file("grub.cfg", Source::Bytes(g.into_bytes()))?;
     Ok((t, tmp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn platform(max: Option<u64>) -> Platform {
+        let mut j = serde_json::json!({
+            "id": "t", "name": "T", "layout": "vm", "format": "raw",
+            "compression": "none", "image_name": "t.bin"
+        });
+        if let Some(m) = max {
+            j["max_disk_bytes"] = m.into();
+        }
+        serde_json::from_value(j).unwrap()
+    }
+
+    #[test]
+    fn plan_is_checked_against_the_platforms_disk_size() {
+        let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../layouts/disk_layout.json");
+        let plan = crate::layout::LayoutFile::load(&f)
+            .unwrap()
+            .plan("vm", &crate::layout::IdPolicy::default())
+            .unwrap();
+        platform(None).check_plan(&plan).unwrap();
+        platform(Some(plan.total_bytes())).check_plan(&plan).unwrap();
+        let e = platform(Some(plan.total_bytes() - 1)).check_plan(&plan).unwrap_err().to_string();
+        assert!(e.contains("platform t: the disk image is"), "{e}");
+        assert!(e.contains("smallest disk holds") && e.contains("layout 'vm'"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_format_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("t")).unwrap();
+        std::fs::write(
+            d.path().join("t/platform.json"),
+            r#"{"id": "t", "name": "T", "layout": "vm", "format": "vhdx", "compression": "none", "image_name": "t.bin"}"#,
+        )
+        .unwrap();
+        let e = load(d.path(), "t").unwrap_err().to_string();
+        assert!(e.contains("platform.json") && e.contains("unknown disk format 'vhdx'"), "{e}");
+    }
 }

@@ -2,15 +2,17 @@
 //! (`boot`), the OEM partition (`oem`) and the artifacts (`artifacts`), as
 //! declared by `oem/<id>/platform.json`.
 
-use crate::artifacts::{self, Artifact};
-use crate::boot;
-use crate::image::{self, BootConfig, BuildOutput, BuildRequest};
+use crate::artifacts::{self, Artifact, CompressOptions, DiskRequest};
+use crate::boot::{self, BootConfig};
+use crate::image::{self, BuildOutput, BuildRequest, Stage};
 use crate::layout::IdPolicy;
 use crate::oem::Platform;
+use crate::outdir;
 use crate::payload::Payload;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 pub struct PlatformRequest {
     pub platform: Platform,
@@ -42,19 +44,24 @@ pub struct PlatformOutput {
     pub disk: Artifact,
     pub version_txt: PathBuf,
     pub raw_kept: bool,
-    pub stages: Vec<(String, std::time::Duration)>,
+    pub stages: Vec<Stage>,
 }
 
 pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput> {
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     let p = &req.platform;
+    // Plan first: a layout the platform cannot take fails before anything is built.
+    let layout = req.layout.as_deref().unwrap_or(&p.layout);
+    let plan = image::plan(&req.layout_file, layout, &req.ids, log)?;
+    p.check_plan(&plan)?;
     let payload = Payload::open(&req.payload)?;
-    std::fs::create_dir_all(&req.output_dir).with_context(|| {
-        format!("{}: cannot create the output directory", req.output_dir.display())
-    })?;
-    crate::image::clean_stale(&req.output_dir);
-    let scratch = crate::image::scratch_dir(&req.output_dir)?;
-    let kernel = std::fs::read(&payload.kernel)?;
+    let mut stages = vec![Stage { name: "plan".into(), elapsed: t.elapsed() }];
+
+    let t = Instant::now();
+    outdir::prepare(&req.output_dir)?;
+    let scratch = outdir::scratch_dir(&req.output_dir)?;
+    let kernel = std::fs::read(&payload.kernel)
+        .with_context(|| format!("{}: cannot read the kernel", payload.kernel.display()))?;
     let initramfs = boot::initramfs::build(
         &payload.root,
         &kernel,
@@ -67,7 +74,7 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
         initramfs.len(),
         req.initramfs_modules.len()
     ));
-    let grub = boot::grub::make_images("EFI-SYSTEM", scratch.path())?;
+    let grub = boot::grub::make_images(plan.fs_label("/boot")?, scratch.path())?;
     log(&format!(
         "boot: GRUB core.img {} B, bootx64.efi {} B",
         grub.core_img.len(),
@@ -80,7 +87,7 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
         req.epoch,
         req.ids.seed.uuid("oem-sysext"),
     )?;
-    let mut stages = vec![("boot+oem".to_string(), t.elapsed())];
+    stages.push(Stage { name: "boot+oem".into(), elapsed: t.elapsed() });
     let os_name = payload
         .os_release
         .get("PRETTY_NAME")
@@ -88,12 +95,11 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
         .unwrap_or("Linux")
         .to_string();
     let breq = BuildRequest {
-        payload: req.payload.clone(),
-        layout_file: req.layout_file.clone(),
-        layout: req.layout.clone().unwrap_or_else(|| p.layout.clone()),
+        payload,
+        plan,
+        seed: req.ids.seed.clone(),
         output_dir: req.output_dir.clone(),
         image_name: p.image_name.clone(),
-        ids: req.ids.clone(),
         epoch: req.epoch,
         oem: Some(oem_tree),
         esp_extra: Vec::new(),
@@ -109,47 +115,28 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
     let progress = crate::progress::reporter(req.progress.as_ref(), log);
     let out = image::build(&breq, log, &progress)?;
     stages.extend(out.stages.iter().cloned());
-    if let Some(max) = p.max_disk_bytes {
-        if out.plan.total_bytes() > max {
-            let _ = std::fs::remove_file(&out.image);
-            bail!(
-                "platform {}: the disk image is {} B but the platform's smallest disk holds {max} B (layout '{}')",
-                p.id,
-                out.plan.total_bytes(),
-                out.plan.layout
-            );
-        }
-    }
-    let t = std::time::Instant::now();
-    // The disk in the platform's format: raw as built, or qcow2 converted from it.
-    let _qcow2_guard;
-    let disk_src = match p.format {
-        crate::oem::Format::Raw => out.image.clone(),
-        crate::oem::Format::Qcow2 => {
-            let tmp = crate::image::partial_file(&req.output_dir, &p.image_name)?;
-            let raw = std::fs::File::open(&out.image)?;
-            let len = raw.metadata()?.len();
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file().try_clone()?);
-            let st = crate::io::qcow2::write(&raw, len, &mut w)?;
-            std::io::Write::flush(&mut w)?;
-            log(&format!("qcow2: {} data clusters, {} B", st.data_clusters, st.file_size));
-            if req.verify {
-                verify_qcow2(tmp.path(), &out.image)?;
-                log("verify: qemu-img check clean, qemu-img compare identical to the raw image");
-            }
-            let path = tmp.path().to_path_buf();
-            _qcow2_guard = tmp.into_temp_path();
-            path
-        }
-    };
-    let disk = artifacts::publish_disk(
-        &disk_src,
-        &p.image_name,
+    let t = Instant::now();
+    // The disk in the platform's format: raw as built, or converted from it.
+    let disk_src = crate::format::convert(
+        p.format.0,
+        &out.image,
         &req.output_dir,
-        p.compression,
-        p.compression_level,
-        req.threads,
+        &p.image_name,
         req.verify,
+        log,
+    )?;
+    let disk = artifacts::publish_disk(
+        &DiskRequest {
+            source: &disk_src.path,
+            image_name: &p.image_name,
+            out_dir: &req.output_dir,
+            compress: CompressOptions {
+                compression: p.compression,
+                level: p.compression_level,
+                threads: req.threads,
+                verify: req.verify,
+            },
+        },
         &progress,
     )?;
     if req.verify {
@@ -158,12 +145,12 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
             disk.path.display()
         ));
     }
-    stages.push(("compress".into(), t.elapsed()));
+    stages.push(Stage { name: "compress".into(), elapsed: t.elapsed() });
     let raw_kept = out.temp.is_none();
     let version_txt = req.output_dir.join("version.txt");
-    image::write_atomic(
+    outdir::write_atomic(
         &version_txt,
-        artifacts::version_txt(&payload.os_release, req.epoch, &req.sdk_version).as_bytes(),
+        artifacts::version_txt(&breq.payload.os_release, req.epoch, &req.sdk_version).as_bytes(),
     )?;
     Ok(PlatformOutput { build: out, disk, version_txt, raw_kept, stages })
 }
@@ -179,14 +166,41 @@ pub fn read_list(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// `qemu-img check` and `qemu-img compare` against the raw image.
-pub fn verify_qcow2(qcow2: &Path, raw: &Path) -> Result<()> {
-    let qemu_img =
-        crate::tools::path(crate::tools::Tool { program: "qemu-img", package: "qemu-utils" })?;
-    crate::fs::run(duct::cmd!(&qemu_img, "check", "-q", "-f", "qcow2", qcow2), "qemu-img check")?;
-    crate::fs::run(
-        duct::cmd!(&qemu_img, "compare", "-q", "-f", "raw", "-F", "qcow2", raw, qcow2),
-        "qemu-img compare",
-    )?;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_too_large_for_the_platform_fails_before_anything_is_built() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut platform = crate::oem::load(&root.join("oem"), "hetzner").unwrap();
+        platform.max_disk_bytes = Some(1 << 20);
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        let req = PlatformRequest {
+            platform,
+            // Neither exists: the limit must be checked before either is read.
+            payload: d.path().join("no-payload"),
+            layout_file: root.join("layouts/disk_layout.json"),
+            layout: None,
+            output_dir: out.clone(),
+            ids: IdPolicy::default(),
+            epoch: 0,
+            init: d.path().join("no-init"),
+            initramfs_modules: Vec::new(),
+            grub_template: String::new(),
+            keep_raw: false,
+            threads: 1,
+            sdk_version: "0".into(),
+            verify: true,
+            progress: None,
+        };
+        let e = match build(&req, &|_| {}) {
+            Ok(_) => panic!("built a disk larger than the platform allows"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains("platform hetzner: the disk image is"), "{e}");
+        assert!(e.contains("smallest disk holds 1048576 B"), "{e}");
+        assert!(!out.exists(), "the output directory was created");
+    }
 }

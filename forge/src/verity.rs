@@ -57,6 +57,16 @@ impl VerityInfo {
     }
 }
 
+/// A verity-protected partition of a built image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProtectedPartition {
+    /// The partition's number in the layout.
+    pub number: u32,
+    /// Its A/B slot letter (`USR-A` → `a`).
+    pub slot: String,
+    pub info: VerityInfo,
+}
+
 /// Level sizes, level 0 (hashes of data blocks) first.
 fn level_sizes(data_blocks: u64) -> Vec<u64> {
     let mut v = Vec::new();

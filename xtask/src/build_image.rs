@@ -84,9 +84,9 @@ fn ids(a: &Args) -> IdPolicy {
     }
 }
 
-fn print_stages(stages: &[(String, std::time::Duration)]) {
-    for (name, d) in stages {
-        eprintln!("  {:<16} {:>8.3}s", name, d.as_secs_f64());
+fn print_stages(stages: &[image::Stage]) {
+    for s in stages {
+        eprintln!("  {:<16} {:>8.3}s", s.name, s.elapsed.as_secs_f64());
     }
 }
 
@@ -97,13 +97,14 @@ pub fn run(a: Args) -> Result<()> {
     if a.platform == "generic" {
         let base =
             a.base.clone().ok_or_else(|| anyhow!("--platform generic needs --base PAYLOAD_DIR"))?;
+        let ids = ids(&a);
+        let plan = image::plan(&layout_file, a.layout.as_deref().unwrap_or("base"), &ids, &log)?;
         let req = BuildRequest {
-            payload: base.clone(),
-            layout_file,
-            layout: a.layout.clone().unwrap_or_else(|| "base".into()),
+            payload: forge::payload::Payload::open(&base)?,
+            plan,
+            seed: ids.seed,
             output_dir: a.output_dir.clone(),
             image_name: "flatcar_production_image.bin".into(),
-            ids: ids(&a),
             epoch: match a.epoch {
                 Some(e) => e,
                 None => default_epoch(&base)?,

@@ -51,15 +51,14 @@ pub fn run(a: Args) -> Result<()> {
     let log = logger();
     let progress = forge::progress::reporter(bars.as_ref(), &log);
     let t = std::time::Instant::now();
-    let (bytes, digests, stats) = forge::artifacts::compress_file(
-        &a.input,
-        &a.output,
-        a.format.into(),
-        a.level,
+    let opts = forge::artifacts::CompressOptions {
+        compression: a.format.into(),
+        level: a.level,
         threads,
         verify,
-        &progress,
-    )?;
+    };
+    let forge::artifacts::Compressed { bytes, digests, stats } =
+        forge::artifacts::compress_file(&a.input, &a.output, &opts, &progress)?;
     end_bars();
     if let Some(st) = stats {
         eprintln!(
@@ -75,7 +74,7 @@ pub fn run(a: Args) -> Result<()> {
     let output = &a.output;
     let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let dpath = output.with_file_name(format!("{name}.DIGESTS"));
-    forge::image::write_atomic(&dpath, digests.render(&name).as_bytes())?;
+    forge::outdir::write_atomic(&dpath, digests.render(&name).as_bytes())?;
     eprintln!("{}: sha512 {}", dpath.display(), digests.sha512);
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! core.img, which goes into BIOS-BOOT with its first sector's block list
 //! pointing at the rest.
 
-use crate::layout::DiskPlan;
+use crate::layout::{DiskPlan, PartitionPlan};
 use crate::tools::{self, Tool};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -110,8 +110,14 @@ const MBR_CODE_END: usize = 440;
 const BLOCKLIST_START: usize = 0x200 - 12;
 
 /// Installs GRUB for BIOS into the image: boot.img into the MBR boot code
-/// area, core.img into the partition labelled BIOS-BOOT.
-pub fn install_bios(image: &File, plan: &DiskPlan, boot_img: &[u8], core_img: &[u8]) -> Result<()> {
+/// area, core.img into the BIOS boot partition (type `bios`), which is
+/// returned.
+pub fn install_bios<'a>(
+    image: &File,
+    plan: &'a DiskPlan,
+    boot_img: &[u8],
+    core_img: &[u8],
+) -> Result<&'a PartitionPlan> {
     let bios = plan
         .partitions
         .iter()
@@ -148,7 +154,7 @@ pub fn install_bios(image: &File, plan: &DiskPlan, boot_img: &[u8], core_img: &[
     bl[0..8].copy_from_slice(&(bios.first_block + 1).to_le_bytes());
     bl[8..10].copy_from_slice(&((sectors - 1) as u16).to_le_bytes());
     image.write_all_at(&core, plan.offset(bios))?;
-    Ok(())
+    Ok(bios)
 }
 
 /// One A/B slot as the main config sees it.
@@ -172,13 +178,16 @@ pub struct ConfigContext {
 }
 
 impl ConfigContext {
-    /// Upstream's defaults for the command line and consoles.
-    pub fn flatcar(os_name: &str, slots: Vec<Slot>) -> ConfigContext {
+    /// Upstream's defaults for the command line and consoles; the root
+    /// filesystem is found by its label `root_label`.
+    pub fn flatcar(os_name: &str, root_label: &str, slots: Vec<Slot>) -> ConfigContext {
         ConfigContext {
             generator: "forge".into(),
             os_name: os_name.into(),
             timeout: 1,
-            base_args: "rootflags=rw mount.usrflags=ro consoleblank=0 root=LABEL=ROOT".into(),
+            base_args: format!(
+                "rootflags=rw mount.usrflags=ro consoleblank=0 root=LABEL={root_label}"
+            ),
             console_bios: "console=ttyS0,115200n8 console=tty0".into(),
             console_efi: "console=ttyS0,115200n8 console=tty0".into(),
             console_arm64: "console=ttyAMA0,115200n8 acpi=force".into(),

@@ -1,5 +1,4 @@
 //! I/O adapters shared by the stages.
 pub mod codec;
 pub mod compress;
-pub mod qcow2;
 pub mod sparse;

@@ -9,11 +9,39 @@
 //! writing anything, so a sequential writer is simpler, needs no runtime and
 //! keeps memory to the tables (a few MiB for a 12 GiB disk).
 
+use super::DiskFormat;
 use crate::io::sparse;
 use anyhow::{bail, Result};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+pub struct Qcow2;
+
+impl DiskFormat for Qcow2 {
+    fn name(&self) -> &'static str {
+        "qcow2"
+    }
+    fn write(&self, raw: &File, len: u64, out: &mut dyn Write) -> Result<String> {
+        let st = write(raw, len, out)?;
+        Ok(format!("{} data clusters, {} B", st.data_clusters, st.file_size))
+    }
+    /// `qemu-img check` and `qemu-img compare` against the raw image.
+    fn verify(&self, written: &Path, raw: &Path) -> Result<String> {
+        let qemu_img =
+            crate::tools::path(crate::tools::Tool { program: "qemu-img", package: "qemu-utils" })?;
+        crate::fs::run(
+            duct::cmd!(&qemu_img, "check", "-q", "-f", "qcow2", written),
+            "qemu-img check",
+        )?;
+        crate::fs::run(
+            duct::cmd!(&qemu_img, "compare", "-q", "-f", "raw", "-F", "qcow2", raw, written),
+            "qemu-img compare",
+        )?;
+        Ok("qemu-img check clean, qemu-img compare identical to the raw image".into())
+    }
+}
 
 pub const CLUSTER_BITS: u32 = 16;
 const CLUSTER: u64 = 1 << CLUSTER_BITS;
@@ -47,7 +75,6 @@ fn allocated_clusters(raw: &File, len: u64) -> Result<Vec<u64>> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Qcow2Stats {
-    pub virtual_size: u64,
     pub data_clusters: u64,
     pub file_size: u64,
 }
@@ -143,9 +170,5 @@ pub fn write(raw: &File, len: u64, out: &mut (impl Write + ?Sized)) -> Result<Qc
         raw.read_exact_at(&mut buf[..n], off)?;
         out.write_all(&buf)?;
     }
-    Ok(Qcow2Stats {
-        virtual_size: len,
-        data_clusters: data.len() as u64,
-        file_size: total * CLUSTER,
-    })
+    Ok(Qcow2Stats { data_clusters: data.len() as u64, file_size: total * CLUSTER })
 }
