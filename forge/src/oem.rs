@@ -167,15 +167,21 @@ pub fn extension_release(p: &Platform, os: &OsRelease) -> String {
     s
 }
 
-/// The OEM partition's tree. The sysext image is built into `scratch` (the
-/// returned guard keeps it alive until the image is written).
+/// The OEM partition's tree and the scratch directory its sysext image
+/// lives in (kept until the image is written).
+pub struct OemTree {
+    pub tree: Dir,
+    pub scratch: tempfile::TempDir,
+}
+
+/// The OEM partition's tree. The sysext image is built into `scratch`.
 pub fn build_tree(
     p: &Platform,
     os: &OsRelease,
     scratch: &Path,
     epoch: i64,
     uuid: uuid::Uuid,
-) -> Result<(Dir, tempfile::TempDir)> {
+) -> Result<OemTree> {
     let version = os.version_id().unwrap_or("0").to_string();
     let tmp = tempfile::Builder::new().prefix(".oem-").tempdir_in(scratch)?;
     let mut content = match p.dir.join("sysext") {
@@ -212,7 +218,7 @@ pub fn build_tree(
         g.push_str(&format!("set linux_console=\"{c}\"\n"));
     }
     t.add_file("grub.cfg", Source::Bytes(g.into_bytes()))?;
-    Ok((t, tmp))
+    Ok(OemTree { tree: t, scratch: tmp })
 }
 
 #[cfg(test)]

@@ -80,7 +80,8 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
         grub.core_img.len(),
         grub.efi.len()
     ));
-    let (oem_tree, _oem_guard) = crate::oem::build_tree(
+    // The sysext image lives in `_oem_scratch` until the image is built.
+    let crate::oem::OemTree { tree: oem_tree, scratch: _oem_scratch } = crate::oem::build_tree(
         p,
         &payload.os_release,
         scratch.path(),
