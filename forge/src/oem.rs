@@ -185,7 +185,7 @@ pub fn build_tree(
     let version = os.version_id().unwrap_or("0").to_string();
     let tmp = tempfile::Builder::new().prefix(".oem-").tempdir_in(scratch)?;
     let mut content = match p.dir.join("sysext") {
-        d if d.is_dir() => Dir::from_path(&d)?,
+        d if d.is_dir() => Dir::from_checkout(&d)?,
         _ => Dir::new(),
     };
     content.add_file(

@@ -159,7 +159,16 @@ fn hash_tree(root: &Path, p: &Path, h: &mut Sha256) -> Result<()> {
         let m = std::fs::symlink_metadata(&path)
             .with_context(|| format!("{}: cannot stat", path.display()))?;
         use std::os::unix::fs::PermissionsExt;
-        h.update(format!("{rel}\0{:o}\0", m.permissions().mode()).as_bytes());
+        // Only what reaches the payload: the type, and a file's mode as git
+        // records it (the checkout's umask does not matter).
+        let kind = if m.is_dir() {
+            "d".to_string()
+        } else if m.file_type().is_symlink() {
+            "l".to_string()
+        } else {
+            format!("{:o}", crate::fs::tree::checkout_mode(m.permissions().mode()))
+        };
+        h.update(format!("{rel}\0{kind}\0").as_bytes());
         if m.file_type().is_symlink() {
             let t = std::fs::read_link(&path)
                 .with_context(|| format!("{}: cannot read the link", path.display()))?;
@@ -260,7 +269,7 @@ pub fn build(
     // through a link out of the tree (see `unpack.rs`).
     let tree = crate::unpack::Root::open(&staging)?;
     for (c, p) in &bins {
-        copy_into(&tree, p, Path::new(&c.dest))
+        copy_into(&tree, p, Path::new(&c.dest), false)
             .with_context(|| format!("installing {} to {}", p.display(), c.dest))?;
     }
     copy_overlay(&recipe.dir.join("overlay"), Path::new(""), &tree)?;
@@ -574,7 +583,7 @@ fn copy_overlay(src: &Path, rel: &Path, tree: &crate::unpack::Root) -> Result<()
                 format!("overlay {}: cannot create {}", s.display(), d.display())
             })?;
         } else {
-            copy_into(tree, &s, &d).with_context(|| {
+            copy_into(tree, &s, &d, true).with_context(|| {
                 format!("overlay {}: cannot write {}", s.display(), d.display())
             })?;
         }
@@ -582,8 +591,14 @@ fn copy_overlay(src: &Path, rel: &Path, tree: &crate::unpack::Root) -> Result<()
     Ok(())
 }
 
-/// Copies the file `src` to `rel` in the tree with its permission bits.
-fn copy_into(tree: &crate::unpack::Root, src: &Path, rel: &Path) -> Result<()> {
+/// Copies the file `src` to `rel` in the tree with its permission bits (as
+/// git records them, for files from the checkout: see `checkout_mode`).
+fn copy_into(
+    tree: &crate::unpack::Root,
+    src: &Path,
+    rel: &Path,
+    from_checkout: bool,
+) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mut f =
         std::fs::File::open(src).with_context(|| format!("{}: cannot open", src.display()))?;
@@ -592,7 +607,8 @@ fn copy_into(tree: &crate::unpack::Root, src: &Path, rel: &Path) -> Result<()> {
         .with_context(|| format!("{}: cannot stat", src.display()))?
         .permissions()
         .mode();
-    tree.write_file(rel, &mut f, perm & 0o7777, None)
+    let perm = if from_checkout { crate::fs::tree::checkout_mode(perm) } else { perm & 0o7777 };
+    tree.write_file(rel, &mut f, perm, None)
 }
 
 /// Generates modules.dep & co. for every kernel in usr/lib/modules.

@@ -87,6 +87,17 @@ impl Dir {
 
     /// Loads a directory from disk (files are referenced, not read).
     pub fn from_path(root: &Path) -> Result<Dir> {
+        Self::read(root, false)
+    }
+
+    /// Like [`Dir::from_path`], for files from the checkout: their modes are
+    /// the ones git records (see [`checkout_mode`]), not what the checkout's
+    /// umask made of them, so a clone by anyone gives the same image.
+    pub fn from_checkout(root: &Path) -> Result<Dir> {
+        Self::read(root, true)
+    }
+
+    fn read(root: &Path, checkout: bool) -> Result<Dir> {
         let mut d = Dir::new();
         let mut names: Vec<_> = std::fs::read_dir(root)
             .with_context(|| format!("{}: cannot list", root.display()))?
@@ -101,11 +112,13 @@ impl Dir {
             let p = e.path();
             let m = std::fs::symlink_metadata(&p)?;
             let node = if m.is_dir() {
-                Node::Dir(Dir::from_path(&p)?)
+                Node::Dir(Dir::read(&p, checkout)?)
             } else if m.file_type().is_symlink() {
                 Node::Symlink(std::fs::read_link(&p)?.to_string_lossy().into_owned())
             } else if m.is_file() {
-                Node::File { source: Source::File(p), mode: m.permissions().mode() & 0o7777 }
+                let mode = m.permissions().mode() & 0o7777;
+                let mode = if checkout { checkout_mode(mode) } else { mode };
+                Node::File { source: Source::File(p), mode }
             } else {
                 bail!("{}: special files are not supported here", p.display());
             };
@@ -158,4 +171,37 @@ pub fn set_times(p: &Path, epoch: i64) -> Result<()> {
             .with_context(|| format!("{}: cannot set times", p.display()));
     }
     Ok(())
+}
+
+/// The mode git gives a checked-out file whatever the umask: 0755 if its
+/// owner may execute it, else 0644 (git records only the executable bit).
+pub fn checkout_mode(mode: u32) -> u32 {
+    if mode & 0o100 != 0 {
+        0o755
+    } else {
+        0o644
+    }
+}
+
+#[cfg(test)]
+mod checkout_tests {
+    use super::*;
+
+    #[test]
+    fn checkout_modes_ignore_the_umask() {
+        for (m, want) in [(0o664, 0o644), (0o600, 0o644), (0o775, 0o755), (0o700, 0o755)] {
+            assert_eq!(checkout_mode(m), want, "{m:o}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let mode = |t: &Dir| match t.entries.get("f") {
+            Some(Node::File { mode, .. }) => *mode,
+            _ => panic!("no file"),
+        };
+        assert_eq!(mode(&Dir::from_checkout(d.path()).unwrap()), 0o644);
+        assert_eq!(mode(&Dir::from_path(d.path()).unwrap()), 0o664);
+    }
 }
