@@ -30,11 +30,13 @@ fn build_cmd(payload: &Path, out: &Path) -> Command {
 /// stage (no wall-clock guesses), and the signal sent then.
 const INTERRUPTIONS: &[(&str, i32)] = &[
     ("boot: initramfs", libc::SIGKILL),
-    ("(USR-A): building", libc::SIGINT),
+    ("(USR-A, erofs): building", libc::SIGINT),
     ("dm-verity root hash", libc::SIGKILL),
-    ("(ROOT): building", libc::SIGINT),
+    ("(ROOT, ext4): building", libc::SIGINT),
     ("verify: GPT, filesystems and dm-verity checked", libc::SIGKILL),
-    ("compress: 50%", libc::SIGINT),
+    // The first progress line of the compression (its percentages vary).
+    ("compress: ", libc::SIGINT),
+    // Compressed; the full decode-and-compare runs before anything is published.
     ("compress: 100%", libc::SIGKILL),
 ];
 
