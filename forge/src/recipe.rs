@@ -402,13 +402,34 @@ fn download(
             bail!("apt-get update failed: {}", String::from_utf8_lossy(&out.stdout).trim());
         }
     }
-    let mut args = vec!["install", "-s", "-y"];
-    args.extend(recipe.packages.iter().map(String::as_str));
-    let sim = apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().run()?;
-    let text = String::from_utf8_lossy(&sim.stdout).into_owned();
-    if !sim.status.success() {
-        bail!("apt cannot resolve the recipe's packages: {}", text.trim());
-    }
+    // Debian's archive keeps one version of a package per suite, so a pin
+    // (`name=version`) goes stale when the package is updated. Such a pin
+    // is dropped, loudly, and the archive's version taken instead.
+    let mut wanted: Vec<String> = recipe.packages.clone();
+    let text = loop {
+        let mut args = vec!["install", "-s", "-y"];
+        args.extend(wanted.iter().map(String::as_str));
+        let sim = apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().run()?;
+        let text = String::from_utf8_lossy(&sim.stdout).into_owned();
+        if sim.status.success() {
+            break text;
+        }
+        let gone = stale_pins(&text);
+        let before = wanted.len();
+        wanted.retain(|w| !gone.contains(w));
+        if gone.is_empty() || wanted.len() == before {
+            bail!("apt cannot resolve the recipe's packages: {}", text.trim());
+        }
+        for pin in &gone {
+            let name = pin.split('=').next().unwrap_or(pin);
+            log(&format!(
+                "warning: recipe '{}': {pin} is no longer in the archive; taking its current {name} (update the pin in {})",
+                recipe.name,
+                recipe.dir.join("packages.txt").display()
+            ));
+            wanted.push(name.to_string());
+        }
+    };
     let mut pkgs: Vec<(String, String, String)> = Vec::new();
     for l in text.lines() {
         // "Inst name (version suite [arch])"
@@ -437,7 +458,7 @@ fn download(
         // apt names each file and its size up front, so the download can be
         // followed by watching the cache fill.
         let mut args = vec!["install", "--print-uris", "-qq", "-y"];
-        args.extend(recipe.packages.iter().map(String::as_str));
+        args.extend(wanted.iter().map(String::as_str));
         let uris = apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().run()?;
         let want: Vec<(PathBuf, u64)> = String::from_utf8_lossy(&uris.stdout)
             .lines()
@@ -451,7 +472,7 @@ fn download(
         let total: u64 = want.iter().map(|w| w.1).sum();
         log(&format!("apt: downloading {} of {} packages ({total} B)", missing.len(), pkgs.len()));
         let mut args = vec!["install", "--download-only", "-y"];
-        args.extend(recipe.packages.iter().map(String::as_str));
+        args.extend(wanted.iter().map(String::as_str));
         let handle =
             apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().start()?;
         let partial = cache.debs().join("partial");
@@ -482,6 +503,20 @@ fn download(
                 bail!("{}: not downloaded", p.display());
             }
             Ok((n, v, p))
+        })
+        .collect()
+}
+
+/// The pins apt reports as gone: `E: Version 'V' for 'N' was not found`
+/// → `N=V`.
+fn stale_pins(apt_output: &str) -> Vec<String> {
+    apt_output
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("E: Version '")?;
+            let (version, rest) = rest.split_once("' for '")?;
+            let name = rest.strip_suffix("' was not found")?;
+            Some(format!("{name}={version}"))
         })
         .collect()
 }
@@ -644,4 +679,14 @@ fn clamp_times(p: &Path, epoch: i64) -> Result<()> {
         set_times(p, epoch)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod stale_pin_tests {
+    #[test]
+    fn stale_pins_are_read_from_apt_errors() {
+        let out = "Reading package lists...\nPackage linux-libc-dev is not available\nE: Version '6.1.192-2' for 'linux-libc-dev' was not found\nE: Unable to locate package nosuch\n";
+        assert_eq!(super::stale_pins(out), ["linux-libc-dev=6.1.192-2"]);
+        assert!(super::stale_pins("E: Unable to locate package nosuch").is_empty());
+    }
 }
