@@ -25,30 +25,38 @@ pub fn cargo_home() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
 }
 
-/// `--remap-path-prefix` flags: the cargo home to [`CARGO_HOME_PREFIX`],
-/// then each of `extra` (path, fixed name) in order. Paths are made absolute
-/// (and canonical where they exist), so a relative or symlinked spelling of
-/// the same directory maps too.
-pub fn remap_flags(extra: &[(&Path, &str)]) -> Vec<String> {
+/// The path mappings, in order: the cargo home to [`CARGO_HOME_PREFIX`],
+/// then each of `extra` (path, fixed name). Paths are made absolute (and
+/// canonical where they exist, as a second spelling), so a relative or
+/// symlinked spelling of the same directory maps too.
+fn mappings(extra: &[(&Path, &str)]) -> Vec<(PathBuf, String)> {
     let mut pairs: Vec<(PathBuf, String)> = Vec::new();
     if let Some(h) = cargo_home() {
         pairs.push((h, CARGO_HOME_PREFIX.to_string()));
     }
     pairs.extend(extra.iter().map(|(p, to)| (p.to_path_buf(), to.to_string())));
-    let mut flags = Vec::new();
+    let mut out = Vec::new();
     for (from, to) in pairs {
-        let abs = std::path::absolute(&from).unwrap_or(from.clone());
-        let mut spellings = vec![abs.clone()];
+        let abs = std::path::absolute(&from).unwrap_or(from);
         if let Ok(c) = abs.canonicalize() {
             if c != abs {
-                spellings.push(c);
+                out.push((abs.clone(), to.clone()));
+                out.push((c, to));
+                continue;
             }
         }
-        for s in spellings {
-            flags.push(format!("--remap-path-prefix={}={to}", s.display()));
-        }
+        out.push((abs, to));
     }
-    flags
+    out
+}
+
+/// `--remap-path-prefix` flags for [`mappings`] (the last matching one wins,
+/// so the most specific comes last).
+pub fn remap_flags(extra: &[(&Path, &str)]) -> Vec<String> {
+    mappings(extra)
+        .into_iter()
+        .map(|(from, to)| format!("--remap-path-prefix={}={to}", from.display()))
+        .collect()
 }
 
 /// The same mappings for C and assembly compiled by build scripts (the `cc`
@@ -56,20 +64,16 @@ pub fn remap_flags(extra: &[(&Path, &str)]) -> Vec<String> {
 /// and the debug info's compilation directory, which the assembler
 /// otherwise records (e.g. vmw_backdoor's assembly in afterburn). Flags
 /// are separated by spaces there, so a path with a space is left unmapped
-/// (and said so by [`cflags`] returning it in the second list).
+/// and returned in the second list.
 pub fn cflags(extra: &[(&Path, &str)]) -> (String, Vec<PathBuf>) {
-    let mut out = Vec::new();
-    let mut unmapped = Vec::new();
-    for f in remap_flags(extra) {
-        let m = f.trim_start_matches("--remap-path-prefix=");
-        let from = m.rsplit_once('=').map(|(a, _)| a).unwrap_or(m);
-        if from.contains(char::is_whitespace) {
-            unmapped.push(PathBuf::from(from));
-        } else {
-            out.push(format!("-ffile-prefix-map={m}"));
-        }
-    }
-    (out.join(" "), unmapped)
+    let (mapped, unmapped): (Vec<_>, Vec<_>) = mappings(extra)
+        .into_iter()
+        .partition(|(from, _)| !from.to_string_lossy().contains(char::is_whitespace));
+    let flags: Vec<String> = mapped
+        .iter()
+        .map(|(from, to)| format!("-ffile-prefix-map={}={to}", from.display()))
+        .collect();
+    (flags.join(" "), unmapped.into_iter().map(|(from, _)| from).collect())
 }
 
 /// `CARGO_ENCODED_RUSTFLAGS`: the flags separated by 0x1f.

@@ -146,17 +146,20 @@ fn consistent_set(pkgs: &mut Vec<String>) -> Result<bool> {
 
 /// `Candidate:` of `apt-cache policy PKG` (installed or to be installed).
 fn candidate_version(pkg: &str) -> Result<String> {
-    let out = duct::cmd!("apt-cache", "policy", pkg)
-        .stdout_capture()
-        .run()
-        .with_context(|| format!("apt-cache policy {pkg}"))?;
-    policy_field(&String::from_utf8_lossy(&out.stdout), "Candidate:")
+    policy_field(&policy(pkg)?, "Candidate:")
         .ok_or_else(|| anyhow::anyhow!("apt-cache policy {pkg}: no candidate version"))
 }
 
 fn installed_version(pkg: &str) -> Option<String> {
-    let out = duct::cmd!("apt-cache", "policy", pkg).stdout_capture().unchecked().run().ok()?;
-    policy_field(&String::from_utf8_lossy(&out.stdout), "Installed:")
+    policy_field(&policy(pkg).ok()?, "Installed:")
+}
+
+fn policy(pkg: &str) -> Result<String> {
+    let out = duct::cmd!("apt-cache", "policy", pkg)
+        .stdout_capture()
+        .run()
+        .with_context(|| format!("apt-cache policy {pkg}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn policy_field(text: &str, key: &str) -> Option<String> {
