@@ -22,7 +22,8 @@
 
 use crate::boot::esp::{self, EspInput};
 use crate::boot::BootConfig;
-use crate::fs::tree::{Dir, Node, Source};
+use crate::fs::source::SourceDir;
+use crate::fs::tree::{Dir, Source};
 use crate::fs::{self, Content, FsJob, FsReport};
 use crate::layout::{DiskPlan, Feature, FsKind, FsPlan, IdPolicy, LayoutFile, PartitionPlan};
 use crate::outdir;
@@ -219,37 +220,40 @@ fn is_usr(p: &PartitionPlan) -> bool {
     p.fs.is_some() && (p.mount.as_deref() == Some("/usr") || p.has(Feature::Verity))
 }
 
-/// What goes into a partition other than the ESP, by where the OS mounts it.
-fn content_for(p: &PartitionPlan, payload: &Payload, oem: Option<&Dir>) -> Result<Content> {
+/// What goes into a partition other than the ESP, by where the OS mounts it
+/// (and the scratch directory a staged tree lives in, kept until built).
+fn content_for(
+    p: &PartitionPlan,
+    payload: &Payload,
+    oem: Option<&Dir>,
+    scratch: &Path,
+) -> Result<(Content, Option<tempfile::TempDir>)> {
     Ok(match p.mount.as_deref() {
         Some("/usr") if p.slot().is_some_and(|s| s != "a") => {
-            Content::Tree(Dir::new()) // the update slot starts empty
+            (Content::Tree(Dir::new()), None) // the update slot starts empty
         }
-        Some("/usr") => Content::Directory(payload.usr()),
-        Some("/") => Content::Tree(root_tree(payload)?),
-        Some("/oem") => Content::Tree(oem.cloned().unwrap_or_default()),
-        _ => Content::Tree(Dir::new()),
+        Some("/usr") => (Content::Directory(payload.usr_source()), None),
+        Some("/") => {
+            let (dir, guard) = root_tree(payload, scratch)?;
+            (Content::Directory(dir), Some(guard))
+        }
+        Some("/oem") => (Content::Tree(oem.cloned().unwrap_or_default()), None),
+        _ => (Content::Tree(Dir::new()), None),
     })
 }
 
-/// The ROOT partition's tree: the payload's top-level entries besides `usr/`.
-fn root_tree(payload: &Payload) -> Result<Dir> {
-    let mut t = Dir::new();
-    for extra in payload.root_extras()? {
-        let name = extra.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let m = std::fs::symlink_metadata(&extra)
-            .with_context(|| format!("{}: cannot stat", extra.display()))?;
-        if m.is_dir() {
-            t.add(&name, Node::Dir(Dir::from_path(&extra)?))?;
-        } else if m.is_file() {
-            t.add_file(&name, Source::File(extra.clone()))?;
-        } else if m.file_type().is_symlink() {
-            let target = std::fs::read_link(&extra)
-                .with_context(|| format!("{}: cannot read the link", extra.display()))?;
-            t.add(&name, Node::Symlink(target.to_string_lossy().into_owned()))?;
-        }
-    }
-    Ok(t)
+/// The ROOT partition's tree: the payload's top-level entries besides
+/// `usr/`, staged by hard links (see `fs::source::stage`) with the
+/// payload's metadata.
+fn root_tree(payload: &Payload, scratch: &Path) -> Result<(SourceDir, tempfile::TempDir)> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".root-")
+        .tempdir_in(scratch)
+        .with_context(|| format!("{}: cannot create a staging directory", scratch.display()))?;
+    let dir = tmp.path().join("root");
+    crate::fs::source::stage(&payload.root, &dir, "usr")
+        .with_context(|| format!("payload {}: staging ROOT", payload.root.display()))?;
+    Ok((SourceDir { dir, meta: Some(payload.meta.clone()), rel: String::new() }, tmp))
 }
 
 /// Phase 3: the `/usr` partitions (slot A gets the payload's `usr/`, other
@@ -260,7 +264,8 @@ pub fn usr_and_verity(t: &Target, payload: &Payload) -> Result<Built> {
     for p in t.plan.partitions.iter().filter(|p| is_usr(p)) {
         let fsp = p.fs.as_ref().expect("is_usr checks the filesystem");
         let what = describe(p, fsp);
-        build_fs(t, p, &content_for(p, payload, None)?, &mut built)?;
+        let (content, _staged) = content_for(p, payload, None, t.scratch)?;
+        build_fs(t, p, &content, &mut built)?;
         if p.has(Feature::Verity) {
             let start = Instant::now();
             let slot = p
@@ -307,7 +312,8 @@ pub fn other_partitions(t: &Target, payload: &Payload, oem: Option<&Dir>) -> Res
         if p.fs.is_none() || is_usr(p) || p.mount.as_deref() == Some("/boot") {
             continue;
         }
-        build_fs(t, p, &content_for(p, payload, oem)?, &mut built)?;
+        let (content, _staged) = content_for(p, payload, oem, t.scratch)?;
+        build_fs(t, p, &content, &mut built)?;
         (t.built)(t.plan.size(p));
     }
     Ok(built)

@@ -14,6 +14,7 @@ pub mod image;
 pub mod inspect;
 pub mod io;
 pub mod layout;
+pub mod meta;
 pub mod oem;
 pub mod outdir;
 pub mod payload;

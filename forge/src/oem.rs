@@ -195,7 +195,8 @@ pub fn build_tree(
     let staged = tmp.path().join("sysext-root");
     content.materialize(&staged, epoch)?;
     let raw = tmp.path().join(p.sysext_file(&version));
-    crate::fs::erofs::make_image(&staged, &raw, epoch, uuid, None)
+    let src = crate::fs::source::SourceDir { dir: staged, meta: None, rel: String::new() };
+    crate::fs::erofs::make_image(&src, tmp.path(), &raw, epoch, uuid, None)
         .with_context(|| format!("building the oem-{} sysext image", p.id))?;
 
     let mut t = Dir::new();

@@ -2,10 +2,19 @@
 //! `usr/` (merged /usr), with `usr/lib/os-release`, the kernel at
 //! `usr/boot/vmlinuz` and optionally an initramfs at `usr/boot/initrd.img`.
 //! Anything else at the top level (e.g. `etc/`) goes onto the ROOT partition.
+//!
+//! Every file the build itself reads from a payload (os-release, kernel,
+//! initramfs, kernel modules) is opened with symlinks resolved *inside*
+//! the payload (`unpack::Root::open_read`): a link to `/etc/shadow` reads
+//! the payload's own `etc/shadow`, never the host's. `usr/` must be a real
+//! directory. The files' owners, modes and extended attributes in the image
+//! come from [`crate::meta`].
 
+use crate::meta::Meta;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const OS_RELEASE: &str = "usr/lib/os-release";
 pub const KERNEL: &str = "usr/boot/vmlinuz";
@@ -15,8 +24,12 @@ pub const INITRD: &str = "usr/boot/initrd.img";
 pub struct Payload {
     pub root: PathBuf,
     pub os_release: OsRelease,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
+    /// When os-release was last changed (the default build epoch).
+    pub os_release_mtime: i64,
+    pub kernel: Vec<u8>,
+    pub initrd: Option<Vec<u8>>,
+    /// Owners, modes and extended attributes (sidecar or read from the tree).
+    pub meta: Arc<Meta>,
 }
 
 /// Parsed `os-release` (only the keys; values unquoted).
@@ -43,6 +56,34 @@ impl OsRelease {
     }
 }
 
+/// Fails unless `dir/usr` is a directory (not a link to one).
+fn check_usr(dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dir.join("usr")) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(m) if m.file_type().is_symlink() => bail!(
+            "payload {}: usr/ is a symbolic link; it must be the directory itself (a link would image whatever it points to)",
+            dir.display()
+        ),
+        _ => bail!(
+            "payload {}: no usr/ directory (the OS must live under usr/, merged /usr)",
+            dir.display()
+        ),
+    }
+}
+
+/// When the payload's os-release was last changed (the default epoch),
+/// without opening the rest of the payload.
+pub fn os_release_mtime(dir: &Path) -> Result<i64> {
+    use std::os::unix::fs::MetadataExt;
+    check_usr(dir)?;
+    let f = crate::unpack::Root::open(dir)?
+        .open_read(Path::new(OS_RELEASE))
+        .with_context(|| format!("payload {}: no os-release", dir.display()))?;
+    Ok(f.metadata()
+        .with_context(|| format!("payload {}: cannot stat os-release", dir.display()))?
+        .mtime())
+}
+
 impl Payload {
     /// Opens and checks a payload directory; every breach of the contract is
     /// an error naming the path and what is wrong.
@@ -52,34 +93,56 @@ impl Payload {
         if !meta.is_dir() {
             bail!("payload {}: not a directory", dir.display());
         }
-        let usr = dir.join("usr");
-        if !usr.is_dir() {
-            bail!(
-                "payload {}: no usr/ directory (the OS must live under usr/, merged /usr)",
-                dir.display()
-            );
-        }
-        let osr_path = dir.join(OS_RELEASE);
-        let text = std::fs::read_to_string(&osr_path).with_context(|| {
-            format!("payload {}: missing or unreadable {}", dir.display(), OS_RELEASE)
-        })?;
+        check_usr(dir)?;
+        let root = crate::unpack::Root::open(dir)?;
+        let ctx = |what: &str| format!("payload {}: {what}", dir.display());
+        let osr = root.open_read(Path::new(OS_RELEASE)).with_context(|| ctx("no os-release"))?;
+        let os_release_mtime = {
+            use std::os::unix::fs::MetadataExt;
+            osr.metadata().map(|m| m.mtime()).with_context(|| ctx("cannot stat os-release"))?
+        };
+        let text = String::from_utf8(root.read(Path::new(OS_RELEASE))?)
+            .map_err(|_| anyhow::anyhow!("{}: {OS_RELEASE} is not UTF-8", ctx("bad os-release")))?;
         let os_release = OsRelease::parse(&text);
         if os_release.get("ID").is_none() {
-            bail!("payload {}: {} has no ID= line", dir.display(), osr_path.display());
+            bail!("payload {}: {} has no ID= line", dir.display(), OS_RELEASE);
         }
-        let kernel = dir.join(KERNEL);
-        match std::fs::metadata(&kernel) {
-            Ok(m) if m.is_file() && m.len() > 0 => {}
-            Ok(_) => bail!("payload {}: {} is empty or not a regular file", dir.display(), KERNEL),
-            Err(_) => bail!("payload {}: missing kernel {}", dir.display(), KERNEL),
+        let kernel = root.read(Path::new(KERNEL)).with_context(|| ctx("no kernel"))?;
+        if kernel.is_empty() {
+            bail!("payload {}: {} is empty", dir.display(), KERNEL);
         }
-        let initrd = dir.join(INITRD);
-        let initrd = match std::fs::metadata(&initrd) {
-            Ok(m) if m.is_file() => Some(initrd),
-            Ok(_) => bail!("payload {}: {} is not a regular file", dir.display(), INITRD),
-            Err(_) => None,
+        let initrd = match root.open_read(Path::new(INITRD)) {
+            Ok(_) => Some(root.read(Path::new(INITRD)).with_context(|| ctx("bad initrd"))?),
+            Err(e) if format!("{e:#}").contains("does not exist") => None,
+            Err(e) => return Err(e).with_context(|| ctx("bad initrd")),
         };
-        Ok(Payload { root: dir.to_path_buf(), os_release, kernel, initrd })
+        let meta = Meta::for_payload(dir)
+            .with_context(|| ctx("reading owners, modes and extended attributes"))?;
+        Ok(Payload {
+            root: dir.to_path_buf(),
+            os_release,
+            os_release_mtime,
+            kernel,
+            initrd,
+            meta: Arc::new(meta),
+        })
+    }
+
+    /// Reads the regular file `rel` of the payload, symlinks resolved inside
+    /// the payload.
+    pub fn read(&self, rel: &str) -> Result<Vec<u8>> {
+        crate::unpack::Root::open(&self.root)?
+            .read(Path::new(rel))
+            .with_context(|| format!("payload {}", self.root.display()))
+    }
+
+    /// The payload's `usr/` as a filesystem source.
+    pub fn usr_source(&self) -> crate::fs::source::SourceDir {
+        crate::fs::source::SourceDir {
+            dir: self.usr(),
+            meta: Some(self.meta.clone()),
+            rel: "usr".into(),
+        }
     }
 
     pub fn usr(&self) -> PathBuf {
@@ -120,6 +183,52 @@ mod tests {
         std::fs::create_dir_all(d.path().join("usr/lib")).unwrap();
         std::fs::write(d.path().join(OS_RELEASE), "ID=x\n").unwrap();
         let e = format!("{:#}", Payload::open(d.path()).unwrap_err());
-        assert!(e.contains("missing kernel usr/boot/vmlinuz"), "{e}");
+        assert!(e.contains("no kernel") && e.contains("usr/boot/vmlinuz"), "{e}");
+    }
+
+    fn minimal(d: &Path) {
+        std::fs::create_dir_all(d.join("usr/lib")).unwrap();
+        std::fs::create_dir_all(d.join("usr/boot")).unwrap();
+        std::fs::write(d.join(OS_RELEASE), "ID=x\n").unwrap();
+    }
+
+    #[test]
+    fn links_out_of_the_payload_are_resolved_inside_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("p");
+        minimal(&p);
+        // The host's /etc/shadow must not be read: the link resolves to the
+        // payload's own etc/shadow.
+        std::os::unix::fs::symlink("/etc/shadow", p.join(KERNEL)).unwrap();
+        let e = format!("{:#}", Payload::open(&p).unwrap_err());
+        assert!(e.contains("no kernel") && e.contains("does not exist"), "{e}");
+        std::fs::create_dir_all(p.join("etc")).unwrap();
+        std::fs::write(p.join("etc/shadow"), b"payload's own").unwrap();
+        assert_eq!(Payload::open(&p).unwrap().kernel, b"payload's own");
+        // Relative links climbing out stop at the payload root.
+        std::fs::remove_file(p.join(KERNEL)).unwrap();
+        std::os::unix::fs::symlink("../../../../../../../../etc/shadow", p.join(KERNEL)).unwrap();
+        assert_eq!(Payload::open(&p).unwrap().kernel, b"payload's own");
+        // os-release likewise.
+        std::fs::remove_file(p.join(OS_RELEASE)).unwrap();
+        std::os::unix::fs::symlink("/etc/os-release", p.join(OS_RELEASE)).unwrap();
+        let e = format!("{:#}", Payload::open(&p).unwrap_err());
+        assert!(e.contains("no os-release"), "{e}");
+    }
+
+    #[test]
+    fn a_symlinked_usr_is_refused_and_a_missing_one_named() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        minimal(&real);
+        std::fs::write(real.join(KERNEL), b"k").unwrap();
+        let p = d.path().join("p");
+        std::fs::create_dir_all(&p).unwrap();
+        std::os::unix::fs::symlink(real.join("usr"), p.join("usr")).unwrap();
+        let e = format!("{:#}", Payload::open(&p).unwrap_err());
+        assert!(e.contains("usr/ is a symbolic link"), "{e}");
+        let e = format!("{:#}", Payload::open(d.path()).unwrap_err());
+        assert!(e.contains("no usr/ directory"), "{e}");
+        assert!(!e.contains("os-release"), "{e}");
     }
 }

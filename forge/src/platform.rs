@@ -60,15 +60,7 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
     let t = Instant::now();
     outdir::prepare(&req.output_dir)?;
     let scratch = outdir::scratch_dir(&req.output_dir)?;
-    let kernel = std::fs::read(&payload.kernel)
-        .with_context(|| format!("{}: cannot read the kernel", payload.kernel.display()))?;
-    let initramfs = boot::initramfs::build(
-        &payload.root,
-        &kernel,
-        &req.init,
-        &req.initramfs_modules,
-        req.epoch,
-    )?;
+    let initramfs = boot::initramfs::build(&payload, &req.init, &req.initramfs_modules, req.epoch)?;
     log(&format!(
         "boot: initramfs {} B (forge-init + {} modules requested)",
         initramfs.len(),

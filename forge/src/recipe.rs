@@ -215,6 +215,7 @@ pub fn build(
         .map(|c| Ok((c.clone(), cargo_install(c, cache, log)?)))
         .collect::<Result<_>>()?;
     let mut h = Sha256::new();
+    h.update(PAYLOAD_SCHEME.as_bytes());
     h.update(recipe.hash()?.as_bytes());
     h.update(epoch.to_le_bytes());
     for (c, p) in &bins {
@@ -250,13 +251,23 @@ pub fn build(
         .with_context(|| format!("{}: cannot write", lock_path.display()))?;
     let staging = out.join("root.partial");
     std::fs::create_dir_all(&staging)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("{}: cannot set the mode", staging.display()))?;
+    }
+    // Directories and files the build creates itself (merged-/usr
+    // directories, depmod's output) get 0755/0644 whatever the builder's
+    // umask: the payload's modes must not depend on who builds it.
+    let _umask = Umask::set(0o022);
+    let tree = crate::unpack::Root::open(&staging)?;
     log(&format!("payload '{}': unpacking {} packages", recipe.name, debs.len()));
     let sizes: Vec<u64> =
         debs.iter().map(|(_, _, d)| std::fs::metadata(d).map(|m| m.len()).unwrap_or(0)).collect();
     let total: u64 = sizes.iter().sum();
     let mut done = 0;
     for ((_, _, deb), n) in debs.iter().zip(sizes) {
-        crate::unpack::unpack_deb(deb, &staging, log)?;
+        tree.unpack_deb(deb, log)?;
         done += n;
         progress("unpack", done, total);
     }
@@ -267,7 +278,6 @@ pub fn build(
     }
     // Binaries and the overlay are written like the packages: never
     // through a link out of the tree (see `unpack.rs`).
-    let tree = crate::unpack::Root::open(&staging)?;
     for (c, p) in &bins {
         copy_into(&tree, p, Path::new(&c.dest), false)
             .with_context(|| format!("installing {} to {}", p.display(), c.dest))?;
@@ -281,10 +291,38 @@ pub fn build(
         crate::payload::Payload::open(&staging)
             .context("the assembled payload breaks the payload contract")?;
     }
+    // Owners, groups, modes and extended attributes from the archives
+    // (`chage` setgid shadow, `/tmp` 1777), as data beside the tree.
+    let meta = tree.metadata().context("recording the payload's owners and modes")?;
+    log(&format!(
+        "payload '{}': {} paths with owners or modes of their own",
+        recipe.name,
+        meta.entries.len()
+    ));
     std::fs::rename(&staging, &root)?;
+    meta.save(&crate::meta::Meta::sidecar(&root))?;
     std::fs::write(out.join(".complete"), "")?;
     log(&format!("payload '{}': ready at {}", recipe.name, root.display()));
     Ok(root)
+}
+
+/// How payloads are assembled; part of their cache key, so payloads made an
+/// older way (without the owners sidecar) are not reused.
+const PAYLOAD_SCHEME: &str = "payload-meta-1";
+
+/// Sets the process umask for as long as it lives, then restores it.
+struct Umask(libc::mode_t);
+
+impl Umask {
+    fn set(mask: libc::mode_t) -> Umask {
+        Umask(unsafe { libc::umask(mask) })
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        unsafe { libc::umask(self.0) };
+    }
 }
 
 /// How crate binaries are built; part of their cache key, so binaries built

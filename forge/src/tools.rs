@@ -19,6 +19,14 @@ pub const MKFS_EROFS: Tool = Tool { program: "mkfs.erofs", package: "erofs-utils
 pub const FSCK_EROFS: Tool = Tool { program: "fsck.erofs", package: "erofs-utils" };
 pub const MKFS_BTRFS: Tool = Tool { program: "mkfs.btrfs", package: "btrfs-progs" };
 pub const BTRFS: Tool = Tool { program: "btrfs", package: "btrfs-progs" };
+pub const DUMPE2FS: Tool = Tool { program: "dumpe2fs", package: "e2fsprogs" };
+/// Gives the filesystem builders the payload's owners, modes and extended
+/// attributes without root (see `fs::source`).
+/// (`fakeroot-sysv`, not the `fakeroot` alternative, which only exists
+/// once the package's scripts ran: the SDK container unpacks without them).
+pub const FAKEROOT: Tool = Tool { program: "fakeroot-sysv", package: "fakeroot" };
+pub const SETFATTR: Tool = Tool { program: "setfattr", package: "attr" };
+pub const XARGS: Tool = Tool { program: "xargs", package: "findutils" };
 pub const FSCK_FAT: Tool = Tool { program: "fsck.fat", package: "dosfstools" };
 
 /// Directories searched besides `$PATH`: the `sbin` directories hold most

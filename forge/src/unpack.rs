@@ -61,10 +61,12 @@
 //! are whoever unpacks (the filesystem builders set root). Directories get at
 //! least `u+rwx` so the build can fill them.
 
+use crate::meta::{check_xattr_name, Attrs, Meta};
 use anyhow::{anyhow, bail, Context, Result};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -77,63 +79,80 @@ pub const MAX_HOPS: u32 = 40;
 /// directory), streaming `dpkg-deb --fsys-tarfile`. `warn` gets one line per
 /// skipped entry. Errors name the package and, for a bad entry, the entry.
 pub fn unpack_deb(deb: &Path, dest: &Path, warn: &dyn Fn(&str)) -> Result<()> {
-    use std::process::{Command, Stdio};
-    let dpkg_deb = crate::tools::path(crate::tools::Tool { program: "dpkg-deb", package: "dpkg" })?;
-    let mut child = Command::new(&dpkg_deb)
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("{}: cannot run {}", deb.display(), dpkg_deb.display()))?;
-    let mut stderr = child.stderr.take().expect("piped");
-    let errors = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = stderr.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).trim().to_string()
-    });
-    let mut stdout = child.stdout.take().expect("piped");
-    let label = deb.display().to_string();
-    let mut result = unpack_tar(&mut stdout, dest, &label, warn);
-    if result.is_ok() {
-        // Whatever follows the archive's end (padding) is read, so dpkg-deb
-        // finishes normally rather than on a broken pipe.
-        if let Err(e) = std::io::copy(&mut stdout, &mut std::io::sink()) {
-            result = Err(anyhow!(e).context(format!("{label}: reading dpkg-deb's output")));
+    Root::open(dest)?.unpack_deb(deb, warn)
+}
+
+impl Root {
+    /// [`unpack_deb`] into this root, recording each entry's attributes.
+    pub fn unpack_deb(&self, deb: &Path, warn: &dyn Fn(&str)) -> Result<()> {
+        use std::process::{Command, Stdio};
+        let dpkg_deb =
+            crate::tools::path(crate::tools::Tool { program: "dpkg-deb", package: "dpkg" })?;
+        let mut child = Command::new(&dpkg_deb)
+            .arg("--fsys-tarfile")
+            .arg(deb)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("{}: cannot run {}", deb.display(), dpkg_deb.display()))?;
+        let mut stderr = child.stderr.take().expect("piped");
+        let errors = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = stderr.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).trim().to_string()
+        });
+        let mut stdout = child.stdout.take().expect("piped");
+        let label = deb.display().to_string();
+        let mut result = self.unpack_tar(&mut stdout, &label, warn);
+        if result.is_ok() {
+            // Whatever follows the archive's end (padding) is read, so dpkg-deb
+            // finishes normally rather than on a broken pipe.
+            if let Err(e) = std::io::copy(&mut stdout, &mut std::io::sink()) {
+                result = Err(anyhow!(e).context(format!("{label}: reading dpkg-deb's output")));
+            }
         }
-    }
-    drop(stdout);
-    let status = child.wait().with_context(|| format!("{label}: waiting for dpkg-deb"))?;
-    let errors = errors.join().unwrap_or_default();
-    match result {
-        Ok(()) if !status.success() => {
-            bail!("{label}: dpkg-deb --fsys-tarfile failed ({status}): {errors}")
+        drop(stdout);
+        let status = child.wait().with_context(|| format!("{label}: waiting for dpkg-deb"))?;
+        let errors = errors.join().unwrap_or_default();
+        match result {
+            Ok(()) if !status.success() => {
+                bail!("{label}: dpkg-deb --fsys-tarfile failed ({status}): {errors}")
+            }
+            Ok(()) => Ok(()),
+            Err(e) if !status.success() && !errors.is_empty() => Err(
+                e.context(format!("{label}: dpkg-deb --fsys-tarfile failed ({status}): {errors}"))
+            ),
+            Err(e) => Err(e),
         }
-        Ok(()) => Ok(()),
-        Err(e) if !status.success() && !errors.is_empty() => {
-            Err(e.context(format!("{label}: dpkg-deb --fsys-tarfile failed ({status}): {errors}")))
-        }
-        Err(e) => Err(e),
     }
 }
 
 /// Unpacks a tar stream into `dest` under the rules of the module doc;
 /// `label` names the archive in errors and warnings (the package's file).
 pub fn unpack_tar(reader: impl Read, dest: &Path, label: &str, warn: &dyn Fn(&str)) -> Result<()> {
-    let root = Root::open(dest)?;
-    let mut ar = tar::Archive::new(reader);
-    for entry in ar.entries().with_context(|| format!("{label}: cannot read the data archive"))? {
-        let mut e = entry.with_context(|| format!("{label}: cannot read the data archive"))?;
-        let raw = e
-            .path()
-            .with_context(|| format!("{label}: an entry with an unreadable path"))?
-            .into_owned();
-        let name = raw.display().to_string();
-        root.entry(&mut e, &raw, label, warn)
-            .with_context(|| format!("{label}: entry '{name}'"))?;
+    Root::open(dest)?.unpack_tar(reader, label, warn)
+}
+
+impl Root {
+    /// [`unpack_tar`] into this root, recording each entry's attributes.
+    pub fn unpack_tar(&self, reader: impl Read, label: &str, warn: &dyn Fn(&str)) -> Result<()> {
+        let root = self;
+        let mut ar = tar::Archive::new(reader);
+        for entry in
+            ar.entries().with_context(|| format!("{label}: cannot read the data archive"))?
+        {
+            let mut e = entry.with_context(|| format!("{label}: cannot read the data archive"))?;
+            let raw = e
+                .path()
+                .with_context(|| format!("{label}: an entry with an unreadable path"))?
+                .into_owned();
+            let name = raw.display().to_string();
+            root.entry(&mut e, &raw, label, warn)
+                .with_context(|| format!("{label}: entry '{name}'"))?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The components of an entry path relative to the destination; refuses
@@ -179,6 +198,37 @@ fn kind_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<(FileType, u64, u
 pub struct Root {
     fd: OwnedFd,
     path: PathBuf,
+    /// Owner, group, mode and extended attributes of each entry unpacked,
+    /// by inode (see [`Key`]), turned into the payload's metadata by
+    /// [`Root::metadata`] once the tree is final.
+    records: std::cell::RefCell<HashMap<Key, Attrs>>,
+}
+
+/// An inode's identity while a payload is assembled: device, inode number
+/// and birth time (a new file that reuses a removed one's number is told
+/// apart by its birth time; renames keep all three).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    dev: (u32, u32),
+    ino: u64,
+    btime: (i64, u32),
+}
+
+fn key_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Key> {
+    use rustix::fs::StatxFlags;
+    let st = rustix::fs::statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+    )
+    .with_context(|| format!("cannot stat '{}'", name.to_string_lossy()))?;
+    let btime = if st.stx_mask & StatxFlags::BTIME.bits() != 0 {
+        (st.stx_btime.tv_sec, st.stx_btime.tv_nsec)
+    } else {
+        (0, 0)
+    };
+    Ok(Key { dev: (st.stx_dev_major, st.stx_dev_minor), ino: st.stx_ino, btime })
 }
 
 impl Root {
@@ -189,7 +239,7 @@ impl Root {
             Mode::empty(),
         )
         .with_context(|| format!("{}: cannot open the destination directory", dest.display()))?;
-        Ok(Root { fd, path: dest.to_path_buf() })
+        Ok(Root { fd, path: dest.to_path_buf(), records: Default::default() })
     }
 
     /// Opens the directory at `comps` (relative to the root), resolving
@@ -276,6 +326,115 @@ impl Root {
             )
             .with_context(|| format!("{}: cannot open", self.path.display())),
         }
+    }
+
+    fn record(&self, parent: BorrowedFd<'_>, name: &OsStr, attrs: Attrs) -> Result<()> {
+        let k = key_at(parent, name)?;
+        self.records.borrow_mut().insert(k, attrs);
+        Ok(())
+    }
+
+    /// The payload metadata of the tree as it is now: for every path, the
+    /// owner, group, mode and extended attributes its archive entry gave it
+    /// (paths the archives did not make are root's, with their mode on
+    /// disk). Only what differs from that default is listed.
+    pub fn metadata(&self) -> Result<Meta> {
+        let records = self.records.borrow();
+        let mut meta = Meta::new();
+        let mut stack: Vec<(PathBuf, String)> = vec![(self.path.clone(), String::new())];
+        while let Some((p, rel)) = stack.pop() {
+            let m = std::fs::symlink_metadata(&p)
+                .with_context(|| format!("{}: cannot stat", p.display()))?;
+            let key = key_at(rustix::fs::CWD, p.as_os_str())?;
+            use std::os::unix::fs::MetadataExt;
+            if let Some(a) = records.get(&key) {
+                if *a != Attrs::root(m.mode()) {
+                    meta.entries.insert(rel.clone(), a.clone());
+                }
+            }
+            if m.is_dir() {
+                let mut names: Vec<OsString> = std::fs::read_dir(&p)
+                    .and_then(|d| d.map(|e| e.map(|e| e.file_name())).collect())
+                    .with_context(|| format!("{}: cannot list", p.display()))?;
+                names.sort();
+                for n in names.into_iter().rev() {
+                    let s = n.to_str().ok_or_else(|| {
+                        anyhow!("{}: a name that is not UTF-8", p.join(&n).display())
+                    })?;
+                    let r = if rel.is_empty() { s.to_string() } else { format!("{rel}/{s}") };
+                    stack.push((p.join(&n), r));
+                }
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Opens the regular file `rel` for reading, every symlink on the way,
+    /// the last one included, resolved inside the root (an absolute target
+    /// restarts at the root, `..` stops there): a payload's
+    /// `usr/boot/vmlinuz -> /etc/shadow` reads the payload's own
+    /// `etc/shadow`, never the host's. `rel` itself may not hold `..`.
+    pub fn open_read(&self, rel: &Path) -> Result<std::fs::File> {
+        let mut comps = relative(rel)?;
+        let mut hops = 0;
+        loop {
+            let Some((name, parents)) = comps.split_last() else {
+                bail!("'{}' is the root directory, not a file", rel.display());
+            };
+            if name == ".." {
+                bail!("'{}' resolves to a directory, not a file", rel.display());
+            }
+            let parent = self.dir(parents, false).with_context(|| rel.display().to_string())?;
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+            match rustix::fs::openat(&parent, name, flags, Mode::empty()) {
+                Ok(fd) => {
+                    let st = rustix::fs::fstat(&fd)
+                        .with_context(|| format!("'{}': cannot stat", rel.display()))?;
+                    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+                        bail!(
+                            "'{}' is a {}, not a regular file",
+                            rel.display(),
+                            describe(FileType::from_raw_mode(st.st_mode))
+                        );
+                    }
+                    return Ok(std::fs::File::from(fd));
+                }
+                Err(Errno::LOOP) => {
+                    hops += 1;
+                    if hops > MAX_HOPS {
+                        bail!(
+                            "more than {MAX_HOPS} symbolic links on the way to '{}'",
+                            rel.display()
+                        );
+                    }
+                    let target = rustix::fs::readlinkat(&parent, name, Vec::new())
+                        .with_context(|| format!("'{}': cannot read the link", rel.display()))?;
+                    let target = PathBuf::from(OsStr::from_bytes(target.as_bytes()));
+                    let mut next: Vec<OsString> =
+                        if target.is_absolute() { Vec::new() } else { parents.to_vec() };
+                    for part in target.components() {
+                        match part {
+                            Component::Normal(n) => next.push(n.to_os_string()),
+                            Component::ParentDir => next.push("..".into()),
+                            _ => {}
+                        }
+                    }
+                    comps = next;
+                }
+                Err(Errno::NOENT) => bail!("'{}' does not exist", rel.display()),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("'{}': cannot open", rel.display()))
+                }
+            }
+        }
+    }
+
+    /// Reads the regular file `rel` whole (see [`Root::open_read`]).
+    pub fn read(&self, rel: &Path) -> Result<Vec<u8>> {
+        let mut f = self.open_read(rel)?;
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).with_context(|| format!("'{}': cannot read", rel.display()))?;
+        Ok(v)
     }
 
     /// Creates the directory `rel` and any missing parents (mode 0755),
@@ -400,6 +559,7 @@ impl Root {
         let parent = self.dir(parents, true)?;
         let perm = e.header().mode().context("bad mode")? & 0o7777;
         let mtime = e.header().mtime().unwrap_or(0) as i64;
+        let attrs = attrs_of(e, perm)?;
         match kind {
             tar::EntryType::Directory => match kind_at(parent.as_fd(), name)? {
                 Some((FileType::Symlink, _, _)) => {
@@ -418,15 +578,18 @@ impl Root {
                     )
                     .context("cannot open the directory")?;
                     rustix::fs::fchmod(&d, mode(perm | 0o700)).context("cannot set the mode")?;
+                    self.record(parent.as_fd(), name, attrs)?;
                 }
                 Some((t, _, _)) => bail!("a {} is in the way of this directory", describe(t)),
             },
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 self.file_at(parent.as_fd(), name, e, perm, Some(mtime))?;
+                self.record(parent.as_fd(), name, attrs)?;
             }
             tar::EntryType::Symlink => {
                 let target = e.link_name()?.ok_or_else(|| anyhow!("a symlink without target"))?;
                 self.symlink_at(parent.as_fd(), name, &target, Some(mtime))?;
+                self.record(parent.as_fd(), name, attrs)?;
             }
             tar::EntryType::Link => {
                 let target = e
@@ -463,6 +626,33 @@ impl Root {
     }
 }
 
+/// What an entry's header says of its owner, group, mode and extended
+/// attributes (pax `SCHILY.xattr.*` records).
+fn attrs_of<R: Read>(e: &mut tar::Entry<'_, R>, perm: u32) -> Result<Attrs> {
+    let h = e.header();
+    let id = |v: std::io::Result<u64>, what: &str| -> Result<u32> {
+        let v = v.with_context(|| format!("bad {what}"))?;
+        u32::try_from(v).map_err(|_| anyhow!("{what} {v} is out of range"))
+    };
+    let mut a = Attrs {
+        uid: id(h.uid(), "uid")?,
+        gid: id(h.gid(), "gid")?,
+        mode: perm,
+        ..Default::default()
+    };
+    if let Some(exts) = e.pax_extensions().context("bad pax header")? {
+        for x in exts {
+            let x = x.context("bad pax header")?;
+            let Ok(key) = x.key() else { continue };
+            if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                check_xattr_name(name)?;
+                a.xattrs.insert(name.to_string(), hex::encode(x.value_bytes()));
+            }
+        }
+    }
+    Ok(a)
+}
+
 fn describe(t: FileType) -> &'static str {
     match t {
         FileType::RegularFile => "regular file",
@@ -487,6 +677,8 @@ mod tests {
         h.set_mode(mode);
         h.set_size(size);
         h.set_mtime(1_600_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
         h
     }
 
@@ -586,5 +778,40 @@ mod tests {
             assert!(e.contains("test.deb: entry 'x"), "{e}");
             assert!(e.contains(msg), "{e}");
         }
+    }
+
+    #[test]
+    fn owners_groups_modes_and_xattrs_are_recorded_by_path() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = header(tar::EntryType::Directory, 0o1777, 0);
+        b.append_data(&mut h, "tmp/", &[][..]).unwrap();
+        let mut h = header(tar::EntryType::Directory, 0o555, 0);
+        b.append_data(&mut h, "ro/", &[][..]).unwrap();
+        let mut h = header(tar::EntryType::Regular, 0o2755, 1);
+        h.set_gid(42);
+        b.append_data(&mut h, "usr/bin/chage", &b"x"[..]).unwrap();
+        b.append_pax_extensions([("SCHILY.xattr.security.capability", &b"\x01\x00\x00\x02"[..])])
+            .unwrap();
+        let mut h = header(tar::EntryType::Regular, 0o755, 1);
+        b.append_data(&mut h, "usr/bin/ping", &b"p"[..]).unwrap();
+        let mut h = header(tar::EntryType::Regular, 0o644, 1);
+        b.append_data(&mut h, "etc/plain", &b"p"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let root = Root::open(d.path()).unwrap();
+        root.unpack_tar(&data[..], "test.deb", &|_| {}).unwrap();
+        // A rename (as merged /usr does) keeps the record.
+        std::fs::rename(d.path().join("usr/bin"), d.path().join("usr/sbin")).unwrap();
+        let m = root.metadata().unwrap();
+        let disk = |p: &str| std::fs::symlink_metadata(d.path().join(p)).unwrap().permissions().mode();
+        assert_eq!(m.attrs("tmp", disk("tmp")), Attrs::root(0o1777));
+        assert_eq!(m.attrs("ro", disk("ro")), Attrs::root(0o555), "{m:?}");
+        assert_eq!(m.entries["usr/sbin/chage"].gid, 42);
+        assert_eq!(m.entries["usr/sbin/chage"].mode, 0o2755);
+        assert_eq!(m.entries["usr/sbin/ping"].xattrs["security.capability"], "01000002");
+        assert!(!m.entries.contains_key("etc/plain"), "root-owned 0644 needs no entry: {m:?}");
+        // The tree on disk stays the builder's and writable.
+        let md = std::fs::metadata(d.path().join("tmp")).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o1777);
     }
 }

@@ -68,11 +68,7 @@ pub fn default_epoch(base: &Path) -> Result<i64> {
         let s = v.to_string_lossy();
         return s.trim().parse().map_err(|_| anyhow!("SOURCE_DATE_EPOCH={s} is not an integer"));
     }
-    let m = std::fs::metadata(base.join(forge::payload::OS_RELEASE)).with_context(|| {
-        format!("payload {}: missing {}", base.display(), forge::payload::OS_RELEASE)
-    })?;
-    use std::os::unix::fs::MetadataExt;
-    Ok(m.mtime())
+    forge::payload::os_release_mtime(base)
 }
 
 fn ids(a: &Args) -> IdPolicy {

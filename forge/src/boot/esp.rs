@@ -55,10 +55,10 @@ pub fn slots(plan: &DiskPlan) -> Vec<Slot> {
 /// The ESP's file tree.
 pub fn contents(input: &EspInput) -> Result<Dir> {
     let mut t = Dir::new();
-    t.add_file("flatcar/vmlinuz-a", Source::File(input.payload.kernel.clone()))?;
+    t.add_file("flatcar/vmlinuz-a", Source::Bytes(input.payload.kernel.clone()))?;
     match (input.boot, &input.payload.initrd) {
         (Some(b), _) => t.add_file("flatcar/initrd-a", Source::Bytes(b.initramfs.clone()))?,
-        (None, Some(i)) => t.add_file("flatcar/initrd-a", Source::File(i.clone()))?,
+        (None, Some(i)) => t.add_file("flatcar/initrd-a", Source::Bytes(i.clone()))?,
         (None, None) => {}
     }
     if let Some(b) = input.boot {

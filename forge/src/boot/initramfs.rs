@@ -3,6 +3,7 @@
 //! `/init` (forge-init), `/dev/console`, the module list and the modules it
 //! needs from the payload's kernel, with their dependencies.
 
+use crate::payload::Payload;
 use anyhow::{anyhow, bail, Context, Result};
 use forge_formats::modules::{self, ModulesDep};
 use std::collections::BTreeSet;
@@ -97,14 +98,16 @@ impl Cpio {
 }
 
 /// Modules to load: names from `list` plus everything they depend on, as
-/// paths relative to the modules directory, per `modules.dep`.
-pub fn module_closure(modules_dir: &Path, wanted: &[String]) -> Result<Vec<String>> {
-    let dep_path = modules_dir.join("modules.dep");
-    let text = std::fs::read_to_string(&dep_path)
-        .with_context(|| format!("{}: missing (run depmod)", dep_path.display()))?;
-    let deps = ModulesDep::parse(&text).with_context(|| dep_path.display().to_string())?;
-    let builtin = std::fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
-    let builtin = modules::parse_builtin(&builtin);
+/// paths relative to the modules directory `mdir` (payload-relative), per
+/// `modules.dep`.
+pub fn module_closure(payload: &Payload, mdir: &str, wanted: &[String]) -> Result<Vec<String>> {
+    let dep_path = format!("{mdir}/modules.dep");
+    let text =
+        payload.read(&dep_path).with_context(|| format!("{dep_path}: missing (run depmod)"))?;
+    let text = String::from_utf8_lossy(&text);
+    let deps = ModulesDep::parse(&text).with_context(|| dep_path.clone())?;
+    let builtin = payload.read(&format!("{mdir}/modules.builtin")).unwrap_or_default();
+    let builtin = modules::parse_builtin(&String::from_utf8_lossy(&builtin));
     let mut out = BTreeSet::new();
     for w in wanted {
         let (w, optional) = match w.strip_suffix('?') {
@@ -117,29 +120,27 @@ pub fn module_closure(modules_dir: &Path, wanted: &[String]) -> Result<Vec<Strin
                 out.extend(m.deps.iter().cloned());
             }
             None if builtin.contains(&modules::normalize(w)) || optional => {}
-            None => bail!("kernel module '{w}' is neither in {} nor built in", dep_path.display()),
+            None => bail!("kernel module '{w}' is neither in {dep_path} nor built in"),
         }
     }
     Ok(out.into_iter().collect())
 }
 
-/// Builds the initramfs for the kernel in `payload_root` (its version read
-/// from the bzImage) with `init` as /init.
-pub fn build(
-    payload_root: &Path,
-    kernel: &[u8],
-    init: &Path,
-    wanted: &[String],
-    epoch: i64,
-) -> Result<Vec<u8>> {
-    let version = super::kernel_version(kernel).ok_or_else(|| {
+/// Builds the initramfs for the payload's kernel (its version read from the
+/// bzImage) with `init` as /init. Module files are read from the payload
+/// with links resolved inside it; a `modules.dep` naming `../` paths is refused.
+pub fn build(payload: &Payload, init: &Path, wanted: &[String], epoch: i64) -> Result<Vec<u8>> {
+    let version = super::kernel_version(&payload.kernel).ok_or_else(|| {
         anyhow!("{}: not an x86 bzImage (no setup header)", crate::payload::KERNEL)
     })?;
-    let mdir = payload_root.join("usr/lib/modules").join(&version);
-    if !mdir.is_dir() {
+    if version.contains('/') || version == ".." {
+        bail!("{}: kernel version '{version}' is not a directory name", crate::payload::KERNEL);
+    }
+    let mdir = format!("usr/lib/modules/{version}");
+    if payload.read(&format!("{mdir}/modules.dep")).is_err() {
         bail!(
-            "payload {}: no modules for kernel {version} (usr/lib/modules/{version})",
-            payload_root.display()
+            "payload {}: no modules for kernel {version} ({mdir}/modules.dep)",
+            payload.root.display()
         );
     }
     let init_bytes = std::fs::read(init)
@@ -155,13 +156,12 @@ pub fn build(
     c.file("etc/forge-init/modules", 0o644, (names.join("\n") + "\n").as_bytes());
     let base = format!("lib/modules/{version}");
     for f in ["modules.dep", "modules.builtin", "modules.order"] {
-        if let Ok(b) = std::fs::read(mdir.join(f)) {
+        if let Ok(b) = payload.read(&format!("{mdir}/{f}")) {
             c.file(&format!("{base}/{f}"), 0o644, &b);
         }
     }
-    for m in module_closure(&mdir, wanted)? {
-        let b = std::fs::read(mdir.join(&m))
-            .with_context(|| format!("{}: missing module", mdir.join(&m).display()))?;
+    for m in module_closure(payload, &mdir, wanted)? {
+        let b = payload.read(&format!("{mdir}/{m}")).context("a module modules.dep names")?;
         c.file(&format!("{base}/{m}"), 0o644, &b);
     }
     Ok(c.finish())

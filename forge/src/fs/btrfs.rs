@@ -17,7 +17,9 @@ use anyhow::Result;
 
 pub fn build(job: &FsJob) -> Result<FsReport> {
     let plan = job.plan;
-    let (dir, _guard) = content_dir(job.content, job.scratch, job.epoch)?;
+    let (src, _guard) = content_dir(job.content, job.scratch, job.epoch)?;
+    let dir = &src.dir;
+    let session = super::source::prepare(&src, job.scratch, 255, "mkfs.btrfs")?;
     let tmp = tempfile::Builder::new().prefix(".btrfs-").tempfile_in(job.scratch)?;
     tmp.as_file().set_len(plan.bytes())?;
     let mut args: Vec<String> = vec![
@@ -43,7 +45,8 @@ pub fn build(job: &FsJob) -> Result<FsReport> {
     }
     args.push(tmp.path().display().to_string());
     run(
-        duct::cmd(tools::path(tools::MKFS_BTRFS)?, &args)
+        session
+            .command(&tools::path(tools::MKFS_BTRFS)?, &args)?
             .env("SOURCE_DATE_EPOCH", job.epoch.to_string())
             // mkfs.btrfs refuses a UUID it finds in libblkid's cache, which may hold
             // entries for image files someone probed (`blkid FILE`): a private,

@@ -2,11 +2,12 @@
 //! then spliced into the partition (the scratch file is punched as it is
 //! copied, so the data is never held twice on disk).
 //!
-//! Reproducibility: `-T` pins every timestamp, `-U` the UUID, `--all-root`
-//! the owners; directory entries are sorted by mkfs.erofs itself. Extended
-//! attributes are not copied (`-x -1`): a payload unpacked without root has
-//! none, and a root build must give the same bytes.
+//! Reproducibility: `-T` pins every timestamp, `-U` the UUID; directory
+//! entries are sorted by mkfs.erofs itself. Owners, modes and extended
+//! attributes are the payload's, given by `fakeroot` (see `source.rs`),
+//! the same for every builder.
 
+use super::source::{self, SourceDir};
 use super::{content_dir, run, FsJob, FsReport};
 use crate::io::sparse;
 use crate::tools;
@@ -14,38 +15,39 @@ use anyhow::{bail, Result};
 use std::path::Path;
 use uuid::Uuid;
 
+/// The longest file name mkfs.erofs 1.5 takes (longer ones fail with
+/// "Could not format the device" or ENOMEM; the format's limit is 255).
+pub const MAX_NAME: usize = 253;
+
 /// Builds an erofs image file from a directory (reproducibly).
 pub fn make_image(
-    dir: &Path,
+    src: &SourceDir,
+    scratch: &Path,
     out: &Path,
     epoch: i64,
     uuid: Uuid,
     compression: Option<&str>,
 ) -> Result<()> {
-    let mut args: Vec<String> = vec![
-        "--quiet".into(),
-        format!("-T{epoch}"),
-        format!("-U{uuid}"),
-        "--all-root".into(),
-        "-x-1".into(),
-    ];
+    let mut args: Vec<String> = vec!["--quiet".into(), format!("-T{epoch}"), format!("-U{uuid}")];
     if let Some(c) = compression {
         args.push(format!("-z{c}"));
     }
+    let session = source::prepare(src, scratch, MAX_NAME, "mkfs.erofs 1.5")?;
     args.push(out.display().to_string());
-    args.push(dir.display().to_string());
+    args.push(src.dir.display().to_string());
     run(
-        duct::cmd(tools::path(tools::MKFS_EROFS)?, &args),
-        &format!("mkfs.erofs {}", dir.display()),
+        session.command(&tools::path(tools::MKFS_EROFS)?, &args)?,
+        &format!("mkfs.erofs {}", src.dir.display()),
     )?;
     Ok(())
 }
 
 pub fn build(job: &FsJob) -> Result<FsReport> {
     let plan = job.plan;
-    let (dir, _guard) = content_dir(job.content, job.scratch, job.epoch)?;
+    let (src, _guard) = content_dir(job.content, job.scratch, job.epoch)?;
     let tmp = tempfile::Builder::new().prefix(".erofs-").tempfile_in(job.scratch)?;
-    make_image(&dir, tmp.path(), job.epoch, plan.uuid, plan.compression.as_deref())?;
+    make_image(&src, job.scratch, tmp.path(), job.epoch, plan.uuid, plan.compression.as_deref())?;
+    let dir = &src.dir;
     let size = tmp.as_file().metadata()?.len();
     if size > plan.bytes() {
         bail!(

@@ -12,19 +12,21 @@ pub mod btrfs;
 pub mod erofs;
 pub mod ext4;
 pub mod fat;
+pub mod source;
 pub mod tree;
 
 use crate::layout::{FsKind, FsPlan};
 use crate::tools::{self, Tool};
 use anyhow::{Context, Result};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What goes into a filesystem.
 #[derive(Clone, Debug)]
 pub enum Content {
-    /// An existing directory, used as is (e.g. the payload's `usr/`).
-    Directory(PathBuf),
+    /// An existing directory, used as is (e.g. the payload's `usr/`), with
+    /// the payload metadata its files get.
+    Directory(source::SourceDir),
     /// A tree assembled by the build.
     Tree(tree::Dir),
 }
@@ -107,7 +109,7 @@ pub fn build(job: &FsJob) -> Result<FsReport> {
         FsKind::Vfat => {
             let tree = match job.content {
                 Content::Tree(t) => t.clone(),
-                Content::Directory(d) => tree::Dir::from_path(d)?,
+                Content::Directory(d) => tree::Dir::from_path(&d.dir)?,
             };
             let params = fat::FatParams {
                 label: job.plan.label.clone(),
@@ -133,7 +135,7 @@ pub(crate) fn content_dir(
     content: &Content,
     scratch: &Path,
     epoch: i64,
-) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+) -> Result<(source::SourceDir, Option<tempfile::TempDir>)> {
     match content {
         Content::Directory(d) => Ok((d.clone(), None)),
         Content::Tree(t) => {
@@ -143,7 +145,8 @@ pub(crate) fn content_dir(
                 .context("creating a staging directory")?;
             let root = tmp.path().join("root");
             t.materialize(&root, epoch)?;
-            Ok((root, Some(tmp)))
+            let dir = source::SourceDir { dir: root, meta: None, rel: String::new() };
+            Ok((dir, Some(tmp)))
         }
     }
 }
