@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 pub struct Attrs {
     pub uid: u32,
     pub gid: u32,
-    /// Permission bits with set-uid, set-gid and sticky (`mode & 0o7777`).
+    /// Permission bits with set-uid, set-gid and sticky (`mode & 0o7777`),
+    /// written in octal (`"2755"`).
+    #[serde(with = "octal")]
     pub mode: u32,
     /// Extended attributes: name → value in hex.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -37,6 +39,17 @@ impl Attrs {
     /// an entry gets.
     pub fn root(mode: u32) -> Attrs {
         Attrs { uid: 0, gid: 0, mode: mode & 0o7777, xattrs: BTreeMap::new() }
+    }
+}
+
+mod octal {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(m: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{m:04o}"))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let s = String::deserialize(d)?;
+        u32::from_str_radix(&s, 8).map_err(|_| D::Error::custom(format!("mode '{s}' is not octal")))
     }
 }
 
@@ -254,11 +267,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("m.json");
         for (bad, what) in [
-            (r#"{"format":1,"entries":{"../x":{"uid":0,"gid":0,"mode":420}}}"#, "not a path"),
-            (r#"{"format":1,"entries":{"x":{"uid":0,"gid":0,"mode":70000}}}"#, "beyond 7777"),
+            (r#"{"format":1,"entries":{"../x":{"uid":0,"gid":0,"mode":"644"}}}"#, "not a path"),
+            (r#"{"format":1,"entries":{"x":{"uid":0,"gid":0,"mode":"70000"}}}"#, "beyond 7777"),
             (r#"{"format":2,"entries":{}}"#, "format 2"),
+            (r#"{"format":1,"entries":{"x":{"uid":0,"gid":0,"mode":"9"}}}"#, "not octal"),
             (
-                r#"{"format":1,"entries":{"x":{"uid":0,"gid":0,"mode":420,"xattrs":{"system.x":"00"}}}}"#,
+                r#"{"format":1,"entries":{"x":{"uid":0,"gid":0,"mode":"644","xattrs":{"system.x":"00"}}}}"#,
                 "system.x",
             ),
         ] {

@@ -308,7 +308,7 @@ pub fn build(
 
 /// How payloads are assembled; part of their cache key, so payloads made an
 /// older way (without the owners sidecar) are not reused.
-const PAYLOAD_SCHEME: &str = "payload-meta-1";
+const PAYLOAD_SCHEME: &str = "payload-meta-2";
 
 /// Sets the process umask for as long as it lives, then restores it.
 struct Umask(libc::mode_t);

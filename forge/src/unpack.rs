@@ -803,7 +803,8 @@ mod tests {
         // A rename (as merged /usr does) keeps the record.
         std::fs::rename(d.path().join("usr/bin"), d.path().join("usr/sbin")).unwrap();
         let m = root.metadata().unwrap();
-        let disk = |p: &str| std::fs::symlink_metadata(d.path().join(p)).unwrap().permissions().mode();
+        let disk =
+            |p: &str| std::fs::symlink_metadata(d.path().join(p)).unwrap().permissions().mode();
         assert_eq!(m.attrs("tmp", disk("tmp")), Attrs::root(0o1777));
         assert_eq!(m.attrs("ro", disk("ro")), Attrs::root(0o555), "{m:?}");
         assert_eq!(m.entries["usr/sbin/chage"].gid, 42);

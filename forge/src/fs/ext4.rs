@@ -5,8 +5,9 @@
 //! `mkfs.ext4` by `fakeroot` (see `source.rs`). Reproducibility:
 //! `E2FSPROGS_FAKE_TIME` pins the superblock and new-inode times, `-U` and
 //! `hash_seed` pin the UUID and directory hashing; `-d` copies each source
-//! file's ctime, so a `debugfs -w` pass then sets every used inode's ctime
-//! to the epoch. That pass names inodes by number (`<12>`), read from
+//! file's times (a staged directory's are when it was staged, a file's
+//! atime when it was last read), so a `debugfs -w` pass then sets every
+//! used inode's atime, mtime and ctime to the epoch. That pass names inodes by number (`<12>`), read from
 //! `dumpe2fs`'s free-inode lists: no file name ever goes through debugfs'
 //! command language.
 
@@ -66,8 +67,8 @@ pub fn build(job: &FsJob) -> Result<FsReport> {
 /// The longest name ext4 takes.
 pub const MAX_NAME: usize = 255;
 
-/// Sets the ctime of every used inode (the root and those from
-/// `first_ino` on) to the epoch.
+/// Sets atime, mtime and ctime of every used inode (the root and those
+/// from `first_ino` on) to the epoch.
 fn pin_ctimes(job: &FsJob) -> Result<()> {
     let target = format!("{}?offset={}", job.image_path.display(), job.offset);
     let dump = run(duct::cmd!(tools::path(tools::DUMPE2FS)?, &target), "dumpe2fs")?;
@@ -75,7 +76,9 @@ fn pin_ctimes(job: &FsJob) -> Result<()> {
     let mut script = String::new();
     let e = job.epoch;
     for i in inodes {
-        writeln!(script, "sif <{i}> ctime @{e}")?;
+        for field in ["atime", "mtime", "ctime"] {
+            writeln!(script, "sif <{i}> {field} @{e}")?;
+        }
     }
     let tmp = tempfile::Builder::new().prefix(".debugfs-").tempfile_in(job.scratch)?;
     std::fs::write(tmp.path(), &script)
@@ -83,11 +86,11 @@ fn pin_ctimes(job: &FsJob) -> Result<()> {
     let out = run(
         duct::cmd!(tools::path(tools::DEBUGFS)?, "-w", "-f", tmp.path(), &target)
             .env("E2FSPROGS_FAKE_TIME", e.to_string()),
-        "debugfs -w (pinning inode ctimes)",
+        "debugfs -w (pinning inode times)",
     )?;
     // debugfs reports per-command errors on stderr but exits 0.
     if let Some(line) = out.lines().find(|l| !l.trim().is_empty() && !l.starts_with("debugfs")) {
-        anyhow::bail!("debugfs -w (pinning inode ctimes): {line}");
+        anyhow::bail!("debugfs -w (pinning inode times): {line}");
     }
     Ok(())
 }

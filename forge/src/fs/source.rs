@@ -376,7 +376,7 @@ mod tests {
         let t = d.path().join("t");
         std::fs::create_dir_all(&t).unwrap();
         std::fs::write(t.join("secret"), b"x").unwrap();
-        std::fs::set_permissions(t.join("secret"), std::fs::Permissions::from_mode(0)).unwrap();
+        std::fs::set_permissions(t.join("secret"), std::fs::Permissions::from_mode(0o000)).unwrap();
         let e = format!("{:#}", prepare(&src(&t, None), d.path(), 255, "ext4").err().unwrap());
         assert!(e.contains("secret") && e.contains("cannot read"), "{e}");
     }
