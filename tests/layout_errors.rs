@@ -135,7 +135,7 @@ fn broken_payloads_are_rejected() {
         (
             "no-os-release",
             &|d| std::fs::create_dir_all(d.join("usr/boot")).unwrap(),
-            "missing or unreadable usr/lib/os-release",
+            "no os-release: usr/lib/os-release",
         ),
         (
             "no-kernel",
@@ -143,7 +143,7 @@ fn broken_payloads_are_rejected() {
                 std::fs::create_dir_all(d.join("usr/lib")).unwrap();
                 std::fs::write(d.join("usr/lib/os-release"), "ID=x\n").unwrap();
             },
-            "missing kernel usr/boot/vmlinuz",
+            "no kernel: usr/boot/vmlinuz",
         ),
         (
             "no-id",
