@@ -630,13 +630,18 @@ impl Root {
 /// attributes (pax `SCHILY.xattr.*` records).
 fn attrs_of<R: Read>(e: &mut tar::Entry<'_, R>, perm: u32) -> Result<Attrs> {
     let h = e.header();
-    let id = |v: std::io::Result<u64>, what: &str| -> Result<u32> {
+    // An empty field (all NULs or spaces) is 0, as dpkg and GNU tar read it.
+    let id = |raw: &[u8], v: std::io::Result<u64>, what: &str| -> Result<u32> {
+        if raw.iter().all(|&b| b == 0 || b == b' ') {
+            return Ok(0);
+        }
         let v = v.with_context(|| format!("bad {what}"))?;
         u32::try_from(v).map_err(|_| anyhow!("{what} {v} is out of range"))
     };
+    let old = h.as_old();
     let mut a = Attrs {
-        uid: id(h.uid(), "uid")?,
-        gid: id(h.gid(), "gid")?,
+        uid: id(&old.uid, h.uid(), "uid")?,
+        gid: id(&old.gid, h.gid(), "gid")?,
         mode: perm,
         ..Default::default()
     };
