@@ -36,7 +36,7 @@ fn start_parent(role: &str) -> (std::process::Child, i32) {
     let mut lines = std::io::BufReader::new(parent.stdout.take().unwrap()).lines();
     let pid = loop {
         let l = lines.next().expect("the parent ended before starting its child").unwrap();
-        if let Some(p) = l.strip_prefix("CHILD ") {
+        if let Some((_, p)) = l.split_once("CHILD ") {
             break p.trim().parse::<i32>().unwrap();
         }
     };
@@ -101,12 +101,11 @@ fn parent_role() {
             let _ = child.wait();
         }
         "fs-run" => {
-            // `fs::run` takes any expression (mkfs.ext4, mkfs.erofs, …).
-            let e = duct::cmd!("sh", "-c", "echo CHILD $$; exec sleep 60");
-            let _ = forge::fs::run(
-                e.stdout_file(std::fs::File::create("/dev/stdout").unwrap()),
-                "sleep",
-            );
+            // `fs::run` takes any expression (mkfs.ext4, mkfs.erofs, …) and
+            // captures its output: the child tells its PID through the
+            // parent's stdout.
+            let e = duct::cmd!("sh", "-c", "echo CHILD $$ > /proc/$PPID/fd/1; exec sleep 60");
+            let _ = forge::fs::run(e, "sleep");
         }
         r => panic!("unknown role {r}"),
     }
