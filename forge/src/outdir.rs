@@ -281,9 +281,8 @@ impl Staged {
                         format!("{}: cannot keep a link to the earlier artifact", dest.display())
                     };
                     std::fs::hard_link(&dest, &b).with_context(what)?;
-                    let b = tempfile::TempPath::try_from_path(&b).map_err(|e| {
+                    let b = tempfile::TempPath::try_from_path(&b).inspect_err(|_| {
                         let _ = std::fs::remove_file(&b);
-                        e
                     });
                     backups.push((dest.clone(), b.with_context(what)?));
                 }
