@@ -13,6 +13,9 @@ const ARTIFACTS: &[&str] = &[
     "flatcar_production_hetzner_image.bin.bz2",
     "flatcar_production_hetzner_image.bin.bz2.DIGESTS",
     "version.txt",
+    // Published with the disk, never before it: a killed build must not
+    // leave a side file describing a disk that is not there.
+    "flatcar_production_hetzner_image_verity.txt",
 ];
 
 fn build_cmd(payload: &Path, out: &Path) -> Command {

@@ -78,13 +78,13 @@ pub fn remove_file(disk: &Path, label: &str, path: &str) -> Result<()> {
     let target = format!("{}?offset={off}", disk.display());
     let debugfs = forge::tools::path(forge::tools::DEBUGFS)?;
     forge::fs::run(
-        duct::cmd!(&debugfs, "-w", "-R", format!("rm \"{path}\""), &target),
+        forge::cmd!(&debugfs, "-w", "-R", format!("rm \"{path}\""), &target),
         &format!("debugfs rm {path} on {label}"),
     )?;
     let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
     let dir = if dir.is_empty() { "/" } else { dir };
     let out = forge::fs::run(
-        duct::cmd!(&debugfs, "-R", format!("ls -l \"{dir}\""), &target),
+        forge::cmd!(&debugfs, "-R", format!("ls -l \"{dir}\""), &target),
         &format!("debugfs ls {dir} on {label}"),
     )?;
     if out.split_whitespace().any(|w| w == name) {

@@ -9,7 +9,7 @@ use crate::spec::{Arch, BootTest, DiskDevice, DiskSource, Firmware};
 use anyhow::{bail, Context, Result};
 use forge::tools::Tool;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -168,7 +168,7 @@ impl Drop for Vm {
 impl Vm {
     pub fn start(program: &Path, args: &[String], serial: &Path, stderr: &Path) -> Result<Vm> {
         let _ = std::fs::remove_file(serial);
-        let child = Command::new(program)
+        let child = forge::tools::command(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -126,7 +126,7 @@ pub fn run(spec: &BootTest, opts: &Options, log: &dyn Fn(&str)) -> Result<Report
     // The test's SSH key.
     let key = w.join("id_ed25519");
     forge::fs::run(
-        duct::cmd!(
+        forge::cmd!(
             "ssh-keygen",
             "-q",
             "-t",
@@ -341,7 +341,7 @@ impl Observations for VmObservations {
     }
     fn ssh(&mut self, user: &str, command: &str, guest_port: u16) -> Result<String, String> {
         let port = self.host_port(guest_port)?;
-        let o = duct::cmd!(
+        let o = forge::cmd!(
             "ssh",
             "-i",
             &self.key,

@@ -1,10 +1,11 @@
 //! Artifacts stage: the compressed disk file, its `.DIGESTS` (md5, sha1,
 //! sha512 in upstream's layout) and `version.txt`, each written under a
-//! temporary name and renamed into place.
+//! temporary name and staged (`outdir::Staged`) to be renamed into place
+//! with the build's other artifacts.
 
 use crate::io::compress;
 use crate::oem::Compression;
-use crate::outdir;
+use crate::outdir::{self, Staged};
 use crate::payload::OsRelease;
 use anyhow::{anyhow, bail, Context, Result};
 use md5::Md5;
@@ -88,7 +89,7 @@ pub struct CompressOptions {
     pub verify: bool,
 }
 
-/// What [`compress_file`] wrote.
+/// What [`compress_partial`] wrote.
 #[derive(Clone, Debug)]
 pub struct Compressed {
     /// Bytes of the output file.
@@ -98,22 +99,21 @@ pub struct Compressed {
     pub stats: Option<compress::Stats>,
 }
 
-/// Compresses `raw` to `dest` (under a temporary name, verified by a full
-/// decode unless `opts.verify` is off, then renamed). `progress` gets
-/// (step, bytes done, bytes total).
-pub fn compress_file(
+/// Compresses `raw` into a temporary file in `dir` for the artifact
+/// `name`, verified by a full decode unless `opts.verify` is off; the
+/// caller publishes it. `progress` gets (step, bytes done, bytes total).
+pub fn compress_partial(
     raw: &Path,
-    dest: &Path,
+    dir: &Path,
+    name: &str,
     opts: &CompressOptions,
     progress: &dyn Fn(&str, u64, u64),
-) -> Result<Compressed> {
+) -> Result<(tempfile::NamedTempFile, Compressed)> {
+    let dest = dir.join(name);
     let src =
         std::fs::File::open(raw).with_context(|| format!("{}: cannot open", raw.display()))?;
     let len = src.metadata().with_context(|| format!("{}: cannot stat", raw.display()))?.len();
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    outdir::clean_stale(dir);
-    let tmp = outdir::partial_file(dir, &name)?;
+    let tmp = outdir::partial_file(dir, name)?;
     let threads = opts.threads;
     let result = match opts.compression.codec() {
         Some(codec) => {
@@ -154,8 +154,7 @@ pub fn compress_file(
             Compressed { bytes: len, digests: h.finish().1, stats: None }
         }
     };
-    outdir::publish(tmp, dest)?;
-    Ok(result)
+    Ok((tmp, result))
 }
 
 /// A disk to publish: `source` (the disk in its format) compressed into
@@ -168,15 +167,38 @@ pub struct DiskRequest<'a> {
     pub compress: CompressOptions,
 }
 
-/// Publishes a disk (see [`DiskRequest`]). The source file is left in place.
-pub fn publish_disk(req: &DiskRequest, progress: &dyn Fn(&str, u64, u64)) -> Result<Artifact> {
-    let name = format!("{}{}", req.image_name, req.compress.compression.suffix());
-    let final_path = req.out_dir.join(&name);
-    let digests_path = req.out_dir.join(format!("{name}.DIGESTS"));
-    // The DIGESTS go first under their final name only after the disk is in place.
-    let c = compress_file(req.source, &final_path, &req.compress, progress)?;
-    outdir::write_atomic(&digests_path, c.digests.render(&name).as_bytes())?;
-    Ok(Artifact { path: final_path, bytes: c.bytes, digests_path })
+/// Stages a disk (see [`DiskRequest`]) and its DIGESTS in `staged`; the
+/// same image under the other compressions (and their DIGESTS), which an
+/// earlier build may have left, are retired with the commit. The source
+/// file is left in place. The returned paths are the final ones.
+pub fn publish_disk(
+    req: &DiskRequest,
+    staged: &mut Staged,
+    progress: &dyn Fn(&str, u64, u64),
+) -> Result<Artifact> {
+    let name = disk_name(req.image_name, req.compress.compression);
+    let digests_name = format!("{name}.DIGESTS");
+    let (tmp, c) = compress_partial(req.source, req.out_dir, &name, &req.compress, progress)?;
+    staged.add(tmp, &name);
+    staged.add_bytes(req.out_dir, &digests_name, c.digests.render(&name).as_bytes())?;
+    for other in ALL_COMPRESSIONS {
+        let n = disk_name(req.image_name, other);
+        staged.retire(&format!("{n}.DIGESTS"));
+        staged.retire(&n);
+    }
+    Ok(Artifact {
+        path: req.out_dir.join(&name),
+        bytes: c.bytes,
+        digests_path: req.out_dir.join(digests_name),
+    })
+}
+
+const ALL_COMPRESSIONS: [Compression; 5] =
+    [Compression::None, Compression::Bz2, Compression::Gz, Compression::Zst, Compression::Xz];
+
+/// The published disk's file name: the image name and the compression's suffix.
+pub fn disk_name(image_name: &str, compression: Compression) -> String {
+    format!("{image_name}{}", compression.suffix())
 }
 
 /// `version.txt` in upstream's keys, from the payload's os-release.

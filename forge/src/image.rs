@@ -12,13 +12,17 @@
 //!   `boot::esp::contents` decides from the verity results.
 //! - [`other_partitions`]: everything else (ROOT, OEM, …), by mount point.
 //! - [`verify`]: GPT read back, fsck, verity recomputed.
-//! - [`publish`]: the verity side file, then the image renamed into place.
+//! - [`publish`]: the verity side file and the image staged, to be renamed
+//!   into place together.
 //!
 //! Each phase takes plain data and gives plain data, so a test can drive one
 //! alone; [`build`] strings them together, times them, and makes the output
-//! atomic: the image is written under a temporary name in the output
-//! directory, verified, and only then renamed, so a failed build leaves
-//! nothing under the final name.
+//! atomic: the image and its verity side file are written under temporary
+//! names in the (locked) output directory, verified, and only then renamed
+//! together ([`outdir::Staged::commit`]), so a failed build leaves nothing
+//! new under a final name and an earlier build's artifacts untouched.
+//! [`build_staged`] leaves the commit to the caller, whose own artifacts
+//! (a compressed disk, its DIGESTS) join the same step.
 
 use crate::boot::esp::{self, EspInput};
 use crate::boot::BootConfig;
@@ -26,7 +30,7 @@ use crate::fs::source::SourceDir;
 use crate::fs::tree::{Dir, Source};
 use crate::fs::{self, Content, FsJob, FsReport};
 use crate::layout::{DiskPlan, Feature, FsKind, FsPlan, IdPolicy, LayoutFile, PartitionPlan};
-use crate::outdir;
+use crate::outdir::{self, OutputDir, Staged};
 use crate::payload::Payload;
 use crate::seed::Seed;
 use crate::verity::{self, ProtectedPartition};
@@ -45,7 +49,6 @@ pub struct BuildRequest {
     pub plan: DiskPlan,
     /// Derives volume IDs and verity salts and UUIDs.
     pub seed: Seed,
-    pub output_dir: PathBuf,
     /// File name of the raw image, e.g. `flatcar_production_image.bin`.
     pub image_name: String,
     /// Unix time stamped on every file and filesystem (SOURCE_DATE_EPOCH).
@@ -58,7 +61,7 @@ pub struct BuildRequest {
     pub boot: Option<BootConfig>,
     /// Verify before publishing (GPT, fsck, verity); false only on request.
     pub verify: bool,
-    /// Rename the image to its final name; false keeps it under its
+    /// Publish the image under `image_name`; false keeps it under its
     /// temporary name (deleted when the output is dropped), for builds whose
     /// published artifact is a compressed copy.
     pub publish: bool,
@@ -98,10 +101,12 @@ impl Built {
 /// What a build produced: plain data out.
 #[derive(Clone, Debug)]
 pub struct BuildOutput {
+    /// The image: its final path once published, else where it is now.
     pub image: PathBuf,
     pub plan: DiskPlan,
     pub filesystems: Vec<BuiltFs>,
     pub verity: Vec<ProtectedPartition>,
+    /// The verity side file's final path.
     pub verity_file: Option<PathBuf>,
     pub stages: Vec<Stage>,
     /// Bytes the image occupies on disk (its non-zero blocks).
@@ -319,11 +324,37 @@ pub fn other_partitions(t: &Target, payload: &Payload, oem: Option<&Dir>) -> Res
     Ok(built)
 }
 
-/// Builds an image: every phase after [`plan`]. `log` receives one line
-/// per step, `progress` (step, bytes done, bytes total) as each filesystem
-/// is built and checked.
+/// Builds an image into the output directory `out` (locked by the caller
+/// for the whole build): every phase after [`plan`], then the image and its
+/// verity side file published together. `log` receives one line per step,
+/// `progress` (step, bytes done, bytes total) as each filesystem is built
+/// and checked.
 pub fn build(
     req: &BuildRequest,
+    out: &OutputDir,
+    log: &dyn Fn(&str),
+    progress: &dyn Fn(&str, u64, u64),
+) -> Result<BuildOutput> {
+    let mut staged = Staged::new();
+    let mut built = build_staged(req, out, &mut staged, log, progress)?;
+    let t = Instant::now();
+    staged.commit(out)?;
+    if req.publish {
+        built.image = out.path().join(&req.image_name);
+    }
+    if let Some(s) = built.stages.iter_mut().find(|s| s.name == "publish") {
+        s.elapsed += t.elapsed();
+    }
+    Ok(built)
+}
+
+/// [`build`] without the commit: the image (when `req.publish`) and the
+/// verity side file are added to `staged`, for the caller to publish with
+/// its own artifacts once they are verified too.
+pub fn build_staged(
+    req: &BuildRequest,
+    out: &OutputDir,
+    staged: &mut Staged,
     log: &dyn Fn(&str),
     progress: &dyn Fn(&str, u64, u64),
 ) -> Result<BuildOutput> {
@@ -338,8 +369,7 @@ pub fn build(
         plan.total_blocks,
         plan.total_bytes()
     ));
-    outdir::prepare(&req.output_dir)?;
-    let tmp = outdir::partial_file(&req.output_dir, &req.image_name)?;
+    let tmp = outdir::partial_file(out.path(), &req.image_name)?;
     let image_path = tmp.path().to_path_buf();
     let mut image = tmp
         .as_file()
@@ -348,7 +378,7 @@ pub fn build(
     table(&mut image, &image_path, plan, req.boot.as_ref(), log)?;
     clock.mark("partitions");
 
-    let scratch = outdir::scratch_dir(&req.output_dir)?;
+    let scratch = outdir::scratch_dir(out.path())?;
     let fs_total: u64 =
         plan.partitions.iter().filter(|p| p.fs.is_some()).map(|p| plan.size(p)).sum();
     let fs_done = std::cell::Cell::new(0);
@@ -388,7 +418,7 @@ pub fn build(
 
     image.sync_all().with_context(|| format!("{}: cannot sync", image_path.display()))?;
     let allocated = crate::io::sparse::allocated_bytes(&image)?;
-    let published = publish(tmp, req, &built.verity)?;
+    let published = publish(tmp, req, out.path(), &built.verity, staged)?;
     clock.mark("publish");
     Ok(BuildOutput {
         image: published.image,
@@ -473,9 +503,11 @@ pub fn verify(
     Ok(())
 }
 
-/// What [`publish`] left in the output directory.
+/// What [`publish`] staged.
 pub struct Published {
+    /// Where the image is until the commit.
     pub image: PathBuf,
+    /// The verity side file's final path.
     pub verity_file: Option<PathBuf>,
     pub temp: Option<Arc<tempfile::TempPath>>,
 }
@@ -485,25 +517,32 @@ pub fn verity_file_name(image_name: &str) -> String {
     format!("{}_verity.txt", image_name.trim_end_matches(".bin"))
 }
 
-/// Phase 7: the first verity partition's side file, then the image renamed
-/// to its final name (or kept under its temporary name, when `req.publish`
-/// is false).
+/// Phase 7: the first verity partition's side file and the image (unless
+/// `req.publish` is false: then it stays under its temporary name) staged
+/// in `dir` for [`outdir::Staged::commit`]. Without a verity partition, a
+/// side file an earlier build left under the name is retired with the
+/// commit: it would describe another disk.
 pub fn publish(
     tmp: tempfile::NamedTempFile,
     req: &BuildRequest,
+    dir: &Path,
     verity: &[ProtectedPartition],
+    staged: &mut Staged,
 ) -> Result<Published> {
+    let verity_name = verity_file_name(&req.image_name);
     let verity_file = match verity.first() {
         Some(v) => {
-            let p = req.output_dir.join(verity_file_name(&req.image_name));
-            outdir::write_atomic(&p, v.info.side_file().as_bytes())?;
-            Some(p)
+            staged.add_bytes(dir, &verity_name, v.info.side_file().as_bytes())?;
+            Some(dir.join(&verity_name))
         }
-        None => None,
+        None => {
+            staged.retire(&verity_name);
+            None
+        }
     };
     if req.publish {
-        let image = req.output_dir.join(&req.image_name);
-        outdir::publish(tmp, &image)?;
+        let image = tmp.path().to_path_buf();
+        staged.add(tmp, &req.image_name);
         Ok(Published { image, verity_file, temp: None })
     } else {
         let tp = tmp.into_temp_path();

@@ -213,7 +213,7 @@ fn read_oem(file: &File, path: &Path, p: &PartInfo, ss: u64) -> Result<OemInfo> 
             let target = format!("{}?offset={off}", path.display());
             let debugfs = tools::path(tools::DEBUGFS)?;
             let cat = |f: &str| -> Option<String> {
-                let o = duct::cmd!(&debugfs, "-R", format!("cat {f}"), &target)
+                let o = crate::cmd!(&debugfs, "-R", format!("cat {f}"), &target)
                     .stdout_capture()
                     .stderr_null()
                     .unchecked()
@@ -222,7 +222,7 @@ fn read_oem(file: &File, path: &Path, p: &PartInfo, ss: u64) -> Result<OemInfo> 
                 (o.status.success() && !o.stdout.is_empty())
                     .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
             };
-            let ls = duct::cmd!(&debugfs, "-R", "ls -p /sysext", &target)
+            let ls = crate::cmd!(&debugfs, "-R", "ls -p /sysext", &target)
                 .stdout_capture()
                 .stderr_null()
                 .unchecked()

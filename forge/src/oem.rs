@@ -114,6 +114,32 @@ pub fn load(oem_root: &Path, id: &str) -> Result<Platform> {
     {
         bail!("{}: id '{}' may hold only a-z, 0-9, '-' and '_'", file.display(), p.id);
     }
+    if p.id.is_empty() || p.id.len() > MAX_ID {
+        bail!("{}: id '{}' must be 1 to {MAX_ID} bytes long", file.display(), p.id);
+    }
+    check_image_name(&p.image_name)
+        .map_err(|e| anyhow!("{}: image_name {:?}: {e}", file.display(), p.image_name))?;
+    let quoted = [
+        ("grub.oem_id", p.grub.oem_id.as_deref()),
+        ("grub.linux_append", p.grub.linux_append.as_deref()),
+        ("grub.linux_console", p.grub.linux_console.as_deref()),
+        ("name", Some(p.name.as_str())),
+        ("sysext.name", p.sysext.name.as_deref()),
+    ];
+    for (field, v) in quoted.into_iter().filter_map(|(f, v)| Some((f, v?))) {
+        check_quoted(v).map_err(|e| anyhow!("{}: {field} {v:?}: {e}", file.display()))?;
+    }
+    for (k, v) in &p.oem_release {
+        if !k.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
+            || !k.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            bail!(
+                "{}: oem_release key {k:?}: must be A-Z, 0-9 and '_', starting with a letter",
+                file.display()
+            );
+        }
+        check_quoted(v).map_err(|e| anyhow!("{}: oem_release.{k} {v:?}: {e}", file.display()))?;
+    }
     if let Some(level) = p.compression_level {
         match p.compression.codec() {
             Some(c) => c
@@ -126,7 +152,85 @@ pub fn load(oem_root: &Path, id: &str) -> Result<Platform> {
     Ok(p)
 }
 
+/// Longest platform ID: it is part of file names on the OEM partition
+/// (`oem-<id>-<version>.raw`, `extension-release.oem-<id>`).
+pub const MAX_ID: usize = 64;
+
+/// Longest `image_name`, so that every name derived from it fits a file
+/// name (NAME_MAX, 255 bytes): the longest is the temporary file of the
+/// DIGESTS, `.<image_name>.bz2.DIGESTS.<pid>.<random>.partial`, 39 bytes
+/// more (see the test `every_artifact_name_of_the_longest_image_name_fits`).
+pub const MAX_IMAGE_NAME: usize = 200;
+
+/// An image name is a plain file name in the output directory: not empty,
+/// no `/`, not hidden (so not `.` or `..` either), no control characters,
+/// at most [`MAX_IMAGE_NAME`] bytes. Anything else could write outside the
+/// output directory (`../x.bin`, `/tmp/x.bin`) or hide the artifacts.
+pub fn check_image_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        bail!("an image name must not be empty");
+    }
+    if name.contains('/') {
+        bail!("an image name is a plain file name, without '/' (the output directory is --output-dir)");
+    }
+    if name.starts_with('.') {
+        bail!("an image name must not start with '.' (hidden files, '.' and '..')");
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        bail!("an image name must not hold control characters (found {c:?})");
+    }
+    if name.len() > MAX_IMAGE_NAME {
+        bail!(
+            "an image name is at most {MAX_IMAGE_NAME} bytes (this one is {}), so every artifact name derived from it fits a file name",
+            name.len()
+        );
+    }
+    Ok(())
+}
+
+/// Text that goes between double quotes into a GRUB config or an
+/// os-release-style file: a quote, backslash, `$` or backtick would end
+/// the string or be expanded, a control character start a new line.
+fn check_quoted(v: &str) -> Result<()> {
+    if let Some(c) = v.chars().find(|c| c.is_control() || matches!(c, '"' | '\\' | '$' | '`')) {
+        bail!(
+            "must not hold {c:?} (the value is written between double quotes into a config file)"
+        );
+    }
+    Ok(())
+}
+
 impl Platform {
+    /// The `platform.json` this platform was loaded from.
+    pub fn file(&self) -> PathBuf {
+        self.dir.join("platform.json")
+    }
+
+    /// Checks up front, before any work, that the layout the platform asks
+    /// for (or `override_layout`, from the command line) is in `layouts`;
+    /// the error names the platform.json (or the override), the layout and
+    /// the layouts the file has.
+    pub fn check_layout(
+        &self,
+        layouts: &crate::layout::LayoutFile,
+        override_layout: Option<&str>,
+    ) -> Result<()> {
+        let names = layouts.names();
+        let wanted = override_layout.unwrap_or(&self.layout);
+        if names.iter().any(|n| n == wanted) {
+            return Ok(());
+        }
+        let asked_by = match override_layout {
+            Some(_) => "--layout".to_string(),
+            None => format!("{}: layout", self.file().display()),
+        };
+        bail!(
+            "{asked_by} '{wanted}' is not in {} (it has: {})",
+            layouts.path().display(),
+            names.join(", ")
+        )
+    }
+
     pub fn oem_id(&self) -> &str {
         self.grub.oem_id.as_deref().unwrap_or(&self.id)
     }
@@ -249,6 +353,103 @@ mod tests {
         let e = platform(Some(plan.total_bytes() - 1)).check_plan(&plan).unwrap_err().to_string();
         assert!(e.contains("platform t: the disk image is"), "{e}");
         assert!(e.contains("smallest disk holds") && e.contains("layout 'vm'"), "{e}");
+    }
+
+    fn load_json(j: serde_json::Value) -> Result<Platform> {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("t")).unwrap();
+        std::fs::write(d.path().join("t/platform.json"), j.to_string()).unwrap();
+        load(d.path(), "t")
+    }
+
+    fn with(field: &str, value: serde_json::Value) -> serde_json::Value {
+        let mut j = serde_json::json!({
+            "id": "t", "name": "T", "layout": "vm", "format": "raw",
+            "compression": "bz2", "image_name": "t.bin"
+        });
+        let mut at = &mut j;
+        let parts: Vec<&str> = field.split('.').collect();
+        for p in &parts[..parts.len() - 1] {
+            at = at.as_object_mut().unwrap().entry(*p).or_insert(serde_json::json!({}));
+        }
+        at[parts[parts.len() - 1]] = value;
+        j
+    }
+
+    #[test]
+    fn an_image_name_is_a_plain_file_name() {
+        load_json(with("image_name", "flatcar_production_t_image.bin".into())).unwrap();
+        load_json(with("image_name", "a".repeat(MAX_IMAGE_NAME).into())).unwrap();
+        for bad in [
+            "/../../../tmp/x.bin",
+            "./../x.bin",
+            "../x.bin",
+            "sub/x.bin",
+            "/tmp/x.bin",
+            "",
+            ".",
+            "..",
+            ".hidden.bin",
+            "x\nbin",
+            "x\u{7f}.bin",
+        ] {
+            let e = match load_json(with("image_name", bad.into())) {
+                Ok(_) => panic!("image_name {bad:?} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains("t/platform.json: image_name "), "{bad:?}: {e}");
+        }
+        let long = "a".repeat(MAX_IMAGE_NAME + 1);
+        let e = load_json(with("image_name", long.into())).unwrap_err().to_string();
+        assert!(e.contains("at most 200 bytes"), "{e}");
+    }
+
+    #[test]
+    fn every_artifact_name_of_the_longest_image_name_fits() {
+        // The names the build derives, and their temporary names, are
+        // created for real: each must fit NAME_MAX.
+        let d = tempfile::tempdir().unwrap();
+        let name = format!("{}.bin", "a".repeat(MAX_IMAGE_NAME - 4));
+        let p = with("image_name", name.clone().into());
+        let p: Platform = serde_json::from_value(p).unwrap();
+        let mut names = vec![
+            crate::image::verity_file_name(&name),
+            crate::platform::kept_raw_name(&p).unwrap(),
+            format!("{name}.raw"),
+        ];
+        for c in [Compression::None, Compression::Bz2, Compression::Gz, Compression::Zst] {
+            let disk = crate::artifacts::disk_name(&name, c);
+            names.push(format!("{disk}.DIGESTS"));
+            names.push(disk);
+        }
+        for n in &names {
+            let tmp = crate::outdir::partial_file(d.path(), n).unwrap();
+            let tmp_name = tmp.path().file_name().unwrap().len();
+            assert!(tmp_name <= 255, "{tmp_name}");
+            std::fs::write(d.path().join(n), b"x").unwrap();
+        }
+    }
+
+    #[test]
+    fn quoted_settings_cannot_break_out_of_their_quotes() {
+        for (field, bad) in [
+            ("grub.linux_append", "console=ttyS0\"\nset root=evil"),
+            ("grub.oem_id", "x$y"),
+            ("grub.linux_console", "a\\b"),
+            ("name", "T\nID=other"),
+            ("sysext.name", "a`b`"),
+            ("oem_release.HOME_URL", "x\"y"),
+        ] {
+            let e = match load_json(with(field, bad.into())) {
+                Ok(_) => panic!("{field} {bad:?} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(&format!("platform.json: {field} ")), "{e}");
+        }
+        let e = load_json(with("oem_release.home url", "x".into())).unwrap_err().to_string();
+        assert!(e.contains("oem_release key \"home url\""), "{e}");
+        load_json(with("grub.linux_append", "flatcar.autologin console=ttyS0,115200n8".into()))
+            .unwrap();
     }
 
     #[test]

@@ -1,15 +1,17 @@
 //! A platform image build: the disk pipeline (`image`) plus the boot chain
 //! (`boot`), the OEM partition (`oem`) and the artifacts (`artifacts`), as
-//! declared by `oem/<id>/platform.json`.
+//! declared by `oem/<id>/platform.json`. Every artifact (the disk, its
+//! DIGESTS, the verity side file, `version.txt`, the raw image when kept)
+//! is published in one step once all are written and verified.
 
 use crate::artifacts::{self, Artifact, CompressOptions, DiskRequest};
 use crate::boot::{self, BootConfig};
 use crate::image::{self, BuildOutput, BuildRequest, Stage};
 use crate::layout::IdPolicy;
 use crate::oem::Platform;
-use crate::outdir;
+use crate::outdir::{self, OutputDir, Staged};
 use crate::payload::Payload;
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +22,6 @@ pub struct PlatformRequest {
     pub layout_file: PathBuf,
     /// Overrides the platform's layout.
     pub layout: Option<String>,
-    pub output_dir: PathBuf,
     pub ids: IdPolicy,
     pub epoch: i64,
     /// The static forge-init binary.
@@ -47,19 +48,36 @@ pub struct PlatformOutput {
     pub stages: Vec<Stage>,
 }
 
-pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput> {
+/// The file name of the raw image when it is kept (`--keep-raw`) beside a
+/// disk in another format or compression: `image_name` when that is free,
+/// else `<image_name>.raw` (a qcow2 disk published uncompressed takes
+/// `image_name` itself). None when the disk artifact is the raw image.
+pub fn kept_raw_name(p: &crate::oem::Platform) -> Option<String> {
+    let disk = artifacts::disk_name(&p.image_name, p.compression);
+    if disk != p.image_name {
+        Some(p.image_name.clone())
+    } else if !p.format.is_raw() {
+        Some(format!("{}.raw", p.image_name))
+    } else {
+        None
+    }
+}
+
+/// Builds a platform's image into `out` (locked by the caller for the
+/// whole build; see [`OutputDir::lock`]).
+pub fn build(req: &PlatformRequest, out: &OutputDir, log: &dyn Fn(&str)) -> Result<PlatformOutput> {
     let t = Instant::now();
     let p = &req.platform;
     // Plan first: a layout the platform cannot take fails before anything is built.
     let layout = req.layout.as_deref().unwrap_or(&p.layout);
+    p.check_layout(&crate::layout::LayoutFile::load(&req.layout_file)?, req.layout.as_deref())?;
     let plan = image::plan(&req.layout_file, layout, &req.ids, log)?;
     p.check_plan(&plan)?;
     let payload = Payload::open(&req.payload)?;
     let mut stages = vec![Stage { name: "plan".into(), elapsed: t.elapsed() }];
 
     let t = Instant::now();
-    outdir::prepare(&req.output_dir)?;
-    let scratch = outdir::scratch_dir(&req.output_dir)?;
+    let scratch = outdir::scratch_dir(out.path())?;
     let initramfs = boot::initramfs::build(&payload, &req.init, &req.initramfs_modules, req.epoch)?;
     log(&format!(
         "boot: initramfs {} B (forge-init + {} modules requested)",
@@ -91,7 +109,6 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
         payload,
         plan,
         seed: req.ids.seed.clone(),
-        output_dir: req.output_dir.clone(),
         image_name: p.image_name.clone(),
         epoch: req.epoch,
         oem: Some(oem_tree),
@@ -103,17 +120,19 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
             initramfs,
         }),
         verify: req.verify,
-        publish: req.keep_raw || p.compression == crate::oem::Compression::None,
+        // The raw image is staged here below, under the name it is kept as.
+        publish: false,
     };
     let progress = crate::progress::reporter(req.progress.as_ref(), log);
-    let out = image::build(&breq, log, &progress)?;
-    stages.extend(out.stages.iter().cloned());
+    let mut staged = Staged::new();
+    let mut built = image::build_staged(&breq, out, &mut staged, log, &progress)?;
+    stages.extend(built.stages.iter().cloned());
     let t = Instant::now();
     // The disk in the platform's format: raw as built, or converted from it.
     let disk_src = crate::format::convert(
         p.format.0,
-        &out.image,
-        &req.output_dir,
+        &built.image,
+        out.path(),
         &p.image_name,
         req.verify,
         log,
@@ -122,7 +141,7 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
         &DiskRequest {
             source: &disk_src.path,
             image_name: &p.image_name,
-            out_dir: &req.output_dir,
+            out_dir: out.path(),
             compress: CompressOptions {
                 compression: p.compression,
                 level: p.compression_level,
@@ -130,6 +149,7 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
                 verify: req.verify,
             },
         },
+        &mut staged,
         &progress,
     )?;
     if req.verify {
@@ -139,13 +159,32 @@ pub fn build(req: &PlatformRequest, log: &dyn Fn(&str)) -> Result<PlatformOutput
         ));
     }
     stages.push(Stage { name: "compress".into(), elapsed: t.elapsed() });
-    let raw_kept = out.temp.is_none();
-    let version_txt = req.output_dir.join("version.txt");
-    outdir::write_atomic(
-        &version_txt,
+    let t = Instant::now();
+    drop(disk_src);
+    // The raw image, when kept under a name of its own.
+    let raw_name = kept_raw_name(p);
+    let mut raw_kept = false;
+    if let Some(n) = &raw_name {
+        if req.keep_raw {
+            let temp = built.temp.take().and_then(|t| std::sync::Arc::try_unwrap(t).ok());
+            let temp = temp.ok_or_else(|| anyhow!("the raw image is still in use"))?;
+            staged.add_path(temp, n);
+            built.image = out.path().join(n);
+            raw_kept = true;
+        } else {
+            staged.retire(n);
+        }
+    }
+    let version_txt = out.path().join("version.txt");
+    staged.add_bytes(
+        out.path(),
+        "version.txt",
         artifacts::version_txt(&breq.payload.os_release, req.epoch, &req.sdk_version).as_bytes(),
     )?;
-    Ok(PlatformOutput { build: out, disk, version_txt, raw_kept, stages })
+    // Everything is written and verified: publish it all in one step.
+    staged.commit(out)?;
+    stages.push(Stage { name: "commit".into(), elapsed: t.elapsed() });
+    Ok(PlatformOutput { build: built, disk, version_txt, raw_kept, stages })
 }
 
 /// Reads `boot/initramfs-modules.txt`-style lists.
@@ -176,7 +215,6 @@ mod tests {
             payload: d.path().join("no-payload"),
             layout_file: root.join("layouts/disk_layout.json"),
             layout: None,
-            output_dir: out.clone(),
             ids: IdPolicy::default(),
             epoch: 0,
             init: d.path().join("no-init"),
@@ -188,12 +226,51 @@ mod tests {
             verify: true,
             progress: None,
         };
-        let e = match build(&req, &|_| {}) {
+        let dir = OutputDir::lock(&out, outdir::IfLocked::Fail, &|_| {}).unwrap();
+        let e = match build(&req, &dir, &|_| {}) {
             Ok(_) => panic!("built a disk larger than the platform allows"),
             Err(e) => format!("{e:#}"),
         };
         assert!(e.contains("platform hetzner: the disk image is"), "{e}");
         assert!(e.contains("smallest disk holds 1048576 B"), "{e}");
-        assert!(!out.exists(), "the output directory was created");
+        let written: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != outdir::LOCK_FILE)
+            .collect();
+        assert!(written.is_empty(), "wrote {written:?}");
+    }
+
+    #[test]
+    fn an_unknown_layout_fails_first_naming_the_platform_json() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut platform = crate::oem::load(&root.join("oem"), "hetzner").unwrap();
+        platform.layout = "no-such-layout".into();
+        let d = tempfile::tempdir().unwrap();
+        let mut req = PlatformRequest {
+            platform,
+            // Neither exists: the layout must be checked before either is read.
+            payload: d.path().join("no-payload"),
+            layout_file: root.join("layouts/disk_layout.json"),
+            layout: None,
+            ids: IdPolicy::default(),
+            epoch: 0,
+            init: d.path().join("no-init"),
+            initramfs_modules: Vec::new(),
+            grub_template: String::new(),
+            keep_raw: false,
+            threads: 1,
+            sdk_version: "0".into(),
+            verify: true,
+            progress: None,
+        };
+        let dir = OutputDir::lock(&d.path().join("out"), outdir::IfLocked::Fail, &|_| {}).unwrap();
+        let e = format!("{:#}", build(&req, &dir, &|_| {}).err().unwrap());
+        assert!(e.contains("oem/hetzner/platform.json: layout 'no-such-layout'"), "{e}");
+        assert!(e.contains("disk_layout.json (it has: ") && e.contains("vm"), "{e}");
+        // A layout given on the command line is named as such.
+        req.layout = Some("nope".into());
+        let e = format!("{:#}", build(&req, &dir, &|_| {}).err().unwrap());
+        assert!(e.starts_with("--layout 'nope' is not in "), "{e}");
     }
 }

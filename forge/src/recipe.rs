@@ -128,7 +128,7 @@ fn local_debs(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Package name and version from a .deb's control file.
 fn deb_identity(deb: &Path) -> Result<(String, String)> {
     let dpkg_deb = crate::tools::path(crate::tools::Tool { program: "dpkg-deb", package: "dpkg" })?;
-    let out = duct::cmd!(dpkg_deb, "--field", deb, "Package", "Version")
+    let out = crate::cmd!(dpkg_deb, "--field", deb, "Package", "Version")
         .stderr_to_stdout()
         .stdout_capture()
         .unchecked()
@@ -357,18 +357,26 @@ fn cargo_install(c: &CrateBin, cache: &Cache, log: &dyn Fn(&str)) -> Result<Path
             c.krate, c.version
         ));
     }
-    let out =
-        duct::cmd!(cargo, "install", &c.krate, "--version", &c.version, "--locked", "--root", &dir)
-            .env("CARGO_TARGET_DIR", &target)
-            .env("CARGO_ENCODED_RUSTFLAGS", crate::rustbuild::encode(&flags))
-            .env("CFLAGS", &cflags)
-            .env("CXXFLAGS", &cflags)
-            .env_remove("RUSTFLAGS")
-            .stderr_to_stdout()
-            .stdout_capture()
-            .unchecked()
-            .run()
-            .context("running cargo install")?;
+    let out = crate::cmd!(
+        cargo,
+        "install",
+        &c.krate,
+        "--version",
+        &c.version,
+        "--locked",
+        "--root",
+        &dir
+    )
+    .env("CARGO_TARGET_DIR", &target)
+    .env("CARGO_ENCODED_RUSTFLAGS", crate::rustbuild::encode(&flags))
+    .env("CFLAGS", &cflags)
+    .env("CXXFLAGS", &cflags)
+    .env_remove("RUSTFLAGS")
+    .stderr_to_stdout()
+    .stdout_capture()
+    .unchecked()
+    .run()
+    .context("running cargo install")?;
     if !out.status.success() || !bin.exists() {
         let text = String::from_utf8_lossy(&out.stdout);
         let tail: Vec<&str> = text.lines().rev().take(15).collect();
@@ -411,8 +419,11 @@ fn apt_cmd(cache: &Cache, args: &[&str]) -> Result<duct::Expression> {
         "-q".into(),
     ];
     v.extend(args.iter().map(|s| s.to_string()));
-    Ok(duct::cmd(crate::tools::path(crate::tools::Tool { program: "apt-get", package: "apt" })?, v)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    Ok(crate::tools::cmd(
+        crate::tools::path(crate::tools::Tool { program: "apt-get", package: "apt" })?,
+        v,
+    )
+    .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// Resolves the package set with apt (as if nothing were installed) and
@@ -692,7 +703,7 @@ fn depmod(root: &Path) -> Result<()> {
     {
         let v = e?.file_name().to_string_lossy().into_owned();
         let depmod = crate::tools::path(crate::tools::Tool { program: "depmod", package: "kmod" })?;
-        crate::fs::run(duct::cmd!(depmod, "-b", root, &v), &format!("depmod {v}"))?;
+        crate::fs::run(crate::cmd!(depmod, "-b", root, &v), &format!("depmod {v}"))?;
     }
     Ok(())
 }

@@ -86,7 +86,7 @@ pub fn encode(flags: &[String]) -> String {
 /// binaries are keyed by it.
 pub fn toolchain_id() -> Result<String> {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let out = std::process::Command::new(&rustc)
+    let out = crate::tools::command(&rustc)
         .arg("-vV")
         .output()
         .with_context(|| format!("running {} -vV", rustc.to_string_lossy()))?;

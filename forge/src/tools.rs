@@ -1,9 +1,77 @@
 //! Host tools the engine drives through duct, checked up front so a missing
 //! one is reported with the Debian package that provides it, before any
-//! output is written.
+//! output is written; and the one way the build starts a child process
+//! ([`cmd`], [`crate::cmd!`], [`command`]), so every child dies with the
+//! build ([`die_with_parent`]).
 
 use anyhow::{bail, Result};
+use std::ffi::OsString;
 use std::path::PathBuf;
+
+pub use duct;
+
+/// Makes a child started from `c` receive SIGKILL when the thread that
+/// started it exits (`PR_SET_PDEATHSIG`): a build killed with SIGKILL cannot
+/// clean up, and `apt-get`, `mkfs.*`, `cargo install` or QEMU would otherwise
+/// run on, writing into the cache or the output directory. If the parent is
+/// already gone when the child starts, the child does not run the program
+/// (spawning fails with ESRCH).
+///
+/// The signal follows the starting *thread*: a child that must outlive the
+/// thread that started it (none does today) has to be started elsewhere.
+pub fn die_with_parent(c: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the hook runs between fork and exec and calls only
+    // async-signal-safe functions (prctl, getppid), allocating nothing.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: its signal was never armed.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A `std::process::Command` for `program` that dies with the build (see
+/// [`die_with_parent`]).
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut c = std::process::Command::new(program);
+    die_with_parent(&mut c);
+    c
+}
+
+/// Makes every command of a duct expression (both sides of a pipe) die
+/// with the build (see [`die_with_parent`]).
+pub fn dying_with_parent(e: duct::Expression) -> duct::Expression {
+    e.before_spawn(|c| {
+        die_with_parent(c);
+        Ok(())
+    })
+}
+
+/// `duct::cmd` whose child dies with the build (see [`die_with_parent`]).
+pub fn cmd<T, U>(program: T, args: U) -> duct::Expression
+where
+    T: duct::IntoExecutablePath,
+    U: IntoIterator,
+    U::Item: Into<OsString>,
+{
+    dying_with_parent(duct::cmd(program, args))
+}
+
+/// `duct::cmd!` whose child dies with the build: `forge::cmd!(prog, args…)`.
+#[macro_export]
+macro_rules! cmd {
+    ( $program:expr $(, $arg:expr )* $(,)? ) => {
+        $crate::tools::dying_with_parent($crate::tools::duct::cmd!($program $(, $arg )*))
+    };
+}
 
 /// A host program and the Debian package that ships it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

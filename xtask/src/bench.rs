@@ -318,7 +318,7 @@ fn assemble(size_mb: u64, work_dir: Option<PathBuf>) -> Result<()> {
     let ours_dir = work.join("ours");
     let _ = std::fs::remove_dir_all(&ours_dir);
     std::fs::create_dir_all(&ours_dir)?;
-    let mut cmd = Command::new(std::env::current_exe()?);
+    let mut cmd = forge::tools::command(std::env::current_exe()?);
     cmd.args(["build-image", "--platform", "generic", "--base"])
         .arg(&payload)
         .arg("--output-dir")
@@ -336,7 +336,7 @@ fn assemble(size_mb: u64, work_dir: Option<PathBuf>) -> Result<()> {
     let ref_img = ref_dir.join("image.bin");
     let script = reference_script(&payload, &ref_img, &ref_dir)?;
     std::fs::write(ref_dir.join("reference.sh"), &script)?;
-    let mut cmd = Command::new("bash");
+    let mut cmd = forge::tools::command("bash");
     cmd.arg(ref_dir.join("reference.sh"));
     eprintln!("running the reference pipeline (sfdisk + mkfs.fat/mtools + mkfs.erofs/veritysetup/dd + mkfs.ext4) …");
     let reference = measure(cmd, &work)?;
@@ -424,7 +424,7 @@ fn compress(image: Option<PathBuf>, format: Format, work_dir: Option<PathBuf>) -
             let raw = dir.join("flatcar_production_hetzner_image.bin");
             if !raw.exists() {
                 eprintln!("building the Hetzner image (raw kept) into {}", dir.display());
-                let st = Command::new(std::env::current_exe()?)
+                let st = forge::tools::command(std::env::current_exe()?)
                     .args([
                         "build-image",
                         "--platform",
@@ -449,12 +449,12 @@ fn compress(image: Option<PathBuf>, format: Format, work_dir: Option<PathBuf>) -
     let mut rows = Vec::new();
     let mut cases: Vec<(String, Command, PathBuf)> = Vec::new();
     let ours_out = out.join(format!("ours.{format}"));
-    let mut ours = Command::new(std::env::current_exe()?);
+    let mut ours = forge::tools::command(std::env::current_exe()?);
     ours.args(["compress", "--format", format, "--no-verify"]).arg(&image).arg(&ours_out);
     cases.push(("ours (zero-aware, parallel)".into(), ours, ours_out));
     for (i, (name, cmdline, _)) in refs.iter().enumerate() {
         let path = out.join(format!("ref{i}.{format}"));
-        let mut c = Command::new("bash");
+        let mut c = forge::tools::command("bash");
         c.arg("-c").arg(format!("{cmdline} {} > {}", image.display(), path.display()));
         cases.push((name.to_string(), c, path));
     }
@@ -467,7 +467,7 @@ fn compress(image: Option<PathBuf>, format: Format, work_dir: Option<PathBuf>) -
         std::io::Write::flush(&mut w)?;
     }
     let floor_out = out.join(format!("floor.{format}"));
-    let mut c = Command::new("bash");
+    let mut c = forge::tools::command("bash");
     c.arg("-c").arg(format!("{} {} > {}", refs[0].1, data_only.display(), floor_out.display()));
     cases.push((format!("{} on non-zero blocks only", refs[0].0), c, floor_out));
     for (name, cmd, path) in cases {
@@ -526,7 +526,7 @@ fn build(work_dir: Option<PathBuf>) -> Result<()> {
     let out = work.join("build");
     let _ = std::fs::remove_dir_all(&out);
     let log = work.join("build.log");
-    let mut cmd = Command::new(std::env::current_exe()?);
+    let mut cmd = forge::tools::command(std::env::current_exe()?);
     cmd.args(["build-image", "--platform", "hetzner", "--keep-raw", "--output-dir"]).arg(&out);
     cmd.stderr(std::fs::File::create(&log)?);
     eprintln!("running build-image --platform hetzner (cached payload) …");

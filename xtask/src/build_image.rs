@@ -6,6 +6,7 @@ use crate::util::{init_binary, repo_root};
 use anyhow::{anyhow, Context, Result};
 use forge::image::{self, BuildRequest};
 use forge::layout::IdPolicy;
+use forge::outdir::{IfLocked, OutputDir};
 use forge::seed::Seed;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
@@ -31,9 +32,13 @@ pub struct Args {
     /// Skip the checks before publishing (GPT, fsck, verity, full decode of the compressed disk).
     #[arg(long)]
     pub no_verify: bool,
-    /// Where the artifacts go.
+    /// Where the artifacts go. A build holds a lock on it from start to end.
     #[arg(long, default_value = "out")]
     pub output_dir: PathBuf,
+    /// When another build is writing to the output directory, wait for it
+    /// (default: stop at once, naming it).
+    #[arg(long)]
+    pub wait: bool,
     /// Layout name (default: the platform's; `base` for generic).
     #[arg(long)]
     pub layout: Option<String>,
@@ -86,6 +91,11 @@ fn print_stages(stages: &[image::Stage]) {
     }
 }
 
+fn lock_output(a: &Args, log: &dyn Fn(&str)) -> Result<OutputDir> {
+    let if_locked = if a.wait { IfLocked::Wait } else { IfLocked::Fail };
+    OutputDir::lock(&a.output_dir, if_locked, log)
+}
+
 pub fn run(a: Args) -> Result<()> {
     let layout_file =
         a.layout_file.clone().unwrap_or_else(|| repo_root().join("layouts/disk_layout.json"));
@@ -95,11 +105,12 @@ pub fn run(a: Args) -> Result<()> {
             a.base.clone().ok_or_else(|| anyhow!("--platform generic needs --base PAYLOAD_DIR"))?;
         let ids = ids(&a);
         let plan = image::plan(&layout_file, a.layout.as_deref().unwrap_or("base"), &ids, &log)?;
+        let payload = forge::payload::Payload::open(&base)?;
+        let out_dir = lock_output(&a, &log)?;
         let req = BuildRequest {
-            payload: forge::payload::Payload::open(&base)?,
+            payload,
             plan,
             seed: ids.seed,
-            output_dir: a.output_dir.clone(),
             image_name: "flatcar_production_image.bin".into(),
             epoch: match a.epoch {
                 Some(e) => e,
@@ -112,7 +123,8 @@ pub fn run(a: Args) -> Result<()> {
             publish: true,
         };
         let bars = progress_bars();
-        let out = image::build(&req, &log, &forge::progress::reporter(bars.as_ref(), &log))?;
+        let out =
+            image::build(&req, &out_dir, &log, &forge::progress::reporter(bars.as_ref(), &log))?;
         end_bars();
         eprintln!("\nbuilt {}", out.image.display());
         eprintln!("  size {} B, {} B allocated (non-zero)", out.plan.total_bytes(), out.allocated);
@@ -126,6 +138,10 @@ pub fn run(a: Args) -> Result<()> {
         &a.oem_dir.clone().unwrap_or_else(|| repo_root().join("oem")),
         &a.platform,
     )?;
+    // Before any work: the layout the platform (or --layout) names exists,
+    // and no other build is writing to the output directory.
+    platform.check_layout(&forge::layout::LayoutFile::load(&layout_file)?, a.layout.as_deref())?;
+    let out_dir = lock_output(&a, &log)?;
     crate::deps::ensure_build()?;
     let base = match &a.base {
         Some(b) => b.clone(),
@@ -141,7 +157,6 @@ pub fn run(a: Args) -> Result<()> {
         payload: base,
         layout_file,
         layout: a.layout.clone(),
-        output_dir: a.output_dir.clone(),
         ids: ids(&a),
         epoch,
         init,
@@ -156,7 +171,7 @@ pub fn run(a: Args) -> Result<()> {
         verify: !a.no_verify,
         progress: progress_bars(),
     };
-    let out = forge::platform::build(&req, &log)?;
+    let out = forge::platform::build(&req, &out_dir, &log)?;
     end_bars();
     eprintln!("\nbuilt {} ({} B)", out.disk.path.display(), out.disk.bytes);
     eprintln!(

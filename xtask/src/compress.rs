@@ -2,10 +2,10 @@
 //! core), and its DIGESTS file beside it.
 
 use crate::progress::{end_bars, logger, progress_bars};
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use clap::ValueEnum;
 use forge::oem::Compression;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -57,8 +57,17 @@ pub fn run(a: Args) -> Result<()> {
         threads,
         verify,
     };
-    let forge::artifacts::Compressed { bytes, digests, stats } =
-        forge::artifacts::compress_file(&a.input, &a.output, &opts, &progress)?;
+    let name = a
+        .output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| anyhow!("{}: the output needs a file name", a.output.display()))?;
+    let dir = a.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // The output and its DIGESTS are published together, under the
+    // directory's lock, like a build's artifacts.
+    let out_dir = forge::outdir::OutputDir::lock(dir, forge::outdir::IfLocked::Fail, &log)?;
+    let (tmp, forge::artifacts::Compressed { bytes, digests, stats }) =
+        forge::artifacts::compress_partial(&a.input, dir, &name, &opts, &progress)?;
     end_bars();
     if let Some(st) = stats {
         eprintln!(
@@ -71,10 +80,12 @@ pub fn run(a: Args) -> Result<()> {
             if verify { ", verified by a full decode" } else { ", NOT verified (--no-verify)" }
         );
     }
-    let output = &a.output;
-    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let dpath = output.with_file_name(format!("{name}.DIGESTS"));
-    forge::outdir::write_atomic(&dpath, digests.render(&name).as_bytes())?;
+    let dname = format!("{name}.DIGESTS");
+    let mut staged = forge::outdir::Staged::new();
+    staged.add(tmp, &name);
+    staged.add_bytes(dir, &dname, digests.render(&name).as_bytes())?;
+    staged.commit(&out_dir)?;
+    let dpath = dir.join(dname);
     eprintln!("{}: sha512 {}", dpath.display(), digests.sha512);
     Ok(())
 }

@@ -100,7 +100,7 @@ fn ensure_set(set: &[Tool], install: bool) -> Result<()> {
         return tools::require(&miss);
     }
     eprintln!("installing missing host packages with apt-get: {}", pkgs.join(" "));
-    duct::cmd!("apt-get", "update", "-q").stdout_null().run().context("apt-get update")?;
+    forge::cmd!("apt-get", "update", "-q").stdout_null().run().context("apt-get update")?;
     let pinned = consistent_set(&mut pkgs)?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     if pinned {
@@ -108,7 +108,7 @@ fn ensure_set(set: &[Tool], install: bool) -> Result<()> {
     }
     args.extend(pkgs.iter().map(String::as_str));
     eprintln!("  apt-get {}", args.join(" "));
-    duct::cmd("apt-get", &args)
+    forge::tools::cmd("apt-get", &args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdout_null()
         .run()
@@ -159,7 +159,7 @@ fn installed_version(pkg: &str) -> Option<String> {
 }
 
 fn policy(pkg: &str) -> Result<String> {
-    let out = duct::cmd!("apt-cache", "policy", pkg)
+    let out = forge::cmd!("apt-cache", "policy", pkg)
         .stdout_capture()
         .run()
         .with_context(|| format!("apt-cache policy {pkg}"))?;

@@ -37,8 +37,11 @@ pub fn build(log: &dyn Fn(&str)) -> Result<OtherBuild> {
     // Its own clone, plus the working tree's uncommitted changes (so a
     // developer's run checks what they are about to commit).
     let src = base.join("src");
-    run(Command::new("git").args(["clone", "-q", "--no-hardlinks"]).arg(repo_root()).arg(&src))?;
-    let changed = Command::new("git")
+    run(forge::tools::command("git")
+        .args(["clone", "-q", "--no-hardlinks"])
+        .arg(repo_root())
+        .arg(&src))?;
+    let changed = forge::tools::command("git")
         .args(["ls-files", "-z", "--modified", "--others", "--exclude-standard"])
         .current_dir(repo_root())
         .output()
@@ -55,15 +58,15 @@ pub fn build(log: &dyn Fn(&str)) -> Result<OtherBuild> {
     }
 
     // Its own toolchain path: a hard-linked copy of the active one.
-    let sysroot = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+    let sysroot = forge::tools::command(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
         .args(["--print", "sysroot"])
         .output()
         .context("rustc --print sysroot")?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
     let toolchain = base.join("toolchain");
-    if run(Command::new("cp").arg("-al").arg(&sysroot).arg(&toolchain)).is_err() {
+    if run(forge::tools::command("cp").arg("-al").arg(&sysroot).arg(&toolchain)).is_err() {
         let _ = std::fs::remove_dir_all(&toolchain);
-        run(Command::new("cp").arg("-a").arg(&sysroot).arg(&toolchain))?;
+        run(forge::tools::command("cp").arg("-a").arg(&sysroot).arg(&toolchain))?;
     }
 
     // Its own cache: Debian downloads only, nothing built.
@@ -72,14 +75,14 @@ pub fn build(log: &dyn Fn(&str)) -> Result<OtherBuild> {
     let root_cache = cache_dir(None);
     for d in ["apt", "debs"] {
         if root_cache.join(d).exists() {
-            run(Command::new("cp").arg("-a").arg(root_cache.join(d)).arg(&cache))?;
+            run(forge::tools::command("cp").arg("-a").arg(root_cache.join(d)).arg(&cache))?;
         }
     }
     let (home, cargo_home, out) = (base.join("home"), base.join("cargo-home"), base.join("out"));
     for d in [&home, &cargo_home] {
         std::fs::create_dir_all(d)?;
     }
-    run(Command::new("chown").args(["-R", &format!("{UID}:{UID}")]).arg(&base))?;
+    run(forge::tools::command("chown").args(["-R", &format!("{UID}:{UID}")]).arg(&base))?;
 
     let logfile = base.join("build.log");
     log(&format!(
@@ -94,7 +97,7 @@ pub fn build(log: &dyn Fn(&str)) -> Result<OtherBuild> {
     );
     let logf = std::fs::File::create(&logfile)
         .with_context(|| format!("{}: cannot create", logfile.display()))?;
-    let st = Command::new("setpriv")
+    let st = forge::tools::command("setpriv")
         .args(["--reuid", &UID.to_string(), "--regid", &UID.to_string(), "--clear-groups"])
         .args(["env", "-i"])
         .arg(format!("HOME={}", home.display()))

@@ -45,7 +45,7 @@ pub fn run(a: Args) -> Result<()> {
     let tar = root.parent().unwrap().join("sdk.tar");
     log(&format!("packing {} into {}", root.display(), tar.display()));
     forge::fs::run(
-        duct::cmd!(
+        forge::cmd!(
             "tar",
             "--sort=name",
             "--numeric-owner",
@@ -63,7 +63,7 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     log(&format!("importing into {engine} as forge-sdk:latest and forge-sdk:{tag}"));
     let id = forge::fs::run(
-        duct::cmd!(
+        forge::cmd!(
             &engine,
             "import",
             "--change",
@@ -78,7 +78,7 @@ pub fn run(a: Args) -> Result<()> {
         &format!("{engine} import"),
     )?;
     forge::fs::run(
-        duct::cmd!(&engine, "tag", format!("forge-sdk:{tag}"), "forge-sdk:latest"),
+        forge::cmd!(&engine, "tag", format!("forge-sdk:{tag}"), "forge-sdk:latest"),
         &format!("{engine} tag"),
     )?;
     let _ = std::fs::remove_file(&tar);

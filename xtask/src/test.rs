@@ -36,7 +36,7 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         println!("not root: the tests marked ignored (they need root) are skipped; cargo test lists them");
     }
-    let st = std::process::Command::new(&cargo)
+    let st = forge::tools::command(&cargo)
         .args(&args)
         .current_dir(repo_root())
         .env("FORGE_INIT", &init)
@@ -52,7 +52,7 @@ pub fn run(a: Args) -> Result<()> {
     let out_dir = repo_root().join("target/ci-hetzner");
     let _ = std::fs::remove_dir_all(&out_dir);
     log("test: building the Hetzner image from the demo payload");
-    let st = std::process::Command::new(std::env::current_exe()?)
+    let st = forge::tools::command(std::env::current_exe()?)
         .args(["build-image", "--platform", "hetzner", "--output-dir"])
         .arg(&out_dir)
         .env("FORGE_INIT", &init)
@@ -97,7 +97,7 @@ pub fn run(a: Args) -> Result<()> {
         std::thread::sleep(std::time::Duration::from_secs(1));
         let again = repo_root().join("target/ci-hetzner-again");
         let _ = std::fs::remove_dir_all(&again);
-        let st = std::process::Command::new(std::env::current_exe()?)
+        let st = forge::tools::command(std::env::current_exe()?)
             .args(["build-image", "--platform", "hetzner", "--output-dir"])
             .arg(&again)
             .env("FORGE_INIT", &init)
@@ -151,7 +151,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     log("test: boot test (every firmware oem/hetzner/boot-test.json declares)");
     let json = out_dir.join("boot-test.json");
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    let mut cmd = forge::tools::command(std::env::current_exe()?);
     cmd.args(["boot-test", "--platform", "hetzner"]).arg(&image).arg("--json").arg(&json);
     let (p, f) = boot_reports(cmd, &json)?;
     passed += p;
@@ -163,7 +163,7 @@ pub fn run(a: Args) -> Result<()> {
         let script = repo_root().join("run_sdk_container");
         let sdk_out = repo_root().join("target/ci-sdk");
         let _ = std::fs::remove_dir_all(&sdk_out);
-        let built = std::process::Command::new(&script)
+        let built = forge::tools::command(&script)
             .arg("--build-image")
             .args(["cargo", "xtask", "build-image", "--platform", "hetzner", "--output-dir"])
             .arg(&sdk_out)
@@ -177,7 +177,7 @@ pub fn run(a: Args) -> Result<()> {
             failed += 1
         }
         let json = sdk_out.join("boot-test.json");
-        let mut cmd = std::process::Command::new(&script);
+        let mut cmd = forge::tools::command(&script);
         cmd.args(["cargo", "xtask", "boot-test"])
             .arg(sdk_out.join("flatcar_production_hetzner_image.bin.bz2"))
             .args(["--firmware", "bios", "--no-negative", "--json"])
@@ -279,7 +279,7 @@ mod tests {
 
     /// A stand-in for `boot-test --json FILE`: writes `json` (if any) to FILE, exits with `rc`.
     fn fake(file: &Path, json: Option<&str>, rc: i32) -> std::process::Command {
-        let mut c = std::process::Command::new("sh");
+        let mut c = forge::tools::command("sh");
         let write = match json {
             Some(j) => format!("printf '%s' '{j}' > '{}'; ", file.display()),
             None => String::new(),

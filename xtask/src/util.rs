@@ -52,7 +52,7 @@ pub fn init_binary(log: &dyn Fn(&str)) -> Result<PathBuf> {
         (&repo_root(), "/forge"),
         (&target_dir, "/target"),
     ]));
-    let st = std::process::Command::new(cargo)
+    let st = forge::tools::command(cargo)
         .args(["build", "--quiet", "--release", "-p", "forge-init", "--target", target])
         .current_dir(repo_root())
         .env("CARGO_TARGET_DIR", &target_dir)

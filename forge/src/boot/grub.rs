@@ -85,7 +85,7 @@ pub fn make_images(esp_label: &str, scratch: &Path) -> Result<Images> {
         ];
         args.extend(COMMON_MODULES.iter().chain(extra).map(|s| s.to_string()));
         crate::fs::run(
-            duct::cmd(tools::path(MKIMAGE)?, &args),
+            crate::tools::cmd(tools::path(MKIMAGE)?, &args),
             &format!("grub-mkimage -O {format}"),
         )?;
         Ok(std::fs::read(&o)?)

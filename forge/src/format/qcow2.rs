@@ -32,11 +32,11 @@ impl DiskFormat for Qcow2 {
         let qemu_img =
             crate::tools::path(crate::tools::Tool { program: "qemu-img", package: "qemu-utils" })?;
         crate::fs::run(
-            duct::cmd!(&qemu_img, "check", "-q", "-f", "qcow2", written),
+            crate::cmd!(&qemu_img, "check", "-q", "-f", "qcow2", written),
             "qemu-img check",
         )?;
         crate::fs::run(
-            duct::cmd!(&qemu_img, "compare", "-q", "-f", "raw", "-F", "qcow2", raw, written),
+            crate::cmd!(&qemu_img, "compare", "-q", "-f", "raw", "-F", "qcow2", raw, written),
             "qemu-img compare",
         )?;
         Ok("qemu-img check clean, qemu-img compare identical to the raw image".into())

@@ -54,7 +54,7 @@ pub fn build(job: &FsJob) -> Result<FsReport> {
             .env("BLKID_FILE", job.scratch.join("blkid.tab")),
         &format!("mkfs.btrfs --rootdir {}", dir.display()),
     )?;
-    run(duct::cmd!(tools::path(tools::BTRFS)?, "check", "--readonly", tmp.path()), "btrfs check")?;
+    run(crate::cmd!(tools::path(tools::BTRFS)?, "check", "--readonly", tmp.path()), "btrfs check")?;
     let written = sparse::splice(tmp.as_file(), 0, plan.bytes(), job.image, job.offset, true)?;
     Ok(FsReport { kind: plan.kind, written, fs_bytes: plan.bytes() })
 }
@@ -63,7 +63,7 @@ pub fn build(job: &FsJob) -> Result<FsReport> {
 /// (`--compress`, btrfs-progs 6.11 and later); false if it is missing.
 pub fn mkfs_can_compress() -> bool {
     let Ok(mkfs) = tools::path(tools::MKFS_BTRFS) else { return false };
-    duct::cmd!(mkfs, "--help")
+    crate::cmd!(mkfs, "--help")
         .stdout_capture()
         .stderr_to_stdout()
         .unchecked()

@@ -152,8 +152,10 @@ pub(crate) fn content_dir(
 }
 
 /// Runs a host tool, turning a failure into an error that quotes its output.
+/// The tool dies with the build (`tools::dying_with_parent`), however `cmd`
+/// was made.
 pub fn run(cmd: duct::Expression, what: &str) -> Result<String> {
-    let out = cmd
+    let out = crate::tools::dying_with_parent(cmd)
         .stdout_capture()
         .stderr_capture()
         .unchecked()
@@ -181,7 +183,7 @@ pub fn check(
     match kind {
         FsKind::Ext2 | FsKind::Ext4 => {
             let target = format!("{}?offset={offset}", image_path.display());
-            run(duct::cmd!(tools::path(tools::E2FSCK)?, "-fn", target), "e2fsck -fn")
+            run(crate::cmd!(tools::path(tools::E2FSCK)?, "-fn", target), "e2fsck -fn")
         }
         _ => {
             let tmp = tempfile::Builder::new().prefix(".check-").tempfile_in(scratch)?;
@@ -191,11 +193,13 @@ pub fn check(
             let p = tmp.path().to_path_buf();
             match kind {
                 FsKind::Vfat => {
-                    run(duct::cmd!(tools::path(tools::FSCK_FAT)?, "-n", &p), "fsck.fat -n")
+                    run(crate::cmd!(tools::path(tools::FSCK_FAT)?, "-n", &p), "fsck.fat -n")
                 }
-                FsKind::Erofs => run(duct::cmd!(tools::path(tools::FSCK_EROFS)?, &p), "fsck.erofs"),
+                FsKind::Erofs => {
+                    run(crate::cmd!(tools::path(tools::FSCK_EROFS)?, &p), "fsck.erofs")
+                }
                 FsKind::Btrfs => run(
-                    duct::cmd!(tools::path(tools::BTRFS)?, "check", "--readonly", &p),
+                    crate::cmd!(tools::path(tools::BTRFS)?, "check", "--readonly", &p),
                     "btrfs check",
                 ),
                 _ => unreachable!(),

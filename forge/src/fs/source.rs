@@ -252,7 +252,7 @@ impl Prepared {
             program.into(),
         ];
         a.extend(args.iter().map(OsString::from));
-        Ok(duct::cmd(tools::path(tools::FAKEROOT)?, a))
+        Ok(crate::tools::cmd(tools::path(tools::FAKEROOT)?, a))
     }
 }
 
