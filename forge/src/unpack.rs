@@ -85,10 +85,10 @@ pub fn unpack_deb(deb: &Path, dest: &Path, warn: &dyn Fn(&str)) -> Result<()> {
 impl Root {
     /// [`unpack_deb`] into this root, recording each entry's attributes.
     pub fn unpack_deb(&self, deb: &Path, warn: &dyn Fn(&str)) -> Result<()> {
-        use std::process::{Command, Stdio};
+        use std::process::Stdio;
         let dpkg_deb =
             crate::tools::path(crate::tools::Tool { program: "dpkg-deb", package: "dpkg" })?;
-        let mut child = Command::new(&dpkg_deb)
+        let mut child = crate::tools::command(&dpkg_deb)
             .arg("--fsys-tarfile")
             .arg(deb)
             .stdin(Stdio::null())
