@@ -58,6 +58,44 @@ const CASES: &[(&str, &str, &[&str])] = &[
     ),
     ("duplicate-partition", "base", &["layout 'base'", "key \"1\" appears twice"]),
     ("invalid-json", "base", &["invalid layout file", "line 1"]),
+    // Numbers whose products or sums do not fit 64 bits (they wrapped around
+    // in release builds and gave a broken partition table).
+    (
+        "overflow-blocks",
+        "base",
+        &["layout 'base', partition 9 (ROOT)", "\"blocks\" 67861891338878063 is too large"],
+    ),
+    (
+        "overflow-first-block",
+        "base",
+        &["partition 9 (ROOT)", "\"first_block\" 18446744073709547520 is too large"],
+    ),
+    (
+        "overflow-part-alignment",
+        "base",
+        &["partition 9 (ROOT)", "\"part_alignment\" 18446744073709551608 is too large"],
+    ),
+    (
+        "overflow-fs-blocks",
+        "base",
+        &["partition 9 (ROOT)", "\"fs_blocks\" 4611686018427387904 is too large"],
+    ),
+    (
+        "overflow-disk-blocks",
+        "base",
+        &["layout 'base'", "\"disk_blocks\" 18446744073709551615 is too large"],
+    ),
+    (
+        "overflow-disk-alignment",
+        "base",
+        &["layout 'base'", "metadata \"disk_alignment\" 18446744073709547520 is too large"],
+    ),
+    ("empty-label", "base", &["layout 'base', partition 9", "\"label\" is empty"]),
+    (
+        "duplicate-key-in-partition",
+        "base",
+        &["layout 'base', partition 9", "key \"blocks\" appears twice"],
+    ),
 ];
 
 #[test]
@@ -66,6 +104,8 @@ fn malformed_layouts_are_rejected_with_clear_errors() {
     let payload = tmp.path().join("payload");
     make_payload(&payload);
     let fixtures = repo().join("tests/fixtures/bad-layouts");
+    // Every case is run and every failure reported, not only the first.
+    let mut failures = Vec::new();
     for (name, layout, expected) in CASES {
         let file = fixtures.join(format!("{name}.json"));
         assert!(file.exists(), "{}", file.display());
@@ -82,19 +122,25 @@ fn malformed_layouts_are_rejected_with_clear_errors() {
             layout,
         ]);
         let err = stderr(&o);
-        assert!(!o.status.success(), "{name}: expected failure, got success");
-        assert!(
-            err.contains(&file.display().to_string()),
-            "{name}: error does not name the file:\n{err}"
-        );
+        if o.status.success() {
+            failures.push(format!("{name}: expected failure, got success"));
+        }
+        if !err.contains(&file.display().to_string()) {
+            failures.push(format!("{name}: error does not name the file:\n{err}"));
+        }
         for e in *expected {
-            assert!(err.contains(e), "{name}: error lacks {e:?}:\n{err}");
+            if !err.contains(e) {
+                failures.push(format!("{name}: error lacks {e:?}:\n{err}"));
+            }
         }
         let left: Vec<_> = std::fs::read_dir(&out)
             .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
             .unwrap_or_default();
-        assert!(left.is_empty(), "{name}: left files behind: {left:?}");
+        if !left.is_empty() {
+            failures.push(format!("{name}: left files behind: {left:?}"));
+        }
     }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]

@@ -30,6 +30,13 @@ pub const GPT_RESERVED_SECTORS: u64 = 34;
 pub const PLACEHOLDER_DISK_GUID: Uuid = Uuid::from_u128(1);
 /// Maximum partition number in a 128-entry GPT.
 pub const MAX_PARTITIONS: u32 = 128;
+/// The largest disk a layout may describe, in bytes: every byte offset in
+/// an image must be a file offset (`off_t`, signed 64 bits). A plan keeps
+/// all its sizes and offsets at or below this, so products of sectors and
+/// sector sizes, and sums of two offsets, cannot overflow `u64`.
+pub const MAX_DISK_BYTES: u64 = i64::MAX as u64;
+/// Sector sizes a GPT is written with (`table::write`).
+pub const SECTOR_SIZES: [u64; 2] = [512, 4096];
 
 /// Partition type names accepted in `type`, with their GPT type GUIDs
 /// (the names upstream's `cgpt` understands).
@@ -120,8 +127,17 @@ pub struct FsPlan {
 
 impl FsPlan {
     pub fn bytes(&self) -> u64 {
-        self.blocks * self.block_size
+        bytes(self.blocks, self.block_size)
     }
+}
+
+/// `n` units of `unit` bytes. [`LayoutFile::plan`] refuses every layout
+/// whose byte counts exceed [`MAX_DISK_BYTES`], so for a plan it made this
+/// cannot overflow; a hand-made plan that does stops here rather than wrap
+/// around into a wrong offset.
+fn bytes(n: u64, unit: u64) -> u64 {
+    n.checked_mul(unit)
+        .unwrap_or_else(|| panic!("{n} × {unit} B overflows: not a plan from LayoutFile::plan"))
 }
 
 /// One partition placed on the disk.
@@ -166,7 +182,7 @@ pub struct DiskPlan {
 
 impl DiskPlan {
     pub fn total_bytes(&self) -> u64 {
-        self.total_blocks * self.block_size
+        bytes(self.total_blocks, self.block_size)
     }
     pub fn by_label(&self, label: &str) -> Option<&PartitionPlan> {
         self.partitions.iter().find(|p| p.label == label)
@@ -195,10 +211,10 @@ impl DiskPlan {
         })
     }
     pub fn offset(&self, p: &PartitionPlan) -> u64 {
-        p.first_block * self.block_size
+        bytes(p.first_block, self.block_size)
     }
     pub fn size(&self, p: &PartitionPlan) -> u64 {
-        p.blocks * self.block_size
+        bytes(p.blocks, self.block_size)
     }
 }
 
@@ -245,6 +261,24 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Pairs<V> {
     }
 }
 
+/// A value inside a layout: an object kept as pairs (a partition, so its
+/// duplicate keys can be reported), or anything else.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    Object(Pairs<Value>),
+    Other(Value),
+}
+
+impl Entry {
+    fn into_value(self) -> Value {
+        match self {
+            Entry::Object(p) => Value::Object(p.0.into_iter().collect()),
+            Entry::Other(v) => v,
+        }
+    }
+}
+
 /// A non-negative integer given as a JSON number or a decimal string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Num(u64);
@@ -272,7 +306,7 @@ struct RawFile {
     #[serde(rename = "_comment")]
     _comment: Option<Value>,
     metadata: Option<RawMetadata>,
-    layouts: Option<Pairs<Pairs<Value>>>,
+    layouts: Option<Pairs<Pairs<Entry>>>,
 }
 
 #[derive(Deserialize)]
@@ -382,9 +416,9 @@ impl LayoutFile {
             block_size: m.block_size.0,
             fs_block_size: m.fs_block_size.0,
         };
-        if meta.block_size == 0 || !meta.block_size.is_multiple_of(512) {
+        if !SECTOR_SIZES.contains(&meta.block_size) {
             bail!(
-                "{f}: metadata: block_size {} is not a positive multiple of 512",
+                "{f}: metadata: block_size {} is not a sector size a GPT is written with (512 or 4096)",
                 meta.block_size
             );
         }
@@ -446,6 +480,13 @@ impl LayoutFile {
             }
         }
         let meta = self.meta;
+        // Sectors of the largest disk; every sector number below stays at or
+        // under it, so sums of two of them cannot overflow.
+        let max_sectors = MAX_DISK_BYTES / meta.block_size;
+        let limit = format!(
+            "the largest disk is {max_sectors} sectors of {} B ({MAX_DISK_BYTES} B)",
+            meta.block_size
+        );
         let mut cursor = GPT_RESERVED_SECTORS;
         let mut placed: Vec<PartitionPlan> = Vec::new();
         let mut labels: BTreeMap<String, u32> = BTreeMap::new();
@@ -454,7 +495,11 @@ impl LayoutFile {
             let ctx = || {
                 format!(
                     "{f}: layout '{name}', partition {num}{}",
-                    p.label.as_ref().map(|l| format!(" ({l})")).unwrap_or_default()
+                    p.label
+                        .as_ref()
+                        .filter(|l| !l.is_empty())
+                        .map(|l| format!(" ({l})"))
+                        .unwrap_or_default()
                 )
             };
             let kind = p.kind.as_deref().ok_or_else(|| anyhow!("{}: missing \"type\"", ctx()))?;
@@ -462,6 +507,9 @@ impl LayoutFile {
                 continue;
             }
             let label = p.label.clone().ok_or_else(|| anyhow!("{}: missing \"label\"", ctx()))?;
+            if label.is_empty() {
+                bail!("{}: \"label\" is empty (a partition needs a name)", ctx());
+            }
             if label.encode_utf16().count() > 36 {
                 bail!("{}: label is longer than the 36 UTF-16 units a GPT name holds", ctx());
             }
@@ -490,6 +538,11 @@ impl LayoutFile {
             if blocks == 0 {
                 bail!("{}: size is 0 blocks (use \"type\": \"blank\" for an unused slot)", ctx());
             }
+            let too_large =
+                |field: &str, v: u64| anyhow!("{}: \"{field}\" {v} is too large: {limit}", ctx());
+            if blocks > max_sectors {
+                return Err(too_large("blocks", blocks));
+            }
             let align = p.part_alignment.map(|a| a.0).unwrap_or(meta.part_alignment);
             if align == 0 {
                 bail!("{}: part_alignment must be positive", ctx());
@@ -499,29 +552,43 @@ impl LayoutFile {
                     if fb % align != 0 {
                         bail!("{}: first_block {fb} is not aligned to {align} sectors", ctx());
                     }
+                    if fb > max_sectors {
+                        return Err(too_large("first_block", fb));
+                    }
                     fb
                 }
-                None => cursor.div_ceil(align) * align,
+                None => cursor
+                    .div_ceil(align)
+                    .checked_mul(align)
+                    .filter(|&a| a <= max_sectors)
+                    .ok_or_else(|| too_large("part_alignment", align))?,
             };
+            // Both at most max_sectors (< 2^55): the sum fits.
+            let end = first + blocks;
+            if end > max_sectors - GPT_RESERVED_SECTORS {
+                bail!(
+                    "{}: \"blocks\" {blocks} is too large: starting at sector {first}, the partition would end past the largest disk's last usable sector ({limit})",
+                    ctx()
+                );
+            }
             if first < GPT_RESERVED_SECTORS {
                 bail!("{}: starts at sector {first}, inside the primary GPT (sectors 0–33)", ctx());
             }
-            if let Some(prev) = placed
-                .iter()
-                .find(|q| first < q.first_block + q.blocks && q.first_block < first + blocks)
+            if let Some(prev) =
+                placed.iter().find(|q| first < q.first_block + q.blocks && q.first_block < end)
             {
                 bail!(
                     "{}: sectors {}..{} overlap partition {} ({}) at {}..{}",
                     ctx(),
                     first,
-                    first + blocks,
+                    end,
                     prev.number,
                     prev.label,
                     prev.first_block,
                     prev.first_block + prev.blocks
                 );
             }
-            cursor = cursor.max(first + blocks);
+            cursor = cursor.max(end);
 
             let uuid = match ids.partition_uuids.get(&label) {
                 Some(u) => *u,
@@ -562,16 +629,24 @@ impl LayoutFile {
             });
         }
         // Like upstream: the first prioritized partition gets the highest priority.
+        if prioritized.len() > 15 {
+            bail!(
+                "{f}: layout '{name}': {} partitions have the feature 'prioritize'; GPT priorities go up to 15",
+                prioritized.len()
+            );
+        }
         prioritized.reverse();
         for (i, num) in prioritized.iter().enumerate() {
             let p = placed.iter_mut().find(|p| p.number == *num).unwrap();
             p.attributes |=
                 crate::table::attr_priority((i + 1) as u64) | crate::table::ATTR_SUCCESSFUL;
         }
-        let needed =
-            (cursor + GPT_RESERVED_SECTORS).div_ceil(meta.disk_alignment) * meta.disk_alignment;
+        // cursor + GPT_RESERVED_SECTORS <= max_sectors (checked per partition).
         let total = match layout.disk_blocks {
             Some(d) => {
+                if d > max_sectors {
+                    bail!("{f}: layout '{name}': \"disk_blocks\" {d} is too large: {limit}");
+                }
                 if cursor + GPT_RESERVED_SECTORS > d {
                     bail!(
                         "{f}: layout '{name}': partitions end at sector {cursor} but the disk has only {d} sectors ({} needed with the backup GPT)",
@@ -580,7 +655,16 @@ impl LayoutFile {
                 }
                 d
             }
-            None => needed,
+            None => (cursor + GPT_RESERVED_SECTORS)
+                .div_ceil(meta.disk_alignment)
+                .checked_mul(meta.disk_alignment)
+                .filter(|&n| n <= max_sectors)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{f}: layout '{name}': metadata \"disk_alignment\" {} is too large: {limit}",
+                        meta.disk_alignment
+                    )
+                })?,
         };
         Ok(DiskPlan {
             source: self.path.clone(),
@@ -620,19 +704,28 @@ impl LayoutFile {
         if block_size == 0 || !block_size.is_multiple_of(512) {
             bail!("{}: fs_block_size {block_size} is not a positive multiple of 512", ctx());
         }
+        // The caller checked blocks against MAX_DISK_BYTES.
         let bytes = blocks * self.meta.block_size;
         let fs_blocks = p.fs_blocks.map(|b| b.0).unwrap_or(bytes / block_size);
         if fs_blocks == 0 {
             bail!("{}: fs_blocks is 0", ctx());
         }
-        if fs_blocks * block_size > bytes {
+        let Some(fs_bytes) = fs_blocks.checked_mul(block_size) else {
             bail!(
-                "{}: filesystem ({fs_blocks} blocks of {block_size} B = {} B) is larger than the partition ({bytes} B)",
-                ctx(),
-                fs_blocks * block_size
+                "{}: \"fs_blocks\" {fs_blocks} is too large: {fs_blocks} blocks of {block_size} B do not fit 64 bits",
+                ctx()
+            );
+        };
+        if fs_bytes > bytes {
+            bail!(
+                "{}: filesystem ({fs_blocks} blocks of {block_size} B = {fs_bytes} B) is larger than the partition ({bytes} B)",
+                ctx()
             );
         }
         if let Some(l) = &p.fs_label {
+            if l.is_empty() {
+                bail!("{}: \"fs_label\" is empty (leave it out for no label)", ctx());
+            }
             match kind.max_label() {
                 None => bail!(
                     "{}: fs_label is not supported for {} (mkfs.{} 1.5 cannot set one)",
@@ -727,7 +820,7 @@ fn parse_type(kind: &str) -> Option<Uuid> {
     type_guid(kind).or_else(|| Uuid::parse_str(kind).ok().filter(|u| !u.is_nil()))
 }
 
-fn parse_layout(f: &str, name: &str, entries: Pairs<Value>) -> Result<RawLayout> {
+fn parse_layout(f: &str, name: &str, entries: Pairs<Entry>) -> Result<RawLayout> {
     let mut parts = BTreeMap::new();
     let mut disk_blocks = None;
     let mut seen = BTreeSet::new();
@@ -738,7 +831,7 @@ fn parse_layout(f: &str, name: &str, entries: Pairs<Value>) -> Result<RawLayout>
         match key.as_str() {
             "_comment" => continue,
             "disk_blocks" => {
-                let n: Num = serde_json::from_value(v)
+                let n: Num = serde_json::from_value(v.into_value())
                     .map_err(|e| anyhow!("{f}: layout '{name}': disk_blocks: {e}"))?;
                 disk_blocks = Some(n.0);
                 continue;
@@ -752,7 +845,13 @@ fn parse_layout(f: &str, name: &str, entries: Pairs<Value>) -> Result<RawLayout>
             .ok_or_else(|| {
                 anyhow!("{f}: layout '{name}': \"{key}\" is not a partition number (1–{MAX_PARTITIONS}), \"disk_blocks\" or \"_comment\"")
             })?;
-        let part: RawPart = serde_json::from_value(v)
+        if let Entry::Object(pairs) = &v {
+            let mut keys = BTreeSet::new();
+            if let Some((k, _)) = pairs.0.iter().find(|(k, _)| !keys.insert(k)) {
+                bail!("{f}: layout '{name}', partition {num}: key \"{k}\" appears twice");
+            }
+        }
+        let part: RawPart = serde_json::from_value(v.into_value())
             .map_err(|e| anyhow!("{f}: layout '{name}', partition {num}: {e}"))?;
         if parts.insert(num, part).is_some() {
             bail!("{f}: layout '{name}': partition {num} is defined twice");
