@@ -473,11 +473,12 @@ impl<R: std::io::Read> Streams<R> {
         if self.eof {
             return Ok(false);
         }
-        let old = self.buf.len();
-        self.buf.resize(old + (4 << 20), 0);
-        let n = self.r.read(&mut self.buf[old..])?;
-        self.buf.truncate(old + n);
-        if n == 0 {
+        // Up to 4 MiB more, without zeroing a 4 MiB buffer first (the
+        // buffer grows with what arrives); short only at the end.
+        const MORE: u64 = 4 << 20;
+        use std::io::Read;
+        let n = (&mut self.r).take(MORE).read_to_end(&mut self.buf)?;
+        if (n as u64) < MORE {
             self.eof = true;
         }
         Ok(n > 0)
@@ -511,6 +512,25 @@ fn decode_one(stream: &[u8]) -> Result<Vec<u8>> {
     Codec::Bz2.decode_member(stream, 0)
 }
 
+/// Our bzip2 stream of `ZERO_UNIT` zeros, encoded and checked once per
+/// process (it takes a noticeable fraction of a second).
+fn bz2_zero_unit() -> Result<&'static [u8]> {
+    static UNIT: std::sync::OnceLock<std::result::Result<Vec<u8>, String>> =
+        std::sync::OnceLock::new();
+    let unit = UNIT.get_or_init(|| {
+        let make = || -> Result<Vec<u8>> {
+            let unit = Codec::Bz2.encode(&vec![0u8; ZERO_UNIT as usize], 9)?;
+            let check = decode_one(&unit)?;
+            if check.len() as u64 != ZERO_UNIT || !sparse::is_zero(&check) {
+                anyhow::bail!("the zero-run stream does not decode to zeros");
+            }
+            Ok(unit)
+        };
+        make().map_err(|e| format!("{e:#}"))
+    });
+    unit.as_deref().map_err(|e| anyhow!("{e}"))
+}
+
 /// What a decoded piece is: bytes, or a run of zeros recognized without decoding.
 pub enum Decoded {
     Data(Vec<u8>),
@@ -526,12 +546,7 @@ pub fn decode_streams(
     threads: usize,
     sink: &mut dyn FnMut(u64, Decoded) -> Result<()>,
 ) -> Result<u64> {
-    let zero_unit = Codec::Bz2.encode(&vec![0u8; ZERO_UNIT as usize], 9)?;
-    let check = decode_one(&zero_unit)?;
-    if check.len() as u64 != ZERO_UNIT || !sparse::is_zero(&check) {
-        anyhow::bail!("the zero-run stream does not decode to zeros");
-    }
-    drop(check);
+    let zero_unit = bz2_zero_unit()?;
     let mut streams = Streams::new(r);
     let mut pos = 0u64;
     let mut pending: Vec<Vec<u8>> = Vec::new();
