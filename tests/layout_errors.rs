@@ -219,3 +219,43 @@ fn broken_payloads_are_rejected() {
         assert!(!out.join("flatcar_production_image.bin").exists());
     }
 }
+
+/// Every layout that plans (the repository's and the fuzzer's seeds with
+/// 512 B sectors) gives a partition table `sfdisk --verify` finds clean: the
+/// planner's checks match what a GPT reader demands.
+#[test]
+fn planned_tables_pass_sfdisk_verify() {
+    use forge::layout::{IdPolicy, LayoutFile};
+    let tmp = open_tempdir();
+    let mut files = vec![repo().join("layouts/disk_layout.json")];
+    let mut seeds: Vec<_> = std::fs::read_dir(repo().join("fuzz/corpus/layout"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    seeds.sort();
+    files.extend(seeds);
+    let mut checked = 0;
+    for file in &files {
+        let Ok(layouts) = LayoutFile::load(file) else { continue };
+        for name in layouts.names() {
+            let plan = layouts.plan(&name, &IdPolicy::default()).unwrap();
+            if plan.block_size != 512 {
+                continue;
+            }
+            let image = tmp.path().join("disk.img");
+            let mut f = std::fs::File::create(&image).unwrap();
+            f.set_len(plan.total_bytes()).unwrap();
+            forge::table::write(&mut f, &plan).unwrap();
+            drop(f);
+            let (ok, out) = sh_status(&format!("sfdisk --verify {} 2>&1", image.display()));
+            assert!(
+                ok && out.contains("No errors detected"),
+                "{} layout '{name}':\n{out}",
+                file.display()
+            );
+            checked += 1;
+        }
+    }
+    // The repository's five layouts and at least three seeds.
+    assert!(checked >= 8, "only {checked} layouts checked");
+}
