@@ -243,7 +243,13 @@ fn planned_tables_pass_sfdisk_verify() {
                 continue;
             }
             let image = tmp.path().join("disk.img");
-            let mut f = std::fs::File::create(&image).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&image)
+                .unwrap();
             f.set_len(plan.total_bytes()).unwrap();
             forge::table::write(&mut f, &plan).unwrap();
             drop(f);
