@@ -150,19 +150,29 @@ pub fn format(
     if data_blocks < 2 {
         bail!("dm-verity needs at least 2 data blocks");
     }
-    if !hash_offset.is_multiple_of(BLOCK) || hash_offset < data_blocks * BLOCK {
+    // Checked: the sizes come from a layout (bounded by the planner, but
+    // this is a public function).
+    let overflow = || {
+        anyhow::anyhow!("dm-verity: {data_blocks} data blocks at partition offset {part_offset}, hash offset {hash_offset}: sizes overflow 64 bits")
+    };
+    let data_bytes = data_blocks.checked_mul(BLOCK).ok_or_else(overflow)?;
+    if !hash_offset.is_multiple_of(BLOCK) || hash_offset < data_bytes {
         bail!("verity hash offset {hash_offset} must be block-aligned and after the data");
     }
     let sizes = level_sizes(data_blocks);
+    // Fewer tree blocks than data blocks: no overflow once data_bytes fits.
     let tree_blocks: u64 = sizes.iter().sum();
     let hash_bytes = BLOCK + tree_blocks * BLOCK;
-    if hash_offset + hash_bytes > part_len {
+    let base = part_offset.checked_add(hash_offset).ok_or_else(overflow)?;
+    if hash_offset.checked_add(hash_bytes).ok_or_else(overflow)? > part_len
+        || base.checked_add(hash_bytes).is_none()
+    {
         bail!(
             "the partition ({part_len} B) has no room for the dm-verity tree ({hash_bytes} B at offset {hash_offset}): enlarge the partition or shrink fs_blocks"
         );
     }
     let zero = hash_block(&salt, &[0u8; BLOCK as usize]);
-    let extents = sparse::data_extents(image, part_offset, part_offset + data_blocks * BLOCK)?;
+    let extents = sparse::data_extents(image, part_offset, part_offset + data_bytes)?;
     let threads =
         std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1).clamp(1, 16);
     let per = data_blocks.div_ceil(threads);
@@ -197,7 +207,6 @@ pub fn format(
         salt: salt.to_vec(),
     }
     .to_bytes()?;
-    let base = part_offset + hash_offset;
     image.write_all_at(&sb, base)?;
     let mut pos = base + BLOCK;
     for lvl in levels.iter().rev() {
@@ -281,6 +290,21 @@ mod tests {
         assert_eq!(level_sizes(260_094), vec![2032, 16, 1]);
         assert_eq!(level_sizes(128), vec![1]);
         assert_eq!(level_sizes(129), vec![2, 1]);
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_errors() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(1 << 20).unwrap();
+        // Each wrapped around (or panicked in debug builds) before.
+        for (part_offset, data_blocks, hash_offset) in
+            [(0, u64::MAX / 2, 0), (0, 1 << 62, 1 << 20), (u64::MAX - 4095, 16, 1 << 16)]
+        {
+            let r =
+                format(&f, part_offset, u64::MAX, data_blocks, hash_offset, [0; 32], Uuid::nil());
+            let e = format!("{:#}", r.unwrap_err());
+            assert!(e.contains("overflow") || e.contains("after the data"), "{e}");
+        }
     }
 
     #[test]
