@@ -463,11 +463,14 @@ pub struct Streams<R: std::io::Read> {
     r: R,
     buf: Vec<u8>,
     eof: bool,
+    /// A stream was returned: the end of the input is now the end of the
+    /// file, not an empty file.
+    started: bool,
 }
 
 impl<R: std::io::Read> Streams<R> {
     pub fn new(r: R) -> Self {
-        Streams { r, buf: Vec::new(), eof: false }
+        Streams { r, buf: Vec::new(), eof: false, started: false }
     }
     fn fill(&mut self) -> Result<bool> {
         if self.eof {
@@ -487,11 +490,16 @@ impl<R: std::io::Read> Streams<R> {
     pub fn next_stream(&mut self) -> Result<Option<Vec<u8>>> {
         while self.buf.len() < 10 && self.fill()? {}
         if self.buf.is_empty() {
+            if !self.started {
+                // As bzip2 and lbzip2 say: no stream is no bzip2 file.
+                anyhow::bail!("not a bzip2 file: it is empty");
+            }
             return Ok(None);
         }
         if !is_stream_start(&self.buf) {
             anyhow::bail!("not a bzip2 stream");
         }
+        self.started = true;
         let mut from = 10;
         loop {
             if let Some(k) = (from..self.buf.len().saturating_sub(9))
@@ -680,6 +688,21 @@ mod tests {
             assert!(back == raw, "{codec:?}");
             assert!(sparse::allocated_bytes(&g).unwrap() < 8 << 20);
         }
+    }
+
+    #[test]
+    fn an_empty_file_is_not_a_bzip2_file() {
+        // Found by fuzz/bz2_streams: it decoded to an empty image, where
+        // bzip2 and lbzip2 refuse it.
+        let e = decode_streams(&[][..], 2, &mut |_, _| Ok(())).unwrap_err();
+        assert!(e.to_string().contains("not a bzip2 file: it is empty"), "{e}");
+        let mut s = Streams::new(&[][..]);
+        assert!(s.next_stream().is_err());
+        // One stream, then the end.
+        let one = Codec::Bz2.encode(b"x", 9).unwrap();
+        let mut s = Streams::new(&one[..]);
+        assert_eq!(s.next_stream().unwrap().unwrap(), one);
+        assert!(s.next_stream().unwrap().is_none());
     }
 
     #[test]
