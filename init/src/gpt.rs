@@ -8,6 +8,7 @@
 use crate::sys::BlockDev;
 use crate::Result;
 use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -97,16 +98,17 @@ pub fn parse_entry(e: &[u8]) -> Entry {
     }
 }
 
-fn read_header(f: &File, disk: &Path) -> Result<Header> {
+fn read_header(f: &File, disk: &Path, lba: u64) -> Result<Header> {
     let mut raw = [0u8; SECTOR as usize];
-    f.read_exact_at(&mut raw, SECTOR)
-        .map_err(|e| format!("{}: reading the GPT header: {e}", disk.display()))?;
-    Header::parse(&raw, 1).map_err(|e| format!("{}: {e}", disk.display()))
+    let at = lba.checked_mul(SECTOR).ok_or_else(|| format!("{}: sector {lba}", disk.display()))?;
+    f.read_exact_at(&mut raw, at)
+        .map_err(|e| format!("{}: reading the GPT header at sector {lba}: {e}", disk.display()))?;
+    Header::parse(&raw, lba).map_err(|e| format!("{}: {e}", disk.display()))
 }
 
-/// The primary header and its entry array, CRC checked.
-fn read_table(f: &File, disk: &Path) -> Result<(Header, Vec<u8>)> {
-    let h = read_header(f, disk)?;
+/// The header at `lba` and its entry array, CRC checked.
+fn read_table_at(f: &File, disk: &Path, lba: u64) -> Result<(Header, Vec<u8>)> {
+    let h = read_header(f, disk, lba)?;
     let at = h.array_offset().map_err(|e| format!("{}: {e}", disk.display()))?;
     // Bounded by Header::parse.
     let mut array = vec![0u8; h.array_bytes() as usize];
@@ -119,10 +121,26 @@ fn read_table(f: &File, disk: &Path) -> Result<(Header, Vec<u8>)> {
     Ok((h, array))
 }
 
+/// The primary GPT (growth rewrites it, so it must be valid).
+fn read_table(f: &File, disk: &Path) -> Result<(Header, Vec<u8>)> {
+    read_table_at(f, disk, 1)
+}
+
+/// The primary GPT or, when it is corrupt, the backup at the disk's last
+/// sector, as the kernel does.
+fn read_either(f: &File, disk: &Path) -> Result<(Header, Vec<u8>)> {
+    read_table(f, disk).or_else(|primary| {
+        let mut g = f;
+        let size = g.seek(SeekFrom::End(0)).map_err(|e| format!("{}: {e}", disk.display()))?;
+        let last = (size / SECTOR).checked_sub(1).ok_or_else(|| primary.clone())?;
+        read_table_at(f, disk, last).map_err(|backup| format!("{primary}; backup: {backup}"))
+    })
+}
+
 /// Entry `number` (from 1) of the GPT on `f`, `None` when there is no such
 /// entry or the table cannot be read.
 fn read_entry(f: &File, disk: &Path, number: u32) -> Option<Entry> {
-    let (h, array) = read_table(f, disk).ok()?;
+    let (h, array) = read_either(f, disk).ok()?;
     let idx = number.checked_sub(1)?;
     if idx >= h.num_entries {
         return None;
@@ -459,7 +477,7 @@ mod tests {
         reseal(&mut b, 92);
         write(&b);
         assert!(read_table(&f, &path).unwrap_err().contains("entry array at sector"));
-        assert_eq!(read_entry(&f, &path, 2), None);
+        assert_eq!(read_entry(&f, &path, 2).unwrap().name, "ROOT"); // from the backup
 
         let mut b = hdr;
         b[80..84].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -469,9 +487,15 @@ mod tests {
 
         write(&hdr);
         read_table(&f, &path).unwrap();
+        let good = read_entry(&f, &path, 2).unwrap();
         f.write_all_at(&[0xAA], 2 * SECTOR + 300).unwrap();
         assert!(read_table(&f, &path).unwrap_err().contains("CRC"));
+        // Lookups fall back to the backup, as the kernel does; growth does not.
+        assert_eq!(read_entry(&f, &path, 2), Some(good));
+        let last = 64 * MIB / SECTOR - 1;
+        f.write_all_at(b"X", last * SECTOR).unwrap();
         assert_eq!(read_entry(&f, &path, 2), None);
+        assert!(read_either(&f, &path).unwrap_err().contains("backup"));
     }
 
     #[test]
