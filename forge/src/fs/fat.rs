@@ -522,6 +522,9 @@ pub struct FatReader<'a> {
 
 /// Directories nested deeper than this are refused by [`FatReader::walk`].
 pub const MAX_DEPTH: usize = 64;
+/// [`FatReader::walk`] refuses to return more than this many bytes of paths
+/// (deep paths times many files could otherwise outgrow the filesystem).
+pub const MAX_WALK_BYTES: usize = 16 << 20;
 
 impl<'a> FatReader<'a> {
     /// Opens the FAT32 filesystem at byte `offset` of `file`, in a
@@ -715,11 +718,13 @@ impl<'a> FatReader<'a> {
 
     /// Every file path under the root, depth first. A directory reached
     /// twice (a cycle, or two entries sharing a directory) is an error, as
-    /// is nesting deeper than [`MAX_DEPTH`].
+    /// is nesting deeper than [`MAX_DEPTH`] or paths adding up to more than
+    /// [`MAX_WALK_BYTES`].
     pub fn walk(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         let mut seen = std::collections::HashMap::from([(self.root, "/".to_string())]);
         let mut stack = vec![(String::new(), self.root, 0usize)];
+        let mut names = 0usize;
         while let Some((prefix, c, depth)) = stack.pop() {
             for (n, is_dir, cl, _) in self.list(c)? {
                 let p = format!("{prefix}/{n}");
@@ -734,6 +739,10 @@ impl<'a> FatReader<'a> {
                     }
                     stack.push((p, cl, depth + 1));
                 } else {
+                    names += p.len();
+                    if names > MAX_WALK_BYTES {
+                        bail!("FAT file names add up to more than {MAX_WALK_BYTES} bytes");
+                    }
                     out.push(p);
                 }
             }
