@@ -4,14 +4,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use std::io::Write;
 
 const MAX: usize = 1 << 20;
 
 fuzz_target!(|data: &[u8]| {
-    let mut f = tempfile::NamedTempFile::new().expect("temp file");
-    f.write_all(&data[..data.len().min(MAX)]).expect("write");
-    if let Ok(r) = forge::inspect::inspect(f.path()) {
+    // One scratch file for every run.
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let path = DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path().join("disk.img");
+    std::fs::write(&path, &data[..data.len().min(MAX)]).expect("write");
+    if let Ok(r) = forge::inspect::inspect(&path) {
         let _ = forge::inspect::render(&r);
     }
 });

@@ -63,8 +63,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let sectors = (le32(data, 0) as u64).clamp(3, MAX_SECTORS);
     let size = sectors * SECTOR;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("disk.img");
+    // One scratch file for every run (created empty again each time).
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let path = DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path().join("disk.img");
     let f = File::create(&path).expect("create");
     f.set_len(size).expect("set_len");
     let mut rest = &data[4..];
