@@ -29,7 +29,7 @@ pub struct Report {
     pub sector_size: u64,
     pub disk_guid: String,
     /// The GPT copy the partitions were read from.
-    pub gpt: table::Copy,
+    pub gpt: table::GptCopy,
     pub partitions: Vec<PartInfo>,
     pub oem: Option<OemInfo>,
     /// Wrong but readable (see the module documentation).
@@ -306,8 +306,8 @@ pub fn render(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "image: {} ({} B, {} B sectors)", r.image, r.size_bytes, r.sector_size);
     let copy = match r.gpt {
-        table::Copy::Primary => "primary",
-        table::Copy::Backup => "backup",
+        table::GptCopy::Primary => "primary",
+        table::GptCopy::Backup => "backup",
     };
     let _ = writeln!(s, "disk GUID: {} (read from the {copy} GPT)", r.disk_guid);
     for p in &r.partitions {

@@ -136,7 +136,7 @@ impl TableEntry {
 /// Which copy of the GPT a [`Table`] was read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Copy {
+pub enum GptCopy {
     Primary,
     Backup,
 }
@@ -150,7 +150,7 @@ pub struct Table {
     pub backup_lba: u64,
     pub entries: Vec<TableEntry>,
     /// The copy the entries come from (the backup when the primary is corrupt).
-    pub source: Copy,
+    pub source: GptCopy,
     /// Wrong but readable: a corrupt primary (the backup was used, as
     /// `sfdisk` does), a corrupt or misplaced backup.
     pub warnings: Vec<String>,
@@ -263,14 +263,14 @@ fn read_with(image: &File, check_backup: bool) -> Result<Table> {
                     ));
                 }
             }
-            (h, array, Copy::Primary)
+            (h, array, GptCopy::Primary)
         }
         Err(p) if check_backup => match read_copy(image, last, sectors) {
             Ok((h, array)) => {
                 warnings.push(format!(
                     "the primary GPT is not valid ({p:#}); read the backup GPT at sector {last}"
                 ));
-                (h, array, Copy::Backup)
+                (h, array, GptCopy::Backup)
             }
             Err(b) => {
                 bail!("no valid GPT: primary (sector 1): {p:#}; backup (sector {last}): {b:#}")

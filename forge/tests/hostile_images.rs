@@ -10,7 +10,7 @@
 use forge::fs::fat::{self, FatParams, FatReader};
 use forge::fs::tree::{Dir, Source};
 use forge::inspect::{inspect, Report};
-use forge::table::{self, Copy};
+use forge::table::{self, GptCopy};
 use forge_formats::gpt::crc32;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -173,7 +173,7 @@ fn reads_256_byte_entries_as_sfdisk_does() {
         vec![(1, 2048, 2048, "EFI-SYSTEM".into()), (3, 4096, 4096, "ROOT".into())]
     );
     assert!(r.warnings.is_empty() && r.errors.is_empty(), "{:?} {:?}", r.warnings, r.errors);
-    assert_eq!(r.gpt, Copy::Primary);
+    assert_eq!(r.gpt, GptCopy::Primary);
     if let Some(s) = sfdisk(&path) {
         assert_eq!(s, ours(&r));
     }
@@ -189,7 +189,7 @@ fn corrupt_primary_falls_back_to_the_backup() {
     let f = gpt_disk(&path, 10_000, 128, &two_parts());
     f.write_all_at(&[0xff; 4], SECTOR + 40).unwrap(); // first usable LBA: CRC now wrong
     let r = inspect(&path).unwrap();
-    assert_eq!(r.gpt, Copy::Backup);
+    assert_eq!(r.gpt, GptCopy::Backup);
     assert_eq!(ours(&r).len(), 2);
     assert!(
         r.warnings.iter().any(|w| w.contains("primary GPT is not valid")
@@ -206,13 +206,13 @@ fn corrupt_primary_falls_back_to_the_backup() {
     let f = gpt_disk(&path, 10_000, 128, &two_parts());
     f.write_all_at(&[1], 2 * SECTOR + 200).unwrap();
     let r = inspect(&path).unwrap();
-    assert_eq!(r.gpt, Copy::Backup);
+    assert_eq!(r.gpt, GptCopy::Backup);
     assert!(r.warnings[0].contains("CRC"), "{:?}", r.warnings);
     // A corrupt backup: read from the primary, with a warning.
     let f = gpt_disk(&path, 10_000, 128, &two_parts());
     f.write_all_at(b"X", 9999 * SECTOR).unwrap();
     let r = inspect(&path).unwrap();
-    assert_eq!(r.gpt, Copy::Primary);
+    assert_eq!(r.gpt, GptCopy::Primary);
     assert!(r.warnings[0].contains("backup GPT (sector 9999) is not valid"), "{:?}", r.warnings);
     // Both corrupt: an error naming both.
     f.write_all_at(b"X", SECTOR).unwrap();
@@ -233,7 +233,7 @@ fn truncated_images_say_so() {
     // Cut after partition 1: partition 3 is past the end and not read.
     f.set_len(4096 * SECTOR).unwrap();
     let r = inspect(&path).unwrap();
-    assert_eq!(r.gpt, Copy::Primary);
+    assert_eq!(r.gpt, GptCopy::Primary);
     assert!(r.errors.iter().any(|e| e.contains("the image is truncated")), "{:?}", r.errors);
     assert!(
         r.errors.iter().any(|e| e.contains("partition 3: sectors 4096–8191 go past the end")),
