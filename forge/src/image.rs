@@ -445,6 +445,9 @@ pub fn verify(
     progress: &dyn Fn(&str, u64, u64),
 ) -> Result<()> {
     let t = table::read(image).context("verify: reading back the GPT")?;
+    if !t.is_clean() {
+        bail!("verify: the GPT read back: {}", [t.errors, t.warnings].concat().join("; "));
+    }
     if t.disk_guid != plan.disk_guid || t.entries.len() != plan.partitions.len() {
         bail!("verify: the GPT read back does not match the layout");
     }
@@ -488,7 +491,7 @@ pub fn verify(
     }
     for v in verity {
         let p = protected(v)?;
-        let root = verity::compute_root(image, plan.offset(p), v.info.hash_offset)?;
+        let root = verity::compute_root(image, plan.offset(p), plan.size(p), v.info.hash_offset)?;
         if root != Some(v.info.root_hash) {
             bail!(
                 "verify: partition {} ({}): dm-verity root hash does not match the data",
@@ -604,7 +607,7 @@ mod tests {
         assert_eq!(built.stages[0].name, format!("fs {}", p.label));
         assert!(built.verity.is_empty());
         assert_eq!(*sizes.borrow(), [plan.size(p)]);
-        let r = FatReader::open(&f, plan.offset(p)).unwrap();
+        let r = FatReader::open(&f, plan.offset(p), plan.size(p)).unwrap();
         assert_eq!(r.read("flatcar/verity-a.cfg").unwrap(), b"set x=1\n");
     }
 

@@ -2,6 +2,16 @@
 //! tool made it: the GPT (CRCs checked), each partition's filesystem type,
 //! label and UUID, the OEM partition's ID and sysexts, and a recomputation of
 //! each dm-verity tree's root hash against the one recorded on the ESP.
+//!
+//! Images are hostile input: nothing in one makes `inspect` panic, loop or
+//! allocate more than the image's size. What is wrong but readable is a
+//! warning (a corrupt primary GPT, read from the backup as `sfdisk` does; a
+//! corrupt or misplaced backup); what makes a partition or check unusable is
+//! an error in the report (a truncated image; entries reversed, past the
+//! disk's end, outside the usable area or overlapping; a filesystem or
+//! verity superblock that does not fit its partition; a FAT chain loop or
+//! directory cycle). Partitions not on the disk are listed but not read.
+//! `cargo xtask inspect` prints the report and fails when it has errors.
 
 use crate::fs::fat::FatReader;
 use crate::{layout, table, tools, verity};
@@ -18,8 +28,14 @@ pub struct Report {
     pub size_bytes: u64,
     pub sector_size: u64,
     pub disk_guid: String,
+    /// The GPT copy the partitions were read from.
+    pub gpt: table::GptCopy,
     pub partitions: Vec<PartInfo>,
     pub oem: Option<OemInfo>,
+    /// Wrong but readable (see the module documentation).
+    pub warnings: Vec<String>,
+    /// Wrong: partitions or checks that could not be used.
+    pub errors: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -71,15 +87,25 @@ pub struct OemInfo {
 
 pub fn inspect(path: &Path) -> Result<Report> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let size = file.metadata()?.len();
+    let size = file.metadata().with_context(|| format!("{}: stat", path.display()))?.len();
     let t = table::read(&file)
         .with_context(|| format!("{}: reading the partition table", path.display()))?;
     let ss = t.sector_size;
+    let disk_sectors = size / ss;
+    let mut errors = t.errors.clone();
     let mut parts = Vec::new();
     for e in &t.entries {
-        let off = e.first_lba * ss;
-        let len = e.sectors() * ss;
-        let fs = probe_fs(&file, off, len).ok().flatten();
+        let on_disk = e.on_disk(disk_sectors);
+        // Inside the file (checked above): no overflow.
+        let (off, len) = if on_disk { (e.first_lba * ss, e.sectors() * ss) } else { (0, 0) };
+        let fs = match on_disk.then(|| probe_fs(&file, off, len)) {
+            Some(Ok(fs)) => fs,
+            Some(Err(err)) => {
+                errors.push(format!("partition {}: {err:#}", e.number));
+                None
+            }
+            None => None,
+        };
         parts.push(PartInfo {
             number: e.number,
             label: e.name.clone(),
@@ -90,7 +116,7 @@ pub fn inspect(path: &Path) -> Result<Report> {
             attributes_decoded: table::describe_attributes(e.attributes),
             first_sector: e.first_lba,
             sectors: e.sectors(),
-            size_bytes: len,
+            size_bytes: e.sectors().saturating_mul(ss),
             fs,
             verity: None,
         });
@@ -99,45 +125,72 @@ pub fn inspect(path: &Path) -> Result<Report> {
     let esp = parts
         .iter()
         .find(|p| p.fs.as_ref().is_some_and(|f| f.kind == "vfat"))
-        .map(|p| p.first_sector * ss);
+        .map(|p| (p.first_sector * ss, p.size_bytes));
     for p in parts.iter_mut() {
         let (Some(fs), off) = (&p.fs, p.first_sector * ss) else { continue };
         let Some(fs_len) = fs.size_bytes else { continue };
-        if let Some(hash_offset) = find_verity(&file, off, fs_len, p.size_bytes)? {
-            let sb = verity::read_superblock(&file, off + hash_offset)?.unwrap();
-            let root = verity::compute_root(&file, off, hash_offset)?.unwrap();
-            let slot = p.label.rsplit_once('-').map(|(_, s)| s.to_ascii_lowercase());
-            let recorded = match (esp, slot) {
-                (Some(esp), Some(slot)) => recorded_hash(&file, esp, &slot),
-                _ => None,
-            };
-            let computed = hex::encode(root);
-            p.verity = Some(VerityCheck {
-                hash_offset,
-                data_blocks: sb.data_blocks,
-                salt: hex::encode(&sb.salt),
-                matches: recorded.as_ref().map(|r| *r == computed),
-                computed_root_hash: computed,
-                recorded_root_hash: recorded,
-            });
+        let checked = find_verity(&file, off, fs_len, p.size_bytes).and_then(|found| {
+            let Some(hash_offset) = found else { return Ok(None) };
+            check_verity(&file, off, p.size_bytes, hash_offset, esp, &p.label).map(Some)
+        });
+        match checked {
+            Ok(v) => p.verity = v,
+            Err(err) => errors.push(format!("partition {}: dm-verity: {err:#}", p.number)),
         }
     }
-    let oem = parts
-        .iter()
-        .find(|p| p.label == "OEM" && p.fs.is_some())
-        .map(|p| read_oem(&file, path, p, ss));
+    let oem = match parts.iter().find(|p| p.label == "OEM" && p.fs.is_some()) {
+        Some(p) => match read_oem(&file, path, p, ss) {
+            Ok(o) => Some(o),
+            Err(err) => {
+                errors.push(format!("partition {} (OEM): {err:#}", p.number));
+                None
+            }
+        },
+        None => None,
+    };
     Ok(Report {
         image: path.display().to_string(),
         size_bytes: size,
         sector_size: ss,
         disk_guid: t.disk_guid.to_string(),
+        gpt: t.source,
         partitions: parts,
-        oem: oem.transpose()?,
+        oem,
+        warnings: t.warnings,
+        errors,
     })
 }
 
-fn recorded_hash(file: &File, esp_off: u64, slot: &str) -> Option<String> {
-    let r = FatReader::open(file, esp_off).ok()?;
+fn check_verity(
+    file: &File,
+    off: u64,
+    part_len: u64,
+    hash_offset: u64,
+    esp: Option<(u64, u64)>,
+    label: &str,
+) -> Result<VerityCheck> {
+    let sb = verity::read_superblock(file, off + hash_offset)?
+        .context("the verity superblock vanished")?;
+    let root = verity::compute_root(file, off, part_len, hash_offset)?
+        .context("the verity superblock vanished")?;
+    let slot = label.rsplit_once('-').map(|(_, s)| s.to_ascii_lowercase());
+    let recorded = match (esp, slot) {
+        (Some((esp, esp_len)), Some(slot)) => recorded_hash(file, esp, esp_len, &slot),
+        _ => None,
+    };
+    let computed = hex::encode(root);
+    Ok(VerityCheck {
+        hash_offset,
+        data_blocks: sb.data_blocks,
+        salt: hex::encode(&sb.salt),
+        matches: recorded.as_ref().map(|r| *r == computed),
+        computed_root_hash: computed,
+        recorded_root_hash: recorded,
+    })
+}
+
+fn recorded_hash(file: &File, esp_off: u64, esp_len: u64, slot: &str) -> Option<String> {
+    let r = FatReader::open(file, esp_off, esp_len).ok()?;
     let text = String::from_utf8(r.read(&crate::boot::esp::verity_cfg_path(slot)).ok()?).ok()?;
     text.lines()
         .find_map(|l| l.trim().strip_prefix("set verity_usrhash="))
@@ -146,15 +199,15 @@ fn recorded_hash(file: &File, esp_off: u64, slot: &str) -> Option<String> {
 
 /// Finds a verity superblock at the first data after the filesystem's end.
 fn find_verity(file: &File, off: u64, fs_len: u64, part_len: u64) -> Result<Option<u64>> {
-    let start = fs_len.div_ceil(verity::BLOCK) * verity::BLOCK;
-    if start + 512 > part_len {
+    let Some(start) = fs_len.checked_next_multiple_of(verity::BLOCK) else { return Ok(None) };
+    if start.saturating_add(512) > part_len {
         return Ok(None);
     }
     let extents = crate::io::sparse::data_extents(file, off + start, off + part_len)?;
     let mut buf = vec![0u8; verity::BLOCK as usize];
     for (s, e) in extents {
-        let mut pos = s.div_ceil(verity::BLOCK) * verity::BLOCK - (off % verity::BLOCK);
-        pos = pos.max(s - (s - off) % verity::BLOCK);
+        // The first block boundary (relative to the partition) in the extent.
+        let mut pos = off + (s - off).div_ceil(verity::BLOCK) * verity::BLOCK;
         while pos + verity::BLOCK <= e {
             file.read_exact_at(&mut buf, pos)?;
             if forge_formats::verity::has_magic(&buf) {
@@ -199,7 +252,7 @@ fn read_oem(file: &File, path: &Path, p: &PartInfo, ss: u64) -> Result<OemInfo> 
     let kind = p.fs.as_ref().map(|f| f.kind.as_str()).unwrap_or("");
     let (release, sysexts, grub) = match kind {
         "vfat" => {
-            let r = FatReader::open(file, off)?;
+            let r = FatReader::open(file, off, p.size_bytes)?;
             let rel = r.read("oem-release").ok().map(|b| String::from_utf8_lossy(&b).into_owned());
             let grub = r.read("grub.cfg").ok().map(|b| String::from_utf8_lossy(&b).into_owned());
             let sys = r
@@ -252,7 +305,11 @@ pub fn render(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(s, "image: {} ({} B, {} B sectors)", r.image, r.size_bytes, r.sector_size);
-    let _ = writeln!(s, "disk GUID: {}", r.disk_guid);
+    let copy = match r.gpt {
+        table::GptCopy::Primary => "primary",
+        table::GptCopy::Backup => "backup",
+    };
+    let _ = writeln!(s, "disk GUID: {} (read from the {copy} GPT)", r.disk_guid);
     for p in &r.partitions {
         let _ = writeln!(
             s,
@@ -296,6 +353,12 @@ pub fn render(r: &Report) -> String {
         for x in &o.sysexts {
             let _ = writeln!(s, "      sysext {x}");
         }
+    }
+    for w in &r.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    for e in &r.errors {
+        let _ = writeln!(s, "error: {e}");
     }
     s
 }

@@ -9,11 +9,13 @@
 
 use crate::layout::DiskPlan;
 use anyhow::{bail, Context, Result};
+use forge_formats::gpt as fgpt;
 use gpt::disk::LogicalBlockSize;
 use gpt::header::HeaderBuilder;
 use gpt::mbr::ProtectiveMBR;
 use gpt::partition::Partition;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use uuid::Uuid;
 
 /// GPT attribute bit 56: the slot booted successfully (ChromeOS/Flatcar A/B).
@@ -114,9 +116,29 @@ pub struct TableEntry {
 }
 
 impl TableEntry {
+    /// Sectors covered (0 for a reversed entry).
     pub fn sectors(&self) -> u64 {
-        self.last_lba - self.first_lba + 1
+        if self.last_lba < self.first_lba {
+            0
+        } else {
+            (self.last_lba - self.first_lba).saturating_add(1)
+        }
     }
+
+    /// Whether the entry covers sectors `first..=last` of a disk of
+    /// `disk_sectors` (not reversed, not past the end): only then may its
+    /// contents be read.
+    pub fn on_disk(&self, disk_sectors: u64) -> bool {
+        self.first_lba <= self.last_lba && self.last_lba < disk_sectors
+    }
+}
+
+/// Which copy of the GPT a [`Table`] was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GptCopy {
+    Primary,
+    Backup,
 }
 
 #[derive(Clone, Debug)]
@@ -127,51 +149,158 @@ pub struct Table {
     pub last_usable: u64,
     pub backup_lba: u64,
     pub entries: Vec<TableEntry>,
+    /// The copy the entries come from (the backup when the primary is corrupt).
+    pub source: GptCopy,
+    /// Wrong but readable: a corrupt primary (the backup was used, as
+    /// `sfdisk` does), a corrupt or misplaced backup.
+    pub warnings: Vec<String>,
+    /// Wrong in a way that makes partitions unusable: a truncated image,
+    /// entries reversed, past the disk's end, outside the usable area or
+    /// overlapping. Entries are listed anyway; readers skip the contents of
+    /// those not [`TableEntry::on_disk`].
+    pub errors: Vec<String>,
 }
 
-/// Reads and checks (signatures, both header CRCs, both entry-array CRCs) the
-/// GPT of an image file, whatever tool wrote it.
+impl Table {
+    /// Neither warnings nor errors.
+    pub fn is_clean(&self) -> bool {
+        self.warnings.is_empty() && self.errors.is_empty()
+    }
+}
+
+const SECTOR: u64 = 512;
+
+/// Reads and checks the GPT of an image file, whatever tool wrote it:
+/// signatures, header and entry-array CRCs of both copies, the entries'
+/// sectors. A corrupt primary falls back to the backup at the disk's last
+/// sector (with a warning); both corrupt, or an image too short for its
+/// primary's entry array, is an error. Entry sizes of 128 × 2^n are read.
 pub fn read(image: &File) -> Result<Table> {
     read_with(image, true)
 }
 
-/// Like [`read`], but accepts a disk whose backup GPT is not at its end
-/// (an image written to a larger disk, before the OS moves the backup).
+/// Like [`read`], but only the primary GPT: for a disk whose backup GPT is
+/// not at its end (an image written to a larger disk, before the OS moves
+/// the backup).
 pub fn read_primary(image: &File) -> Result<Table> {
     read_with(image, false)
 }
 
-fn read_with(image: &File, strict: bool) -> Result<Table> {
-    let disk = gpt::GptConfig::new()
-        .writable(false)
-        .logical_block_size(LogicalBlockSize::Lb512)
-        .only_valid_headers(strict)
-        .open_from_device(image)
-        .context(if strict {
-            "no valid GPT (primary and backup headers and entry CRCs checked)"
-        } else {
-            "no valid primary GPT"
-        })?;
-    let h = disk.header();
-    let entries: Vec<TableEntry> = disk
-        .partitions()
-        .iter()
-        .map(|(n, p): (&u32, &Partition)| TableEntry {
-            number: *n,
-            name: p.name.clone(),
-            type_guid: p.part_type_guid.guid,
-            uuid: p.part_guid,
-            first_lba: p.first_lba,
-            last_lba: p.last_lba,
-            attributes: p.flags,
+fn read_header(image: &File, lba: u64) -> Result<fgpt::Header> {
+    let mut b = [0u8; SECTOR as usize];
+    let at = lba.checked_mul(SECTOR).with_context(|| format!("sector {lba}"))?;
+    image.read_exact_at(&mut b, at).with_context(|| format!("reading sector {lba}"))?;
+    Ok(fgpt::Header::parse(&b, lba)?)
+}
+
+fn read_array(image: &File, h: &fgpt::Header, disk_sectors: u64) -> Result<Vec<u8>> {
+    let sectors = h.array_sectors(SECTOR);
+    if h.entries_lba.checked_add(sectors).is_none_or(|end| end > disk_sectors) {
+        bail!(
+            "the entry array (sectors {}, {sectors} of them) is past the end of the image ({disk_sectors} sectors): truncated",
+            h.entries_lba
+        );
+    }
+    // Bounded: Header::parse refuses arrays over fgpt::MAX_ARRAY_BYTES.
+    let mut a = vec![0u8; h.array_bytes() as usize];
+    image
+        .read_exact_at(&mut a, h.entries_lba * SECTOR)
+        .with_context(|| format!("reading the entry array at sector {}", h.entries_lba))?;
+    h.check_array(&a)?;
+    Ok(a)
+}
+
+/// One copy: header at `lba`, checked against the disk, and its array.
+fn read_copy(image: &File, lba: u64, disk_sectors: u64) -> Result<(fgpt::Header, Vec<u8>)> {
+    let h = read_header(image, lba)?;
+    h.check_disk(disk_sectors, SECTOR)?;
+    let a = read_array(image, &h, disk_sectors)?;
+    Ok((h, a))
+}
+
+fn read_with(image: &File, check_backup: bool) -> Result<Table> {
+    let size = image.metadata().context("stat")?.len();
+    let sectors = size / SECTOR;
+    if sectors < 3 {
+        bail!("the image is truncated: {size} bytes cannot hold a GPT (header at byte 512, entries after it)");
+    }
+    let last = sectors - 1;
+    let mut warnings = Vec::new();
+    let mut errors = Vec::new();
+    // A primary describing a larger disk means the image was cut short: its
+    // entries are still read if they are in the file (those past the end
+    // are flagged).
+    let primary = read_header(image, 1).and_then(|h| {
+        let truncated = h.check_disk(sectors, SECTOR).err().map(|e| e.to_string());
+        let array = read_array(image, &h, sectors)?;
+        Ok((h, array, truncated))
+    });
+    let (h, array, source) = match primary {
+        Ok((h, array, truncated)) => {
+            if let Some(t) = truncated {
+                errors.push(format!(
+                    "the image is truncated ({size} bytes, {sectors} sectors): the primary GPT: {t}"
+                ));
+            } else if check_backup {
+                match read_copy(image, h.backup_lba, sectors) {
+                    Err(e) => warnings.push(format!(
+                        "the backup GPT (sector {}) is not valid: {e:#}",
+                        h.backup_lba
+                    )),
+                    Ok((b, b_array)) => {
+                        if b_array != array || b.disk_guid != h.disk_guid {
+                            warnings.push(format!(
+                                "the backup GPT (sector {}) differs from the primary",
+                                h.backup_lba
+                            ));
+                        }
+                    }
+                }
+                if h.backup_lba != last {
+                    warnings.push(format!(
+                        "the backup GPT is at sector {}, not at the disk's last sector {last}",
+                        h.backup_lba
+                    ));
+                }
+            }
+            (h, array, GptCopy::Primary)
+        }
+        Err(p) if check_backup => match read_copy(image, last, sectors) {
+            Ok((h, array)) => {
+                warnings.push(format!(
+                    "the primary GPT is not valid ({p:#}); read the backup GPT at sector {last}"
+                ));
+                (h, array, GptCopy::Backup)
+            }
+            Err(b) => {
+                bail!("no valid GPT: primary (sector 1): {p:#}; backup (sector {last}): {b:#}")
+            }
+        },
+        Err(p) => return Err(p.context("no valid primary GPT")),
+    };
+    let raw = h.entries(&array);
+    errors.extend(fgpt::check_entries(&h, &raw, sectors));
+    let entries = raw
+        .into_iter()
+        .map(|e| TableEntry {
+            number: e.number,
+            name: e.name,
+            type_guid: Uuid::from_bytes_le(e.type_guid),
+            uuid: Uuid::from_bytes_le(e.guid),
+            first_lba: e.first_lba,
+            last_lba: e.last_lba,
+            attributes: e.attributes,
         })
         .collect();
     Ok(Table {
-        disk_guid: *disk.guid(),
-        sector_size: 512,
+        disk_guid: Uuid::from_bytes_le(h.disk_guid),
+        sector_size: SECTOR,
         first_usable: h.first_usable,
         last_usable: h.last_usable,
         backup_lba: h.backup_lba,
         entries,
+        source,
+        warnings,
+        errors,
     })
 }

@@ -260,9 +260,17 @@ pub fn read_superblock(image: &File, at: u64) -> Result<Option<Superblock>> {
     Ok(Some(Superblock::parse(&b).with_context(|| format!("at offset {at}"))?))
 }
 
-/// Recomputes the root hash of a partition whose superblock sits at
-/// `hash_offset` (relative to the partition), from the data alone.
-pub fn compute_root(image: &File, part_offset: u64, hash_offset: u64) -> Result<Option<[u8; 32]>> {
+/// Recomputes the root hash of a partition of `part_len` bytes whose
+/// superblock sits at `hash_offset` (relative to the partition), from the
+/// data alone. The superblock is checked against the partition first: at
+/// least one data block, the data before the superblock, the tree after it
+/// inside the partition (so the work and memory are bounded by its size).
+pub fn compute_root(
+    image: &File,
+    part_offset: u64,
+    part_len: u64,
+    hash_offset: u64,
+) -> Result<Option<[u8; 32]>> {
     let Some(sb) = read_superblock(image, part_offset + hash_offset)? else { return Ok(None) };
     if sb.algorithm != "sha256"
         || sb.data_block_size as u64 != BLOCK
@@ -275,10 +283,34 @@ pub fn compute_root(image: &File, part_offset: u64, hash_offset: u64) -> Result<
             sb.hash_block_size
         );
     }
+    check_extent(&sb, part_len, hash_offset)?;
     let zero = hash_block(&sb.salt, &[0u8; BLOCK as usize]);
     let extents = sparse::data_extents(image, part_offset, part_offset + sb.data_blocks * BLOCK)?;
     let level0 = hash_data(image, part_offset, 0, sb.data_blocks, &extents, &sb.salt, &zero)?;
     Ok(Some(build_levels(level0, &sb.salt).1))
+}
+
+/// Checks that the data and the tree `sb` describes fit a partition of
+/// `part_len` bytes with the superblock at `hash_offset` (4096-byte blocks).
+fn check_extent(sb: &Superblock, part_len: u64, hash_offset: u64) -> Result<()> {
+    let n = sb.data_blocks;
+    if n == 0 {
+        bail!("verity superblock at offset {hash_offset}: 0 data blocks");
+    }
+    let data = n.checked_mul(BLOCK).filter(|d| *d <= hash_offset);
+    if data.is_none() {
+        bail!(
+            "verity superblock at offset {hash_offset}: {n} data blocks of {BLOCK} B do not fit before it"
+        );
+    }
+    let tree: u64 = level_sizes(n).iter().sum();
+    let end = hash_offset.checked_add(BLOCK + tree * BLOCK);
+    if end.is_none_or(|e| e > part_len) {
+        bail!(
+            "verity superblock at offset {hash_offset}: its tree for {n} data blocks ({tree} blocks) does not fit the partition ({part_len} B)"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -313,8 +345,35 @@ mod tests {
         let f = sparse::create(&d.path().join("v"), 8 << 20).unwrap();
         f.write_all_at(&[9u8; 10_000], 4096 * 3).unwrap();
         let info = format(&f, 0, 8 << 20, 1000, 1000 * BLOCK, [7u8; 32], Uuid::nil()).unwrap();
-        assert_eq!(compute_root(&f, 0, info.hash_offset).unwrap(), Some(info.root_hash));
+        assert_eq!(compute_root(&f, 0, 8 << 20, info.hash_offset).unwrap(), Some(info.root_hash));
         f.write_all_at(&[1u8], 4096 * 500).unwrap();
-        assert_ne!(compute_root(&f, 0, info.hash_offset).unwrap(), Some(info.root_hash));
+        assert_ne!(compute_root(&f, 0, 8 << 20, info.hash_offset).unwrap(), Some(info.root_hash));
+    }
+
+    /// Superblocks whose `data_blocks` do not fit the partition: 0 used to
+    /// panic, 2^58 to overflow, 2^28 to allocate 8 GiB.
+    #[test]
+    fn hostile_data_blocks() {
+        let d = tempfile::tempdir().unwrap();
+        let f = sparse::create(&d.path().join("v"), 8 << 20).unwrap();
+        let info = format(&f, 0, 8 << 20, 1000, 1000 * BLOCK, [7u8; 32], Uuid::nil()).unwrap();
+        let at = info.hash_offset;
+        for (n, want) in [
+            (0u64, "0 data blocks"),
+            (1 << 58, "do not fit before it"),
+            (1 << 28, "do not fit before it"),
+            (u64::MAX, "do not fit before it"),
+        ] {
+            f.write_all_at(&n.to_le_bytes(), at + 72).unwrap();
+            let e = compute_root(&f, 0, 8 << 20, at).unwrap_err().to_string();
+            assert!(e.contains(want), "{n}: {e}");
+        }
+        // Data that fits, a tree that does not (the partition ends early).
+        f.write_all_at(&1000u64.to_le_bytes(), at + 72).unwrap();
+        let e = compute_root(&f, 0, at + 2 * BLOCK, at).unwrap_err().to_string();
+        assert!(e.contains("does not fit the partition"), "{e}");
+        // One data block is a valid (one-level) tree.
+        f.write_all_at(&1u64.to_le_bytes(), at + 72).unwrap();
+        assert!(compute_root(&f, 0, 8 << 20, at).unwrap().is_some());
     }
 }

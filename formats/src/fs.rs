@@ -118,11 +118,14 @@ fn ext(sb: &[u8]) -> Result<Fs> {
     if incompat & EXT_INCOMPAT_64BIT != 0 {
         blocks |= (le32(sb, 0x150) as u64) << 32;
     }
+    let size_bytes = blocks.checked_mul(1024u64 << log).ok_or_else(|| {
+        Error::new("ext superblock", format!("{blocks} blocks of 1024 << {log} bytes"))
+    })?;
     Ok(Fs {
         kind,
         label: text_field(&sb[120..136]),
         uuid: Some(uuid_string(sb[104..120].try_into().unwrap())),
-        size_bytes: blocks * (1024u64 << log),
+        size_bytes,
     })
 }
 
@@ -174,6 +177,12 @@ mod tests {
         let mut bad = ext_head(0x2, 0, b"");
         bad[1024 + 24] = 40;
         assert!(probe(&bad).unwrap_err().to_string().contains("1024 << 40"));
+        // 2^64 - 1 blocks of 64 KiB: an error, not an overflow.
+        let mut huge = ext_head(0x80, 0, b"");
+        huge[1024 + 24] = 6;
+        huge[1024 + 4..1024 + 8].fill(0xff);
+        huge[1024 + 0x150..1024 + 0x154].fill(0xff);
+        assert!(probe(&huge).unwrap_err().to_string().contains("blocks of 1024 << 6"));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!
 //! - [`verity`]: the dm-verity superblock (format version 1).
 //! - [`fat`]: the FAT32 boot sector (BPB): geometry, volume ID, label.
+//! - [`gpt`]: the GUID partition table: header, entries, CRCs and the
+//!   checks a reader of a hostile disk makes.
 //! - [`fs`]: recognizing a filesystem by its superblock (vfat, ext2/3/4,
 //!   erofs, squashfs, btrfs): type, label, UUID, size.
 //! - [`modules`]: `modules.dep` and `modules.builtin`.
@@ -18,6 +20,7 @@
 pub mod cmdline;
 pub mod fat;
 pub mod fs;
+pub mod gpt;
 pub mod modules;
 pub mod os_release;
 pub mod verity;

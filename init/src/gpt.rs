@@ -8,6 +8,7 @@
 use crate::sys::BlockDev;
 use crate::Result;
 use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -29,40 +30,33 @@ pub struct Header {
     pub entry_size: u32,
 }
 
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
-}
 fn le64(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
 }
 
 impl Header {
-    /// Parses a GPT header (the first 92 bytes of its sector).
-    pub fn parse(b: &[u8]) -> Result<Header> {
-        if b.len() < HEADER_BYTES || &b[0..8] != b"EFI PART" {
-            return Err("no GPT header (\"EFI PART\" signature)".into());
+    /// Parses and checks a GPT header sector read from LBA `lba` (signature,
+    /// CRC, where it says it is, entry size 128 × 2^n, an entry array of at
+    /// most [`forge_formats::gpt::MAX_ARRAY_BYTES`]), with forge-formats'
+    /// parser; growth rewrites it, so only revision 1.0's 92 bytes are taken.
+    pub fn parse(b: &[u8], lba: u64) -> Result<Header> {
+        let h = forge_formats::gpt::Header::parse(b, lba).map_err(|e| e.to_string())?;
+        if h.header_size as usize != HEADER_BYTES {
+            return Err(format!(
+                "GPT header of {} bytes (only {HEADER_BYTES} is supported)",
+                h.header_size
+            ));
         }
-        let size = le32(b, 12);
-        if size as usize != HEADER_BYTES {
-            return Err(format!("GPT header of {size} bytes (only {HEADER_BYTES} is supported)"));
-        }
-        let h = Header {
+        Ok(Header {
             raw: b[..HEADER_BYTES].try_into().unwrap(),
-            current_lba: le64(b, 24),
-            backup_lba: le64(b, 32),
-            first_usable: le64(b, 40),
-            last_usable: le64(b, 48),
-            entries_lba: le64(b, 72),
-            num_entries: le32(b, 80),
-            entry_size: le32(b, 84),
-        };
-        if h.entry_size < 128 || !h.entry_size.is_multiple_of(8) {
-            return Err(format!("GPT entries of {} bytes", h.entry_size));
-        }
-        if h.array_bytes() > 1 << 20 {
-            return Err(format!("GPT entry array of {} bytes", h.array_bytes()));
-        }
-        Ok(h)
+            current_lba: h.current_lba,
+            backup_lba: h.backup_lba,
+            first_usable: h.first_usable,
+            last_usable: h.last_usable,
+            entries_lba: h.entries_lba,
+            num_entries: h.num_entries,
+            entry_size: h.entry_size,
+        })
     }
 
     pub fn array_bytes(&self) -> u64 {
@@ -71,6 +65,13 @@ impl Header {
 
     pub fn array_sectors(&self) -> u64 {
         self.array_bytes().div_ceil(SECTOR)
+    }
+
+    /// Byte offset of the entry array (an error when it overflows).
+    fn array_offset(&self) -> Result<u64> {
+        self.entries_lba
+            .checked_mul(SECTOR)
+            .ok_or_else(|| format!("GPT entry array at sector {}", self.entries_lba))
     }
 }
 
@@ -97,24 +98,61 @@ pub fn parse_entry(e: &[u8]) -> Entry {
     }
 }
 
-fn read_header(f: &File, disk: &Path) -> Result<Header> {
-    let mut raw = [0u8; HEADER_BYTES];
-    f.read_exact_at(&mut raw, SECTOR)
-        .map_err(|e| format!("{}: reading the GPT header: {e}", disk.display()))?;
-    Header::parse(&raw).map_err(|e| format!("{}: {e}", disk.display()))
+fn read_header(f: &File, disk: &Path, lba: u64) -> Result<Header> {
+    let mut raw = [0u8; SECTOR as usize];
+    let at = lba.checked_mul(SECTOR).ok_or_else(|| format!("{}: sector {lba}", disk.display()))?;
+    f.read_exact_at(&mut raw, at)
+        .map_err(|e| format!("{}: reading the GPT header at sector {lba}: {e}", disk.display()))?;
+    Header::parse(&raw, lba).map_err(|e| format!("{}: {e}", disk.display()))
+}
+
+/// The header at `lba` and its entry array, CRC checked.
+fn read_table_at(f: &File, disk: &Path, lba: u64) -> Result<(Header, Vec<u8>)> {
+    let h = read_header(f, disk, lba)?;
+    let at = h.array_offset().map_err(|e| format!("{}: {e}", disk.display()))?;
+    // Bounded by Header::parse.
+    let mut array = vec![0u8; h.array_bytes() as usize];
+    f.read_exact_at(&mut array, at)
+        .map_err(|e| format!("{}: reading the GPT entries: {e}", disk.display()))?;
+    let crc = crc32(&array);
+    if crc != u32::from_le_bytes(h.raw[88..92].try_into().unwrap()) {
+        return Err(format!("{}: the GPT entry array's CRC does not match", disk.display()));
+    }
+    Ok((h, array))
+}
+
+/// The primary GPT (growth rewrites it, so it must be valid).
+fn read_table(f: &File, disk: &Path) -> Result<(Header, Vec<u8>)> {
+    read_table_at(f, disk, 1)
+}
+
+/// The primary GPT or, when it is corrupt, the backup at the disk's last
+/// sector, as the kernel does.
+fn read_either(f: &File, disk: &Path) -> Result<(Header, Vec<u8>)> {
+    read_table(f, disk).or_else(|primary| {
+        let mut g = f;
+        let size = g.seek(SeekFrom::End(0)).map_err(|e| format!("{}: {e}", disk.display()))?;
+        let last = (size / SECTOR).checked_sub(1).ok_or_else(|| primary.clone())?;
+        read_table_at(f, disk, last).map_err(|backup| format!("{primary}; backup: {backup}"))
+    })
+}
+
+/// Entry `number` (from 1) of the GPT on `f`, `None` when there is no such
+/// entry or the table cannot be read.
+fn read_entry(f: &File, disk: &Path, number: u32) -> Option<Entry> {
+    let (h, array) = read_either(f, disk).ok()?;
+    let idx = number.checked_sub(1)?;
+    if idx >= h.num_entries {
+        return None;
+    }
+    let ps = h.entry_size as usize;
+    Some(parse_entry(&array[idx as usize * ps..(idx as usize + 1) * ps]))
 }
 
 fn entry(d: &BlockDev) -> Option<Entry> {
     let parent = d.parent.as_ref()?;
     let f = File::open(parent).ok()?;
-    let h = read_header(&f, parent).ok()?;
-    let idx = d.partition?.checked_sub(1)?;
-    if idx >= h.num_entries {
-        return None;
-    }
-    let mut e = vec![0u8; h.entry_size as usize];
-    f.read_exact_at(&mut e, h.entries_lba * SECTOR + idx as u64 * h.entry_size as u64).ok()?;
-    Some(parse_entry(&e))
+    read_entry(&f, parent, d.partition?)
 }
 
 pub fn partuuid(d: &BlockDev) -> Option<String> {
@@ -125,16 +163,7 @@ pub fn partlabel(d: &BlockDev) -> Option<String> {
     entry(d).map(|e| e.name)
 }
 
-pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
+pub use forge_formats::gpt::crc32;
 
 /// What growing the last partition to the end of a larger disk writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -293,10 +322,7 @@ pub fn grow_root(root: &Path, mountpoint: &Path) -> Result<Option<(u64, u64)>> {
             std::io::Error::last_os_error()
         ));
     }
-    let h = read_header(&f, &disk)?;
-    let mut array = vec![0u8; h.array_bytes() as usize];
-    f.read_exact_at(&mut array, h.entries_lba * SECTOR)
-        .map_err(|e| format!("{}: reading the GPT entries: {e}", disk.display()))?;
+    let (h, array) = read_table(&f, &disk)?;
     let Some(g) =
         plan_growth(&h, &array, pno, disk_bytes).map_err(|e| format!("{}: {e}", disk.display()))?
     else {
@@ -383,9 +409,7 @@ mod tests {
 
     fn read(path: &Path) -> (File, Header, Vec<u8>) {
         let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
-        let h = read_header(&f, path).unwrap();
-        let mut a = vec![0u8; h.array_bytes() as usize];
-        f.read_exact_at(&mut a, h.entries_lba * SECTOR).unwrap();
+        let (h, a) = read_table(&f, path).unwrap();
         (f, h, a)
     }
 
@@ -407,12 +431,71 @@ mod tests {
         let want = g.partitions()[&2].part_guid.to_string();
         assert_eq!(forge_formats::guid_string(&root.guid), want);
 
-        let mut bad = h.raw;
+        let f = File::open(&path).unwrap();
+        let e = read_entry(&f, &path, 2).unwrap();
+        assert_eq!(e, root);
+        assert_eq!(read_entry(&f, &path, 129), None);
+        assert_eq!(read_entry(&f, &path, 0), None);
+
+        let sector = |raw: &[u8]| {
+            let mut s = [0u8; 512];
+            s[..raw.len()].copy_from_slice(raw);
+            s
+        };
+        let mut bad = sector(&h.raw);
         bad[0] = b'X';
-        assert!(Header::parse(&bad).unwrap_err().contains("no GPT header"));
-        let mut bad = h.raw;
+        assert!(Header::parse(&bad, 1).unwrap_err().contains("signature"));
+        let mut bad = sector(&h.raw);
         bad[12] = 96;
-        assert!(Header::parse(&bad).unwrap_err().contains("96 bytes"));
+        reseal(&mut bad, 96);
+        assert!(Header::parse(&bad, 1).unwrap_err().contains("96 bytes"));
+        let mut bad = sector(&h.raw);
+        bad[40] ^= 1;
+        assert!(Header::parse(&bad, 1).unwrap_err().contains("CRC"));
+    }
+
+    fn reseal(b: &mut [u8], len: usize) {
+        b[16..20].fill(0);
+        let c = crc32(&b[..len]);
+        b[16..20].copy_from_slice(&c.to_le_bytes());
+    }
+
+    /// Hostile tables: a header whose array offset overflows, a corrupt
+    /// array, a huge entry count: errors (or no entry), never a panic or a
+    /// huge allocation.
+    #[test]
+    fn hostile_tables() {
+        let d = tempfile::tempdir().unwrap();
+        let (path, _) = disk(d.path(), 64 * MIB, None);
+        let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let mut hdr = [0u8; 512];
+        f.read_exact_at(&mut hdr, SECTOR).unwrap();
+        let write = |b: &[u8; 512]| f.write_all_at(b, SECTOR).unwrap();
+
+        let mut b = hdr;
+        b[72..80].copy_from_slice(&(u64::MAX / 4).to_le_bytes()); // × 512 overflows
+        reseal(&mut b, 92);
+        write(&b);
+        assert!(read_table(&f, &path).unwrap_err().contains("entry array at sector"));
+        assert_eq!(read_entry(&f, &path, 2).unwrap().name, "ROOT"); // from the backup
+
+        let mut b = hdr;
+        b[80..84].copy_from_slice(&u32::MAX.to_le_bytes());
+        reseal(&mut b, 92);
+        write(&b);
+        assert!(read_table(&f, &path).unwrap_err().contains("entry array of"));
+
+        write(&hdr);
+        read_table(&f, &path).unwrap();
+        let good = read_entry(&f, &path, 2).unwrap();
+        f.write_all_at(&[0xAA], 2 * SECTOR + 300).unwrap();
+        assert!(read_table(&f, &path).unwrap_err().contains("CRC"));
+        // Lookups fall back to the backup, as the kernel does; growth does not.
+        assert_eq!(read_entry(&f, &path, 2), Some(good));
+        let last = 64 * MIB / SECTOR - 1;
+        f.write_all_at(b"X", last * SECTOR).unwrap();
+        assert_eq!(read_entry(&f, &path, 2), None);
+        assert!(read_either(&f, &path).unwrap_err().contains("backup"));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `cargo xtask inspect`: an image's partitions, filesystems, OEM content and
-//! verity state; fails when a dm-verity root hash does not match.
+//! verity state; fails when a dm-verity root hash does not match or the
+//! report has errors (a truncated image, unusable partition entries,
+//! filesystems or verity trees that do not fit; see `forge::inspect`).
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -27,6 +29,9 @@ pub fn run(a: Args) -> Result<()> {
         .collect();
     if !bad.is_empty() {
         bail!("dm-verity root hash mismatch on {}", bad.join(", "));
+    }
+    if !r.errors.is_empty() {
+        bail!("{}: {} error(s) in the report", a.image.display(), r.errors.len());
     }
     Ok(())
 }

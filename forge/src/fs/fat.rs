@@ -500,6 +500,12 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 // Reader
 
 /// A minimal FAT32 reader: label, volume ID and whole files by path.
+///
+/// It reads hostile filesystems: the geometry must fit the partition,
+/// cluster numbers must be in range, chains cannot be longer than the
+/// filesystem has clusters (a loop), and a directory listed twice while
+/// walking (a cycle) is an error, so every read is bounded by the
+/// partition's size.
 pub struct FatReader<'a> {
     file: &'a File,
     offset: u64,
@@ -507,13 +513,23 @@ pub struct FatReader<'a> {
     reserved: u64,
     fats: u64,
     fat_sectors: u64,
+    /// Data clusters: valid cluster numbers are `2..clusters + 2`.
+    clusters: u64,
     root: u32,
     pub label: String,
     pub volume_id: u32,
 }
 
+/// Directories nested deeper than this are refused by [`FatReader::walk`].
+pub const MAX_DEPTH: usize = 64;
+/// [`FatReader::walk`] refuses to return more than this many bytes of paths
+/// (deep paths times many files could otherwise outgrow the filesystem).
+pub const MAX_WALK_BYTES: usize = 16 << 20;
+
 impl<'a> FatReader<'a> {
-    pub fn open(file: &'a File, offset: u64) -> Result<FatReader<'a>> {
+    /// Opens the FAT32 filesystem at byte `offset` of `file`, in a
+    /// partition of `len` bytes.
+    pub fn open(file: &'a File, offset: u64, len: u64) -> Result<FatReader<'a>> {
         let mut b = [0u8; 512];
         file.read_exact_at(&mut b, offset)
             .with_context(|| format!("reading the FAT boot sector at offset {offset}"))?;
@@ -522,30 +538,73 @@ impl<'a> FatReader<'a> {
         if bs.bytes_per_sector as u64 != SECTOR {
             bail!("FAT sector size {} is not supported", bs.bytes_per_sector);
         }
-        Ok(FatReader {
+        let total = bs.total_sectors as u64;
+        if total * SECTOR > len {
+            bail!(
+                "FAT filesystem at offset {offset}: {} B, larger than its partition ({len} B)",
+                total * SECTOR
+            );
+        }
+        let (spc, reserved, fats) =
+            (bs.sectors_per_cluster as u64, bs.reserved_sectors as u64, bs.fats as u64);
+        let fat_sectors = bs.sectors_per_fat as u64;
+        let data_start = reserved + fats * fat_sectors;
+        if data_start >= total {
+            bail!(
+                "FAT filesystem at offset {offset}: reserved sectors and FATs ({data_start}) leave no data area in {total} sectors"
+            );
+        }
+        let clusters = (total - data_start) / spc;
+        if fat_sectors * SECTOR / 4 < clusters + 2 {
+            bail!(
+                "FAT filesystem at offset {offset}: a FAT of {fat_sectors} sectors cannot map {clusters} clusters"
+            );
+        }
+        let r = FatReader {
             file,
             offset,
-            spc: bs.sectors_per_cluster as u64,
-            reserved: bs.reserved_sectors as u64,
-            fats: bs.fats as u64,
-            fat_sectors: bs.sectors_per_fat as u64,
+            spc,
+            reserved,
+            fats,
+            fat_sectors,
+            clusters,
             root: bs.root_cluster,
             volume_id: bs.volume_id,
             label: bs.label,
-        })
+        };
+        r.check_cluster(r.root, r.root).context("the root directory")?;
+        Ok(r)
     }
 
-    fn chain(&self, first: u32) -> Result<Vec<u32>> {
+    fn check_cluster(&self, first: u32, c: u32) -> Result<()> {
+        if !(2..self.clusters + 2).contains(&(c as u64)) {
+            bail!(
+                "FAT chain from cluster {first}: cluster {c} is out of range (2 to {})",
+                self.clusters + 1
+            );
+        }
+        Ok(())
+    }
+
+    /// The clusters of the chain starting at `first`, at most `max` of them.
+    fn chain(&self, first: u32, max: u64) -> Result<Vec<u32>> {
         let mut v = Vec::new();
         let mut c = first;
-        while (2..0x0FFF_FFF8).contains(&c) {
+        while (v.len() as u64) < max {
+            self.check_cluster(first, c)?;
             v.push(c);
-            if v.len() > 1 << 24 {
-                bail!("FAT chain loop");
+            if v.len() as u64 > self.clusters {
+                bail!("FAT chain from cluster {first} loops");
             }
             let mut e = [0u8; 4];
-            self.file.read_exact_at(&mut e, self.offset + self.reserved * SECTOR + c as u64 * 4)?;
+            let at = self.offset + self.reserved * SECTOR + c as u64 * 4;
+            self.file
+                .read_exact_at(&mut e, at)
+                .with_context(|| format!("reading the FAT entry of cluster {c}"))?;
             c = u32::from_le_bytes(e) & 0x0FFF_FFFF;
+            if c >= 0x0FFF_FFF8 {
+                break;
+            }
         }
         Ok(v)
     }
@@ -553,15 +612,21 @@ impl<'a> FatReader<'a> {
     fn read_chain(&self, first: u32, len: Option<u64>) -> Result<Vec<u8>> {
         let cb = self.spc * SECTOR;
         let data = self.offset + (self.reserved + self.fats * self.fat_sectors) * SECTOR;
-        let mut out = Vec::new();
-        for c in self.chain(first)? {
-            let mut buf = vec![0u8; cb as usize];
-            self.file.read_exact_at(&mut buf, data + (c as u64 - 2) * cb)?;
+        let max = len.map_or(u64::MAX, |l| l.div_ceil(cb));
+        let chain = self.chain(first, max)?;
+        // Bounded: a chain has at most `clusters` clusters, all inside the partition.
+        let mut out = Vec::with_capacity(chain.len() * cb as usize);
+        let mut buf = vec![0u8; cb as usize];
+        for c in chain {
+            let at = data + (c as u64 - 2) * cb;
+            self.file
+                .read_exact_at(&mut buf, at)
+                .with_context(|| format!("reading FAT cluster {c} at offset {at}"))?;
             out.extend_from_slice(&buf);
         }
         if let Some(l) = len {
             if (out.len() as u64) < l {
-                bail!("FAT file shorter than its size");
+                bail!("FAT file at cluster {first} is shorter than its size ({l} B)");
             }
             out.truncate(l as usize);
         }
@@ -651,16 +716,33 @@ impl<'a> FatReader<'a> {
         bail!("{path}: empty path")
     }
 
-    /// Every file path under the root, depth first.
+    /// Every file path under the root, depth first. A directory reached
+    /// twice (a cycle, or two entries sharing a directory) is an error, as
+    /// is nesting deeper than [`MAX_DEPTH`] or paths adding up to more than
+    /// [`MAX_WALK_BYTES`].
     pub fn walk(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        let mut stack = vec![(String::new(), self.root)];
-        while let Some((prefix, c)) = stack.pop() {
+        let mut seen = std::collections::HashMap::from([(self.root, "/".to_string())]);
+        let mut stack = vec![(String::new(), self.root, 0usize)];
+        let mut names = 0usize;
+        while let Some((prefix, c, depth)) = stack.pop() {
             for (n, is_dir, cl, _) in self.list(c)? {
                 let p = format!("{prefix}/{n}");
                 if is_dir {
-                    stack.push((p, cl));
+                    if let Some(other) = seen.insert(cl, p.clone()) {
+                        bail!(
+                            "FAT directory cycle: {p} is cluster {cl}, already listed as {other}"
+                        );
+                    }
+                    if depth + 1 > MAX_DEPTH {
+                        bail!("FAT directories nested deeper than {MAX_DEPTH} levels at {p}");
+                    }
+                    stack.push((p, cl, depth + 1));
                 } else {
+                    names += p.len();
+                    if names > MAX_WALK_BYTES {
+                        bail!("FAT file names add up to more than {MAX_WALK_BYTES} bytes");
+                    }
                     out.push(p);
                 }
             }
@@ -715,7 +797,7 @@ mod tests {
         };
         let r = build(&t, &p, &img, 0).unwrap();
         assert_eq!(r.files, 3);
-        let rd = FatReader::open(&img, 0).unwrap();
+        let rd = FatReader::open(&img, 0, 64 << 20).unwrap();
         assert_eq!(rd.label, "EFI-SYSTEM");
         assert_eq!(rd.volume_id, 0x1234_5678);
         assert_eq!(rd.read("/flatcar/vmlinuz-a").unwrap(), vec![3u8; 100_000]);
