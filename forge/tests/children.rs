@@ -3,9 +3,9 @@
 //! started through `forge::tools` with `PR_SET_PDEATHSIG(SIGKILL)`.
 //!
 //! The "build" here is this test binary run again as a parent process (the
-//! ignored test `parent_role`), which starts a long-running child the way
-//! the build does and waits for it; the test kills the parent with SIGKILL
-//! and watches the child.
+//! same test, with the role in the environment), which starts a
+//! long-running child the way the build does and waits for it; the test
+//! kills the parent with SIGKILL and watches the child.
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -27,7 +27,7 @@ fn alive(pid: i32) -> bool {
 /// Runs the parent with `role`, returns (parent, child PID).
 fn start_parent(role: &str) -> (std::process::Child, i32) {
     let mut parent = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "parent_role", "--ignored", "--nocapture", "--test-threads=1"])
+        .args(["--exact", "children_die_with_the_build", "--nocapture", "--test-threads=1"])
         .env(ROLE, role)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -60,6 +60,9 @@ fn child_dies_with(mut parent: std::process::Child, child: i32) -> bool {
 
 #[test]
 fn children_die_with_the_build() {
+    if let Ok(role) = std::env::var(ROLE) {
+        return parent_role(&role);
+    }
     for role in ["duct", "macro", "std", "fs-run"] {
         let (parent, child) = start_parent(role);
         assert!(child_dies_with(parent, child), "{role}: the child {child} outlived its parent");
@@ -73,16 +76,13 @@ fn children_die_with_the_build() {
 
 /// The parent process of `children_die_with_the_build` (run by it, with
 /// the role in the environment): starts `sleep 60` and waits for it.
-#[test]
-#[ignore = "helper process of children_die_with_the_build, which runs it"]
-fn parent_role() {
-    let role = std::env::var(ROLE).expect("run by children_die_with_the_build");
+fn parent_role(role: &str) {
     let announce = |pid: u32| {
         println!("CHILD {pid}");
         use std::io::Write;
         std::io::stdout().flush().unwrap();
     };
-    match role.as_str() {
+    match role {
         "duct" | "macro" => {
             let e = if role == "duct" {
                 forge::tools::cmd("sleep", ["60"])
