@@ -209,23 +209,7 @@ mod tests {
         platform.max_disk_bytes = Some(1 << 20);
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("out");
-        let req = PlatformRequest {
-            platform,
-            // Neither exists: the limit must be checked before either is read.
-            payload: d.path().join("no-payload"),
-            layout_file: root.join("layouts/disk_layout.json"),
-            layout: None,
-            ids: IdPolicy::default(),
-            epoch: 0,
-            init: d.path().join("no-init"),
-            initramfs_modules: Vec::new(),
-            grub_template: String::new(),
-            keep_raw: false,
-            threads: 1,
-            sdk_version: "0".into(),
-            verify: true,
-            progress: None,
-        };
+        let req = request_without_inputs(platform, &root, d.path());
         let dir = OutputDir::lock(&out, outdir::IfLocked::Fail, &|_| {}).unwrap();
         let e = match build(&req, &dir, &|_| {}) {
             Ok(_) => panic!("built a disk larger than the platform allows"),
@@ -241,21 +225,17 @@ mod tests {
         assert!(written.is_empty(), "wrote {written:?}");
     }
 
-    #[test]
-    fn an_unknown_layout_fails_first_naming_the_platform_json() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut platform = crate::oem::load(&root.join("oem"), "hetzner").unwrap();
-        platform.layout = "no-such-layout".into();
-        let d = tempfile::tempdir().unwrap();
-        let mut req = PlatformRequest {
+    /// A request whose payload and init binary do not exist, so a check
+    /// that must come first is seen to come before either is read.
+    fn request_without_inputs(platform: Platform, root: &Path, d: &Path) -> PlatformRequest {
+        PlatformRequest {
             platform,
-            // Neither exists: the layout must be checked before either is read.
-            payload: d.path().join("no-payload"),
+            payload: d.join("no-payload"),
             layout_file: root.join("layouts/disk_layout.json"),
             layout: None,
             ids: IdPolicy::default(),
             epoch: 0,
-            init: d.path().join("no-init"),
+            init: d.join("no-init"),
             initramfs_modules: Vec::new(),
             grub_template: String::new(),
             keep_raw: false,
@@ -263,7 +243,16 @@ mod tests {
             sdk_version: "0".into(),
             verify: true,
             progress: None,
-        };
+        }
+    }
+
+    #[test]
+    fn an_unknown_layout_fails_first_naming_the_platform_json() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut platform = crate::oem::load(&root.join("oem"), "hetzner").unwrap();
+        platform.layout = "no-such-layout".into();
+        let d = tempfile::tempdir().unwrap();
+        let mut req = request_without_inputs(platform, &root, d.path());
         let dir = OutputDir::lock(&d.path().join("out"), outdir::IfLocked::Fail, &|_| {}).unwrap();
         let e = format!("{:#}", build(&req, &dir, &|_| {}).err().unwrap());
         assert!(e.contains("oem/hetzner/platform.json: layout 'no-such-layout'"), "{e}");
