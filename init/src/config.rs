@@ -73,6 +73,70 @@ pub struct BootConfig {
     pub oem_id: Option<String>,
     /// What to exec in the new root (`init=`, default systemd).
     pub init: String,
+    /// The first boot (`flatcar.first_boot=` any value but empty, `0`,
+    /// `no`, `off`; GRUB adds `flatcar.first_boot=detected` while the ESP
+    /// holds `/flatcar/first_boot`): the only boot on which Ignition runs.
+    pub first_boot: bool,
+    /// Where the platform keeps the user-data (`forge.userdata=`, set by the
+    /// platform's OEM grub.cfg); None: the platform has none.
+    pub userdata: Option<UserData>,
+}
+
+/// Where a platform keeps its user-data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserData {
+    /// `http://HOST[:PORT]/PATH`: an HTTP GET; 404 means "no user-data".
+    Http { host: String, port: u16, path: String },
+    /// `fw_cfg:NAME`: a QEMU firmware-configuration entry
+    /// (/sys/firmware/qemu_fw_cfg/by_name/NAME/raw); absent means "none".
+    FwCfg(String),
+}
+
+impl UserData {
+    pub fn parse(s: &str) -> Result<UserData> {
+        if let Some(name) = s.strip_prefix("fw_cfg:") {
+            let ok = !name.is_empty()
+                && name.len() <= 55
+                && name.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+            if !ok {
+                return Err(format!("'{name}' is not a fw_cfg entry name (opt/… of at most 55 characters: letters, digits, . _ - /)"));
+            }
+            return Ok(UserData::FwCfg(name.to_string()));
+        }
+        let rest = s.strip_prefix("http://").ok_or_else(|| {
+            format!("'{s}' is neither http://HOST[:PORT]/PATH nor fw_cfg:NAME (https is not supported in the initramfs)")
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => {
+                (h, p.parse().map_err(|_| format!("'{s}': port '{p}' is not a number"))?)
+            }
+            None => (authority, 80),
+        };
+        let host_ok = !host.is_empty()
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-".contains(&b));
+        if !host_ok {
+            return Err(format!("'{s}': '{host}' is not a host name or IPv4 address"));
+        }
+        if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(format!("'{s}': the path has spaces or control characters"));
+        }
+        Ok(UserData::Http { host: host.to_string(), port, path: path.to_string() })
+    }
+}
+
+impl fmt::Display for UserData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UserData::Http { host, port: 80, path } => write!(f, "http://{host}{path}"),
+            UserData::Http { host, port, path } => write!(f, "http://{host}:{port}{path}"),
+            UserData::FwCfg(n) => write!(f, "fw_cfg {n}"),
+        }
+    }
 }
 
 impl BootConfig {
@@ -106,6 +170,15 @@ impl BootConfig {
             usr_fstype: c.get("mount.usrfstype").unwrap_or("erofs").to_string(),
             oem_id,
             init: c.get("init").unwrap_or("/usr/lib/systemd/systemd").to_string(),
+            first_boot: c
+                .get("flatcar.first_boot")
+                .is_some_and(|v| !matches!(v, "" | "0" | "no" | "off")),
+            userdata: match c.get("forge.userdata").filter(|s| !s.is_empty()) {
+                Some(s) => {
+                    Some(UserData::parse(s).map_err(|e| format!("forge.userdata={s}: {e}"))?)
+                }
+                None => None,
+            },
         })
     }
 }
@@ -137,6 +210,55 @@ mod tests {
         assert_eq!(c.usr_fstype, "erofs");
         assert_eq!(c.oem_id.as_deref(), Some("hetzner"));
         assert_eq!(c.init, "/usr/lib/systemd/systemd");
+        assert!(c.first_boot);
+        assert_eq!(c.userdata, None);
+    }
+
+    #[test]
+    fn first_boot_and_userdata() {
+        let base = format!("verity.usr=/dev/sda3 verity.usrhash={HASH}");
+        assert!(!config(&base).unwrap().first_boot);
+        for v in ["", "0", "no", "off"] {
+            assert!(!config(&format!("{base} flatcar.first_boot={v}")).unwrap().first_boot, "{v}");
+        }
+        assert!(config(&format!("{base} flatcar.first_boot=1")).unwrap().first_boot);
+        let u = |s: &str| config(&format!("{base} forge.userdata={s}")).map(|c| c.userdata);
+        assert_eq!(
+            u("http://169.254.169.254/hetzner/v1/userdata").unwrap(),
+            Some(UserData::Http {
+                host: "169.254.169.254".into(),
+                port: 80,
+                path: "/hetzner/v1/userdata".into()
+            })
+        );
+        assert_eq!(
+            u("http://meta.local:8080").unwrap(),
+            Some(UserData::Http { host: "meta.local".into(), port: 8080, path: "/".into() })
+        );
+        assert_eq!(
+            u("fw_cfg:opt/org.flatcar-linux/config").unwrap(),
+            Some(UserData::FwCfg("opt/org.flatcar-linux/config".into()))
+        );
+        assert_eq!(
+            UserData::parse("http://169.254.169.254/hetzner/v1/userdata").unwrap().to_string(),
+            "http://169.254.169.254/hetzner/v1/userdata"
+        );
+        assert_eq!(u("").unwrap(), None);
+        for bad in [
+            "https://x/y",
+            "ftp://x",
+            "http:///path",
+            "http://x:port/",
+            "http://x:99999/",
+            "http://a_b/",
+            "fw_cfg:",
+            "fw_cfg:opt/../etc",
+            "fw_cfg:opt//x",
+            "fw_cfg:opt/x@y",
+        ] {
+            let e = u(bad).unwrap_err();
+            assert!(e.starts_with(&format!("forge.userdata={bad}: ")), "{bad}: {e}");
+        }
     }
 
     #[test]

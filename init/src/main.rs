@@ -14,14 +14,18 @@
 //!    the partition and the ext4 filesystem to fill the disk;
 //! 5. mount /usr read-only, OEM at /oem, and link
 //!    /etc/extensions/oem-<id>.raw to the active OEM sysext;
-//! 6. switch_root into systemd.
+//! 6. on the first boot, provision the machine from the platform's
+//!    user-data with Ignition (`firstboot.rs`, `userdata.rs`);
+//! 7. switch_root into systemd.
 //!
 //! Any failure prints `forge-init: FATAL: …` on the console and powers off.
 
 mod config;
 mod dm;
+mod firstboot;
 mod gpt;
 mod sys;
+mod userdata;
 
 use config::{BootConfig, DevSpec};
 use forge_formats::modules::ModulesDep;
@@ -136,6 +140,9 @@ fn run() -> Result<()> {
         say!("no flatcar.oem.id on the command line: no OEM extension");
     }
 
+    // First boot: the platform's user-data, applied by Ignition.
+    firstboot::run(&cfg)?;
+
     say!("switching root after {:.1}s; exec {}", t0.elapsed().as_secs_f64(), cfg.init);
     sys::switch_root(sysroot, &cfg.init)
 }
@@ -200,7 +207,7 @@ fn modules_to_load(deps: &ModulesDep, wanted: &str) -> Vec<String> {
 /// Loads the modules named in /etc/forge-init/modules and their dependencies.
 fn load_modules() -> Result<()> {
     let release = sys::uname_release();
-    let base = PathBuf::from(format!("/lib/modules/{release}"));
+    let base = PathBuf::from(format!("/usr/lib/modules/{release}"));
     let dep_path = base.join("modules.dep");
     let deps = match std::fs::read_to_string(&dep_path) {
         Ok(text) => ModulesDep::parse(&text).map_err(|e| format!("{}: {e}", dep_path.display()))?,
