@@ -28,6 +28,8 @@ pub struct PlatformRequest {
     pub init: PathBuf,
     /// Kernel modules the initramfs loads.
     pub initramfs_modules: Vec<String>,
+    /// Other files the initramfs carries (`boot/initramfs/`).
+    pub initramfs_files: Vec<boot::initramfs::Extra>,
     /// The main grub.cfg template.
     pub grub_template: String,
     /// Keep the uncompressed image beside the compressed one.
@@ -78,7 +80,13 @@ pub fn build(req: &PlatformRequest, out: &OutputDir, log: &dyn Fn(&str)) -> Resu
 
     let t = Instant::now();
     let scratch = outdir::scratch_dir(out.path())?;
-    let initramfs = boot::initramfs::build(&payload, &req.init, &req.initramfs_modules, req.epoch)?;
+    let initramfs = boot::initramfs::build(
+        &payload,
+        &req.init,
+        &req.initramfs_modules,
+        &req.initramfs_files,
+        req.epoch,
+    )?;
     log(&format!(
         "boot: initramfs {} B (forge-init + {} modules requested)",
         initramfs.len(),
@@ -237,6 +245,7 @@ mod tests {
             epoch: 0,
             init: d.join("no-init"),
             initramfs_modules: Vec::new(),
+            initramfs_files: Vec::new(),
             grub_template: String::new(),
             keep_raw: false,
             threads: 1,

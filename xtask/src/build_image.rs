@@ -163,6 +163,7 @@ pub fn run(a: Args) -> Result<()> {
         initramfs_modules: forge::platform::read_list(
             &repo_root().join("boot/initramfs-modules.txt"),
         )?,
+        initramfs_files: forge::boot::initramfs::read_extra(&repo_root().join("boot/initramfs"))?,
         grub_template: std::fs::read_to_string(repo_root().join("boot/grub.cfg.j2"))
             .context("boot/grub.cfg.j2")?,
         keep_raw: a.keep_raw,

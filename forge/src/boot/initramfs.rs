@@ -81,6 +81,13 @@ impl Cpio {
         self.entry(path, 0o100000 | (mode & 0o7777), data, (0, 0));
     }
 
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.entry(path, 0o120777, target.as_bytes(), (0, 0));
+    }
+
     pub fn char_dev(&mut self, path: &str, mode: u32, major: u32, minor: u32) {
         if let Some((parent, _)) = path.rsplit_once('/') {
             self.dir(parent);
@@ -126,10 +133,70 @@ pub fn module_closure(payload: &Payload, mdir: &str, wanted: &[String]) -> Resul
     Ok(out.into_iter().collect())
 }
 
+/// A file the initramfs carries besides forge-init and the modules (from
+/// `boot/initramfs/`): path inside the initramfs, mode, bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extra {
+    pub path: String,
+    pub mode: u32,
+    pub data: Vec<u8>,
+}
+
+/// Reads a tree of extra initramfs files (`boot/initramfs/`): regular files
+/// only, in name order, mode 0755 when the owner may execute it, else 0644
+/// (as git keeps them, whatever the checkout's umask).
+pub fn read_extra(dir: &Path) -> Result<Vec<Extra>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, rel)) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)
+            .with_context(|| format!("{}: cannot read", d.display()))?
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("{}: cannot read", d.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries.into_iter().rev() {
+            let name = e
+                .file_name()
+                .into_string()
+                .map_err(|n| anyhow!("{}: {n:?} is not UTF-8", d.display()))?;
+            let path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let meta = std::fs::symlink_metadata(e.path())
+                .with_context(|| format!("{}", e.path().display()))?;
+            if meta.is_dir() {
+                stack.push((e.path(), path));
+            } else if meta.is_file() {
+                let data = std::fs::read(e.path())
+                    .with_context(|| format!("{}: cannot read", e.path().display()))?;
+                let mode = if meta.permissions().mode() & 0o100 != 0 { 0o755 } else { 0o644 };
+                out.push(Extra { path, mode, data });
+            } else {
+                bail!(
+                    "{}: only regular files and directories go into the initramfs",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
 /// Builds the initramfs for the payload's kernel (its version read from the
 /// bzImage) with `init` as /init. Module files are read from the payload
 /// with links resolved inside it; a `modules.dep` naming `../` paths is refused.
-pub fn build(payload: &Payload, init: &Path, wanted: &[String], epoch: i64) -> Result<Vec<u8>> {
+///
+/// Layout: merged /usr, as the image's: `bin`, `sbin`, `lib`, `lib64` are
+/// links into `usr/`, the modules sit in `usr/lib/modules/<version>`. On
+/// the first boot forge-init binds the image's verified /usr over `usr/`
+/// (after the modules are loaded), so the image's programs run here.
+pub fn build(
+    payload: &Payload,
+    init: &Path,
+    wanted: &[String],
+    extra: &[Extra],
+    epoch: i64,
+) -> Result<Vec<u8>> {
     let version = super::kernel_version(&payload.kernel).ok_or_else(|| {
         anyhow!("{}: not an x86 bzImage (no setup header)", crate::payload::KERNEL)
     })?;
@@ -146,15 +213,18 @@ pub fn build(payload: &Payload, init: &Path, wanted: &[String], epoch: i64) -> R
     let init_bytes = std::fs::read(init)
         .with_context(|| format!("{}: cannot read the init binary", init.display()))?;
     let mut c = Cpio::new(epoch);
-    for d in ["dev", "proc", "sys", "run", "sysroot", "etc/forge-init", "tmp"] {
+    for d in ["dev", "proc", "sys", "run", "sysroot", "etc/forge-init", "tmp", "usr"] {
         c.dir(d);
+    }
+    for l in ["bin", "sbin", "lib", "lib64"] {
+        c.symlink(l, &format!("usr/{l}"));
     }
     c.char_dev("dev/console", 0o600, 5, 1);
     c.char_dev("dev/null", 0o666, 1, 3);
     c.file("init", 0o755, &init_bytes);
     let names: Vec<&str> = wanted.iter().map(|w| w.trim_end_matches('?')).collect();
     c.file("etc/forge-init/modules", 0o644, (names.join("\n") + "\n").as_bytes());
-    let base = format!("lib/modules/{version}");
+    let base = format!("usr/lib/modules/{version}");
     for f in ["modules.dep", "modules.builtin", "modules.order"] {
         if let Ok(b) = payload.read(&format!("{mdir}/{f}")) {
             c.file(&format!("{base}/{f}"), 0o644, &b);
@@ -163,6 +233,16 @@ pub fn build(payload: &Payload, init: &Path, wanted: &[String], epoch: i64) -> R
     for m in module_closure(payload, &mdir, wanted)? {
         let b = payload.read(&format!("{mdir}/{m}")).context("a module modules.dep names")?;
         c.file(&format!("{base}/{m}"), 0o644, &b);
+    }
+    for x in extra {
+        let first = x.path.split('/').next().unwrap_or_default();
+        if x.path == "init" || ["usr", "bin", "sbin", "lib", "lib64"].contains(&first) {
+            bail!(
+                "initramfs file {}: that place belongs to forge-init or the image's /usr",
+                x.path
+            );
+        }
+        c.file(&x.path, x.mode, &x.data);
     }
     Ok(c.finish())
 }
