@@ -60,6 +60,8 @@ pub const TEST_TOOLS: &[Tool] = &[
     Tool { program: "pigz", package: "pigz" },
     Tool { program: "zstd", package: "zstd" },
     Tool { program: "xz", package: "xz-utils" },
+    // tests/examples.rs: the example Ignition configs are judged by Ignition's own validator
+    Tool { program: "ignition-validate", package: "ignition" },
     // the SDK container
     Tool { program: "podman", package: "podman" },
     Tool { program: "runc", package: "runc" },

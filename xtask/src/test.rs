@@ -40,6 +40,9 @@ pub fn run(a: Args) -> Result<()> {
         .args(&args)
         .current_dir(repo_root())
         .env("FORGE_INIT", &init)
+        // deps::ensure above installed every test tool: a test finding one
+        // missing fails instead of skipping (tests/examples.rs).
+        .env("FORGE_TEST_REQUIRE_TOOLS", "1")
         .status()?;
     let unit_ok = st.success();
     if a.no_boot {
