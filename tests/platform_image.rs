@@ -153,10 +153,19 @@ fn hetzner_boot_chain_and_oem_partition() {
         "init",
         "dev/console",
         "etc/forge-init/modules",
-        &format!("lib/modules/{TEST_KERNEL_VERSION}/kernel/drivers/dm-verity.ko"),
-        &format!("lib/modules/{TEST_KERNEL_VERSION}/kernel/drivers/dm-mod.ko"),
+        "etc/forge-init/udhcpc.script",
+        &format!("usr/lib/modules/{TEST_KERNEL_VERSION}/kernel/drivers/dm-verity.ko"),
+        &format!("usr/lib/modules/{TEST_KERNEL_VERSION}/kernel/drivers/dm-mod.ko"),
     ] {
         assert!(cpio.lines().any(|l| l == f), "initramfs lacks {f}: {cpio}");
+    }
+    // Merged /usr: on the first boot the image's /usr is bound over usr/.
+    let listing = sh(&format!("cpio -itv --quiet < {}", initrd.display()));
+    for l in ["bin", "sbin", "lib", "lib64"] {
+        assert!(
+            listing.lines().any(|x| x.starts_with('l') && x.ends_with(&format!(" {l} -> usr/{l}"))),
+            "initramfs: {l} is not a link to usr/{l}: {listing}"
+        );
     }
 
     // OEM partition, read with debugfs; the sysext image with fsck.erofs.
@@ -269,7 +278,10 @@ fn qemu_platform_writes_a_qcow2_that_qemu_img_accepts() {
         s * 512
     ));
     assert!(
-        g.contains("set oem_id=\"qemu\"") && g.contains("set linux_append=\"flatcar.autologin\""),
+        g.contains("set oem_id=\"qemu\"")
+            && g.contains(
+                "set linux_append=\"flatcar.autologin forge.userdata=fw_cfg:opt/org.flatcar-linux/config\""
+            ),
         "{g}"
     );
     let digests =

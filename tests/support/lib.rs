@@ -142,10 +142,11 @@ pub fn make_bootable_payload(dir: &Path) {
         "kernel/drivers/dm-verity.ko: kernel/drivers/dm-mod.ko\nkernel/drivers/dm-mod.ko:\n",
     )
     .unwrap();
-    let builtin: String = ["virtio_pci", "virtio_scsi", "virtio_blk", "sd_mod", "erofs", "ext4"]
-        .iter()
-        .map(|n| format!("kernel/x/{n}.ko\n"))
-        .collect();
+    let builtin: String =
+        ["virtio_pci", "virtio_scsi", "virtio_blk", "sd_mod", "erofs", "ext4", "virtio_net"]
+            .iter()
+            .map(|n| format!("kernel/x/{n}.ko\n"))
+            .collect();
     std::fs::write(m.join("modules.builtin"), builtin).unwrap();
     sh(&format!("chmod -R a+rX {}", dir.display()));
 }
