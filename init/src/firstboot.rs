@@ -138,12 +138,15 @@ fn run_stage(ignition: &str, stage: &str, log: &mut Vec<String>) -> Result<()> {
         .stderr(writer2);
     let mut child = cmd.spawn().map_err(|e| format!("Ignition ({ignition}): {e}"))?;
     drop(cmd); // the parent's copies of the pipe's write end
-    let mut critical = None;
+               // Ignition's CRITICAL lines: the first names the problem (e.g. "error
+               // at $.storage.files.0.path, …: path not absolute"), the last how it
+               // ended ("Ignition failed: config is not valid").
+    let mut critical: Vec<String> = Vec::new();
     for line in std::io::BufReader::new(reader).lines() {
         let Ok(line) = line else { break };
         if let Some(level) = level_of(&line) {
             if level == "CRITICAL" {
-                critical = Some(line.split_once(':').map_or(&line[..], |x| x.1).trim().to_string());
+                critical.push(line.split_once(':').map_or(&line[..], |x| x.1).trim().to_string());
             }
             if level != "DEBUG" && !line.contains("failed to log systemd journal entry") {
                 crate::console(&format!("ignition: {line}"));
@@ -153,7 +156,11 @@ fn run_stage(ignition: &str, stage: &str, log: &mut Vec<String>) -> Result<()> {
     }
     let status = child.wait().map_err(|e| format!("Ignition {stage}: {e}"))?;
     if !status.success() {
-        let why = critical.unwrap_or_else(|| format!("exited with {status}"));
+        let why = match (critical.first(), critical.last()) {
+            (Some(a), Some(b)) if a != b => format!("{a} ({b})"),
+            (Some(a), _) => a.clone(),
+            _ => format!("exited with {status}"),
+        };
         return Err(format!("Ignition {stage} failed: {why}"));
     }
     Ok(())
