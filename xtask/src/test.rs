@@ -1,9 +1,11 @@
 //! `cargo xtask test`: installs (as root) or names the missing host packages,
 //! runs `cargo test --workspace`, then builds the Hetzner image from the demo
 //! payload and checks it: a byte-identical rebuild, a cold build by another
-//! user (see `other_user`), its boot test (`oem/hetzner/boot-test.json`,
-//! counted from the JSON reports), and parity with the SDK container.
-//! Platforms without a boot test are listed as skipped.
+//! user (see `other_user`), and parity with the SDK container; then every
+//! platform that declares a boot test (`oem/<id>/boot-test.json`) is built
+//! and booted, one job per firmware, as many at once as there are cores
+//! (counted from the JSON reports). Platforms without a boot test are listed
+//! as skipped.
 
 use crate::progress::logger;
 use crate::util::{init_binary, repo_root};
@@ -63,7 +65,6 @@ pub fn run(a: Args) -> Result<()> {
     if !st.success() {
         bail!("building the Hetzner image failed");
     }
-    let image = out_dir.join("flatcar_production_hetzner_image.bin.bz2");
     let (mut passed, mut failed) = (0usize, 0usize);
     let mut report = |name: &str, ok: bool, detail: String| {
         println!(
@@ -136,27 +137,50 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         println!("SKIPPED (needs root to switch users): the cold build by another user is not run");
     }
-    // Boot tests: every platform that declares one in oem/<id>/boot-test.json;
-    // this run builds the Hetzner image only, so others are listed as skipped.
+    // Boot tests: every platform that declares one in oem/<id>/boot-test.json,
+    // its image built from the demo payload (Hetzner's is the one above);
+    // each (platform, firmware) is one job, as many at a time as there are
+    // cores (a TCG guest keeps one core busy).
     let oem = repo_root().join("oem");
     let mut skipped = 0usize;
+    let mut jobs = Vec::new();
     for id in forge::oem::list(&oem) {
-        let declared = forge_boottest::spec::path(&oem, &id);
-        if !declared.exists() {
+        let Some(spec) = forge_boottest::spec::load_for(&oem, &id)? else {
+            let declared = forge_boottest::spec::path(&oem, &id);
             println!("[--] SKIP boot test of platform {id}: no {}", declared.display());
             skipped += 1;
-        } else if id != "hetzner" {
-            println!(
-                "[--] SKIP boot test of platform {id}: this run builds only the hetzner image"
-            );
-            skipped += 1;
+            continue;
+        };
+        let dir = if id == "hetzner" {
+            out_dir.clone()
+        } else {
+            let dir = repo_root().join(format!("target/ci-{id}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            log(&format!("test: building the {id} image from the demo payload"));
+            let st = forge::tools::command(std::env::current_exe()?)
+                .args(["build-image", "--platform", &id, "--output-dir"])
+                .arg(&dir)
+                .env("FORGE_INIT", &init)
+                .status()?;
+            if !st.success() {
+                report(
+                    &format!("build-image --platform {id} for its boot test"),
+                    false,
+                    String::new(),
+                );
+                continue;
+            }
+            dir
+        };
+        for fw in &spec.firmware {
+            jobs.push(BootJob {
+                platform: id.clone(),
+                firmware: fw.name().to_string(),
+                dir: dir.clone(),
+            });
         }
     }
-    log("test: boot test (every firmware oem/hetzner/boot-test.json declares)");
-    let json = out_dir.join("boot-test.json");
-    let mut cmd = forge::tools::command(std::env::current_exe()?);
-    cmd.args(["boot-test", "--platform", "hetzner"]).arg(&image).arg("--json").arg(&json);
-    let (p, f) = boot_reports(cmd, &json)?;
+    let (p, f) = run_boot_jobs(&jobs, &log)?;
     passed += p;
     failed += f;
     // Parity: the same build in the SDK container gives the same bytes, and
@@ -216,6 +240,74 @@ fn sha256_file(p: &Path) -> Result<String> {
     let mut h = sha2::Sha256::new();
     std::io::copy(&mut f, &mut h).with_context(|| format!("{}: cannot read", p.display()))?;
     Ok(hex::encode(h.finalize()))
+}
+
+/// One boot test to run: a platform's image (its build-image output
+/// directory) booted with one firmware.
+struct BootJob {
+    platform: String,
+    firmware: String,
+    dir: std::path::PathBuf,
+}
+
+/// Runs the boot jobs, as many at once as there are cores; each job's
+/// output goes to `<dir>/boot-test.<firmware>.log`, its checks are printed
+/// and counted from its JSON report when it ends.
+fn run_boot_jobs(jobs: &[BootJob], log: &(dyn Fn(&str) + Sync)) -> Result<(usize, usize)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let workers =
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(jobs.len().max(1));
+    let next = AtomicUsize::new(0);
+    let totals = Mutex::new((0usize, 0usize));
+    let exe = std::env::current_exe()?;
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(j) = jobs.get(i) else { break };
+                let json = j.dir.join(format!("boot-test.{}.json", j.firmware));
+                let out = j.dir.join(format!("boot-test.{}.log", j.firmware));
+                log(&format!(
+                    "test: boot test of {} ({}), output in {}",
+                    j.platform,
+                    j.firmware,
+                    out.display()
+                ));
+                let counted = std::fs::File::create(&out)
+                    .and_then(|f| Ok((f.try_clone()?, f)))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|(o, e)| {
+                        let mut cmd = forge::tools::command(&exe);
+                        cmd.args([
+                            "boot-test",
+                            "--platform",
+                            &j.platform,
+                            "--firmware",
+                            &j.firmware,
+                        ])
+                        .arg(&j.dir)
+                        .arg("--json")
+                        .arg(&json)
+                        .stdout(o)
+                        .stderr(e);
+                        boot_reports(cmd, &json)
+                    });
+                let (p, f) = counted.unwrap_or_else(|e| {
+                    println!("[!!] FAIL boot test of {} ({}): {e:#}", j.platform, j.firmware);
+                    (0, 1)
+                });
+                log(&format!(
+                    "test: boot test of {} ({}) done: {p} passed, {f} failed",
+                    j.platform, j.firmware
+                ));
+                let mut t = totals.lock().unwrap();
+                t.0 += p;
+                t.1 += f;
+            });
+        }
+    });
+    Ok(totals.into_inner().unwrap())
 }
 
 /// Runs a `boot-test … --json FILE` command (its output shown as it runs)
