@@ -96,7 +96,7 @@ fn provision(src: &UserData, net: &mut Network, t0: Instant) -> Result<()> {
         .ok_or("the user-data is an Ignition config, but this image has no Ignition (/usr/bin/ignition or Debian's /usr/lib/dracut/modules.d/30ignition/ignition)")?;
     std::fs::create_dir_all("/run/ignition").map_err(|e| format!("/run/ignition: {e}"))?;
     write_private(CONFIG, &data)?;
-    homes();
+    prepare_root();
 
     let mut log = Vec::new();
     let mut stages = Vec::new();
@@ -199,10 +199,19 @@ fn write_private(path: &str, data: &[u8]) -> Result<()> {
     f.write_all(data).map_err(|e| format!("{path}: {e}"))
 }
 
-/// Ignition writes SSH keys as the user, into a home that must exist; the
-/// payload declares homes as tmpfiles (created on every boot, but only
-/// after Ignition): create them in the real root now.
-fn homes() {
+/// Prepares the real root for what Ignition assumes of it: the shadow
+/// suite's lock file (its relabelling lists /etc/.pwd.lock after any user
+/// change and fails when the file is missing, as it is in an image whose
+/// users were never edited), and the homes: Ignition writes SSH keys as the
+/// user, into a home that must exist, and the payload declares homes as
+/// tmpfiles (created on every boot, but only after Ignition).
+fn prepare_root() {
+    let lock = "/sysroot/etc/.pwd.lock";
+    if !Path::new(lock).exists() {
+        if let Err(e) = write_private(lock, b"") {
+            say!("warning: {e}");
+        }
+    }
     match output(Command::new("systemd-tmpfiles").args([
         "--root",
         SYSROOT,
