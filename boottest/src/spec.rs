@@ -9,8 +9,34 @@
 //! `arch`, `firmware`, `variant`, `disk_bytes`, `disk_gib`,
 //! `ssh_public_key` (the test's generated key, one line),
 //! `ssh_public_key_body` (its base64 part), `userdata` (the boot's, itself
-//! rendered first) and `metadata.<name>` (the file's `metadata.values`).
-//! An unknown variable is an error, never an empty string.
+//! rendered first; "" when the boot serves none), `userdata_absent` and
+//! `metadata.<name>` (the file's `metadata.values`). An unknown variable is
+//! an error, never an empty string.
+//!
+//! User-data, at the top level (the default) or per boot, is one of:
+//! - `"userdata": "<template>"`: inline, rendered; `""` is served as an empty
+//!   body (HTTP 200, an empty fw_cfg file);
+//! - `"userdata_file": "examples/hetzner/hello.ign"`: a file, relative to the
+//!   repository root (the folder holding `oem/`), served byte for byte except
+//!   for `"userdata_substitute": {"<literal>": "<template>"}`, which replaces
+//!   every occurrence of each literal by the rendered template (a literal
+//!   that does not occur is an error naming the file); the file itself is
+//!   not a template;
+//! - `"userdata_absent": true`: no user-data at all: the metadata path that
+//!   serves it answers 404 and fw_cfg entries carrying it are left out.
+//!
+//! A boot that gives none of them takes the top level's; a file that gives
+//! none serves `""`.
+//!
+//! Disks: every boot gets a fresh copy of the prepared image (changed by
+//! its `mutation`, if any), unless it says `"disk": "previous"`: then it
+//! boots the disk the boot before it left behind. The harness stops that
+//! earlier VM cleanly first (over SSH as `poweroff_ssh_user`: `sync`, then
+//! `systemctl poweroff`, waiting for QEMU to exit; killed after a timeout or
+//! if the guest refuses). The first boot cannot be "previous", a "previous"
+//! boot takes no mutation, and a boot that is not negative cannot follow a
+//! negative one on the previous disk (skipping negative boots would break
+//! the chain).
 
 use crate::check::{Check, Cond, Probe};
 use anyhow::{anyhow, bail, Context, Result};
@@ -74,9 +100,19 @@ pub struct BootTest {
     /// QEMU firmware configuration entries (e.g. Ignition for the qemu platform).
     #[serde(default)]
     pub fw_cfg: Vec<FwCfg>,
-    /// Default user-data of every boot (a boot may override it).
+    /// Default user-data of every boot (a boot may override it); see the module doc.
     #[serde(default)]
-    pub userdata: String,
+    pub userdata: Option<String>,
+    #[serde(default)]
+    pub userdata_file: Option<PathBuf>,
+    #[serde(default)]
+    pub userdata_substitute: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub userdata_absent: bool,
+    /// The user the harness logs in as (with the test key) to power a VM off
+    /// before a `"disk": "previous"` boot.
+    #[serde(default = "core")]
+    pub poweroff_ssh_user: String,
     pub boots: Vec<Boot>,
     /// The file this was read from.
     #[serde(skip)]
@@ -94,6 +130,10 @@ pub struct Machine {
     /// Seconds each boot may take to reach one of its `until` markers.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
+}
+
+fn core() -> String {
+    "core".into()
 }
 
 fn one() -> u32 {
@@ -121,6 +161,9 @@ pub struct MetadataService {
 pub struct Body {
     pub content_type: String,
     pub body: String,
+    /// `{"userdata": true}`: the boot's user-data (the path answers 404 when
+    /// the boot has none); `body` is then unused.
+    pub userdata: bool,
 }
 
 impl<'de> Deserialize<'de> for Body {
@@ -128,24 +171,38 @@ impl<'de> Deserialize<'de> for Body {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Full {
-            content_type: String,
+            content_type: Option<String>,
             body: Option<String>,
             lines: Option<Vec<String>>,
+            #[serde(default)]
+            userdata: bool,
         }
         use serde::de::Error;
         match serde_json::Value::deserialize(d)? {
-            serde_json::Value::String(s) => Ok(Body { content_type: "text/plain".into(), body: s }),
+            serde_json::Value::String(s) => {
+                Ok(Body { content_type: "text/plain".into(), body: s, userdata: false })
+            }
             v @ serde_json::Value::Object(_) => {
                 let f: Full = serde_json::from_value(v).map_err(D::Error::custom)?;
-                let body = match (f.body, f.lines) {
-                    (Some(b), None) => b,
-                    (None, Some(l)) => l.iter().map(|l| format!("{l}\n")).collect(),
-                    _ => return Err(D::Error::custom("give exactly one of `body` and `lines`")),
+                let body = match (f.body, f.lines, f.userdata) {
+                    (Some(b), None, false) => b,
+                    (None, Some(l), false) => l.iter().map(|l| format!("{l}\n")).collect(),
+                    (None, None, true) => String::new(),
+                    _ => {
+                        return Err(D::Error::custom(
+                            "give exactly one of `body`, `lines` and `\"userdata\": true`",
+                        ))
+                    }
                 };
-                Ok(Body { content_type: f.content_type, body })
+                let content_type = match f.content_type {
+                    Some(t) => t,
+                    None if f.userdata => "text/plain".into(),
+                    None => return Err(D::Error::custom("missing field `content_type`")),
+                };
+                Ok(Body { content_type, body, userdata: f.userdata })
             }
             _ => Err(D::Error::custom(
-                "a body is a string or {\"content_type\", \"body\" | \"lines\"}",
+                "a body is a string or {\"content_type\", \"body\" | \"lines\" | \"userdata\": true}",
             )),
         }
     }
@@ -219,7 +276,11 @@ pub struct FwCfg {
     /// e.g. "opt/org.flatcar-linux/config"
     pub name: String,
     /// Template, rendered per boot.
-    pub content: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    /// The boot's user-data (the entry is left out when the boot has none).
+    #[serde(default)]
+    pub userdata: bool,
 }
 
 /// One boot of the image (or of a mutated copy).
@@ -233,13 +294,158 @@ pub struct Boot {
     /// Applied to a copy of the prepared disk before this boot.
     #[serde(default)]
     pub mutation: Option<Mutation>,
-    /// Overrides the file's `userdata` for this boot.
+    /// Overrides the file's user-data for this boot (see the module doc).
     #[serde(default)]
     pub userdata: Option<String>,
+    #[serde(default)]
+    pub userdata_file: Option<PathBuf>,
+    #[serde(default)]
+    pub userdata_substitute: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub userdata_absent: bool,
+    /// `"fresh"` (default): a fresh copy of the prepared image; `"previous"`:
+    /// the disk the boot before this one left behind.
+    #[serde(default)]
+    pub disk: BootDisk,
+    /// The user-data this boot serves, resolved when the file is read.
+    #[serde(skip)]
+    pub resolved_userdata: UserData,
     /// Serial console markers; the boot is observed when one appears (the
     /// first of this list that is present is the `stopped_at` observation).
     pub until: Vec<String>,
     pub checks: Vec<Check>,
+}
+
+/// Where a boot's user-data comes from, as written (top level or per boot).
+struct UserDataSpec<'a> {
+    userdata: &'a Option<String>,
+    userdata_file: &'a Option<PathBuf>,
+    userdata_substitute: &'a Option<BTreeMap<String, String>>,
+    userdata_absent: bool,
+}
+
+impl UserDataSpec<'_> {
+    /// Checks the combination and reads the file (relative to `root`).
+    fn resolve(&self, at: &str, root: &Path) -> Result<Option<UserData>> {
+        let n = [self.userdata.is_some(), self.userdata_file.is_some(), self.userdata_absent]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if n > 1 {
+            bail!("{at}: give at most one of userdata, userdata_file and userdata_absent");
+        }
+        if self.userdata_substitute.is_some() && self.userdata_file.is_none() {
+            bail!("{at}userdata_substitute: only with userdata_file");
+        }
+        if let Some(t) = self.userdata {
+            return Ok(Some(UserData::Template(t.clone())));
+        }
+        if self.userdata_absent {
+            return Ok(Some(UserData::Absent));
+        }
+        let Some(rel) = self.userdata_file else { return Ok(None) };
+        if rel.is_absolute() || rel.components().any(|c| c == std::path::Component::ParentDir) {
+            bail!(
+                "{at}userdata_file {:?}: a path relative to the repository root, without '..'",
+                rel.display()
+            );
+        }
+        let path = root.join(rel);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{at}userdata_file: {}: cannot read", path.display()))?;
+        let substitute: Vec<(String, String)> =
+            self.userdata_substitute.clone().unwrap_or_default().into_iter().collect();
+        for (lit, _) in &substitute {
+            if lit.is_empty() || !text.contains(lit.as_str()) {
+                bail!("{at}userdata_substitute: {}: does not contain {lit:?}", path.display());
+            }
+        }
+        Ok(Some(UserData::File { path, text, substitute }))
+    }
+}
+
+/// A boot's user-data, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserData {
+    /// Inline, a template.
+    Template(String),
+    /// A file's text (not a template) with literals replaced by rendered templates.
+    File { path: PathBuf, text: String, substitute: Vec<(String, String)> },
+    /// None: 404 from the metadata service, no fw_cfg entry.
+    Absent,
+}
+
+impl Default for UserData {
+    fn default() -> Self {
+        UserData::Template(String::new())
+    }
+}
+
+impl UserData {
+    /// The text served (None: absent), templates rendered with `ctx`.
+    pub fn render(&self, ctx: &minijinja::Value) -> Result<Option<String>> {
+        match self {
+            UserData::Template(t) => render(t, ctx).map(Some),
+            UserData::File { path, text, substitute } => {
+                let mut out = text.clone();
+                for (lit, t) in substitute {
+                    let v = render(t, ctx)
+                        .map_err(|e| anyhow!("userdata_substitute for {}: {e}", path.display()))?;
+                    out = out.replace(lit.as_str(), &v);
+                }
+                Ok(Some(out))
+            }
+            UserData::Absent => Ok(None),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootDisk {
+    #[default]
+    Fresh,
+    Previous,
+}
+
+/// How one boot of a run gets its disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskUse {
+    /// A fresh copy of the prepared image.
+    Fresh,
+    /// A fresh copy with this mutation applied.
+    Mutated(Mutation),
+    /// The previous boot's disk.
+    Previous,
+}
+
+/// One boot of a run, in order.
+#[derive(Clone, Debug)]
+pub struct Step<'a> {
+    pub boot: &'a Boot,
+    pub disk: DiskUse,
+    /// The next boot uses this boot's disk: power the VM off cleanly and keep the disk.
+    pub hand_on: bool,
+}
+
+/// The boots a run makes (negative ones only with `negative`), each with
+/// its disk. Validation guarantees a "previous" boot follows a boot that is
+/// run whenever it is.
+pub fn plan(t: &BootTest, negative: bool) -> Vec<Step<'_>> {
+    let boots: Vec<&Boot> = t.boots.iter().filter(|b| negative || !b.negative).collect();
+    boots
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Step {
+            boot: b,
+            disk: match (b.disk, &b.mutation) {
+                (BootDisk::Previous, _) => DiskUse::Previous,
+                (BootDisk::Fresh, Some(m)) => DiskUse::Mutated(m.clone()),
+                (BootDisk::Fresh, None) => DiskUse::Fresh,
+            },
+            hand_on: boots.get(i + 1).is_some_and(|n| n.disk == BootDisk::Previous),
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -292,6 +498,7 @@ pub fn parse(text: &str, file: &Path) -> Result<BootTest> {
         }
     })?;
     t.file = file.to_path_buf();
+    t.resolve_userdata().map_err(|e| anyhow!("{}: {e:#}", file.display()))?;
     t.validate().map_err(|e| anyhow!("{}: {e}", file.display()))?;
     Ok(t)
 }
@@ -310,6 +517,73 @@ fn plain_option(what: &str, s: &str) -> Result<()> {
 }
 
 impl BootTest {
+    /// The repository root: the folder holding the `oem/` folder this file is in.
+    pub fn root(&self) -> PathBuf {
+        self.file
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// Sets every boot's `resolved_userdata` (reading `userdata_file`s).
+    fn resolve_userdata(&mut self) -> Result<()> {
+        let root = self.root();
+        let top = UserDataSpec {
+            userdata: &self.userdata,
+            userdata_file: &self.userdata_file,
+            userdata_substitute: &self.userdata_substitute,
+            userdata_absent: self.userdata_absent,
+        }
+        .resolve("", &root)?
+        .unwrap_or_default();
+        for (i, b) in self.boots.iter_mut().enumerate() {
+            let at = format!("boots[{i}] ({}).", b.variant);
+            b.resolved_userdata = UserDataSpec {
+                userdata: &b.userdata,
+                userdata_file: &b.userdata_file,
+                userdata_substitute: &b.userdata_substitute,
+                userdata_absent: b.userdata_absent,
+            }
+            .resolve(&at, &root)?
+            .unwrap_or_else(|| top.clone());
+        }
+        Ok(())
+    }
+
+    /// Replaces every boot's user-data (e.g. a file given on the command line).
+    pub fn override_userdata(&mut self, u: UserData) {
+        for b in &mut self.boots {
+            b.resolved_userdata = u.clone();
+        }
+    }
+
+    /// Writes the boot's fw_cfg entries into `dir`; (name, file) pairs for
+    /// QEMU. Entries carrying user-data are left out when the boot has none.
+    pub fn fw_cfg_files(
+        &self,
+        ctx: &minijinja::Value,
+        dir: &Path,
+    ) -> Result<Vec<(String, PathBuf)>> {
+        let mut out = Vec::new();
+        for (i, f) in self.fw_cfg.iter().enumerate() {
+            let content = match (&f.content, f.userdata) {
+                (Some(c), _) => Some(
+                    render(c, ctx)
+                        .map_err(|e| anyhow!("{}: fw_cfg[{i}]: {e}", self.file.display()))?,
+                ),
+                (None, _) => ctx_userdata(ctx),
+            };
+            let Some(content) = content else { continue };
+            let file = dir.join(format!("fw_cfg-{i}"));
+            std::fs::write(&file, content)
+                .with_context(|| format!("{}: cannot write", file.display()))?;
+            out.push((f.name.clone(), file));
+        }
+        Ok(out)
+    }
+
     fn validate(&self) -> Result<()> {
         if self.arch.is_empty() {
             bail!("arch: name at least one architecture (x86-64, arm64)");
@@ -402,6 +676,9 @@ impl BootTest {
             }
         }
         for (i, f) in self.fw_cfg.iter().enumerate() {
+            if f.content.is_some() == f.userdata {
+                bail!("fw_cfg[{i}]: give exactly one of content and \"userdata\": true");
+            }
             plain_option(&format!("fw_cfg[{i}].name"), &f.name)?;
             if !f.name.starts_with("opt/") {
                 bail!("fw_cfg[{i}].name {:?}: user entries live under opt/", f.name);
@@ -422,6 +699,17 @@ impl BootTest {
             if b.checks.is_empty() {
                 bail!("{at}.checks: declare at least one check");
             }
+            if b.disk == BootDisk::Previous {
+                if i == 0 {
+                    bail!("{at}.disk: \"previous\", but the first boot has no previous disk");
+                }
+                if b.mutation.is_some() {
+                    bail!("{at}: a boot of the previous disk takes no mutation");
+                }
+                if self.boots[i - 1].negative && !b.negative {
+                    bail!("{at}.disk: \"previous\" follows a negative boot, which --no-negative skips; mark this boot negative too or reorder");
+                }
+            }
             // Every template renders and every pattern compiles, with stand-in values.
             let ctx = self
                 .context(
@@ -438,7 +726,9 @@ impl BootTest {
                 }
             }
             for (j, f) in self.fw_cfg.iter().enumerate() {
-                render(&f.content, &ctx).map_err(|e| anyhow!("fw_cfg[{j}].content: {e}"))?;
+                if let Some(c) = &f.content {
+                    render(c, &ctx).map_err(|e| anyhow!("fw_cfg[{j}].content: {e}"))?;
+                }
             }
             for (j, c) in b.checks.iter().enumerate() {
                 c.validate(&ctx, &forwarded)
@@ -469,10 +759,12 @@ impl BootTest {
             "ssh_public_key_body": key.split_whitespace().nth(1).unwrap_or(""),
             "metadata": self.metadata.as_ref().map(|m| m.values.clone()).unwrap_or_default(),
         });
-        let userdata = boot.userdata.as_deref().unwrap_or(&self.userdata);
-        let rendered = render(userdata, &minijinja::Value::from(minijinja::value::Serde(&base)))
+        let rendered = boot
+            .resolved_userdata
+            .render(&minijinja::Value::from(minijinja::value::Serde(&base)))
             .map_err(|e| anyhow!("userdata: {e}"))?;
-        base["userdata"] = serde_json::Value::String(rendered);
+        base["userdata_absent"] = serde_json::Value::Bool(rendered.is_none());
+        base["userdata"] = serde_json::Value::String(rendered.unwrap_or_default());
         Ok(minijinja::Value::from(minijinja::value::Serde(&base)))
     }
 
@@ -481,9 +773,20 @@ impl BootTest {
         let mut out = BTreeMap::new();
         if let Some(md) = &self.metadata {
             for (p, b) in &md.paths {
-                let body = render(&b.body, ctx)
-                    .map_err(|e| anyhow!("{}: metadata.paths {p:?}: {e}", self.file.display()))?;
-                out.insert(p.clone(), Body { content_type: b.content_type.clone(), body });
+                let body = if b.userdata {
+                    match ctx_userdata(ctx) {
+                        Some(u) => u,
+                        None => continue,
+                    }
+                } else {
+                    render(&b.body, ctx).map_err(|e| {
+                        anyhow!("{}: metadata.paths {p:?}: {e}", self.file.display())
+                    })?
+                };
+                out.insert(
+                    p.clone(),
+                    Body { content_type: b.content_type.clone(), body, userdata: false },
+                );
             }
         }
         Ok(out)
@@ -499,6 +802,14 @@ impl BootTest {
         }
         m
     }
+}
+
+/// The boot's rendered user-data from its context (None: absent).
+fn ctx_userdata(ctx: &minijinja::Value) -> Option<String> {
+    if ctx.get_attr("userdata_absent").map(|v| v.is_true()).unwrap_or(false) {
+        return None;
+    }
+    ctx.get_attr("userdata").ok().and_then(|v| v.as_str().map(str::to_string))
 }
 
 /// Renders one template; undefined variables are errors.
