@@ -149,3 +149,46 @@ pub fn flip_byte(disk: &Path, label: &str) -> Result<u64> {
     f.sync_all()?;
     Ok(at)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qcow2_images_become_sparse_raw_disks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let raw = tmp.path().join("image.raw");
+        let mut data = vec![0u8; 4 << 20];
+        data[..8].copy_from_slice(b"GPTTEST!");
+        data[3 << 20] = 0x5a;
+        std::fs::write(&raw, &data).unwrap();
+        assert!(!is_qcow2(&raw).unwrap());
+        std::fs::write(tmp.path().join("short"), b"QF").unwrap();
+        assert!(!is_qcow2(&tmp.path().join("short")).unwrap());
+        let qemu_img = match forge::tools::path(forge::tools::Tool {
+            program: "qemu-img",
+            package: "qemu-utils",
+        }) {
+            Ok(p) => p,
+            Err(_) => {
+                println!("skipped: needs qemu-img (qemu-utils)");
+                return;
+            }
+        };
+        let qcow = tmp.path().join("image.img");
+        forge::fs::run(
+            forge::cmd!(&qemu_img, "convert", "-f", "raw", "-O", "qcow2", &raw, &qcow),
+            "qemu-img convert",
+        )
+        .unwrap();
+        assert!(is_qcow2(&qcow).unwrap());
+        let disk = tmp.path().join("disk.raw");
+        prepare(&qcow, &disk, 16 << 20).unwrap();
+        let got = std::fs::read(&disk).unwrap();
+        assert_eq!(got.len(), 16 << 20);
+        assert_eq!(&got[..4 << 20], &data[..]);
+        assert!(got[4 << 20..].iter().all(|b| *b == 0));
+        let e = prepare(&qcow, &disk, 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("is larger than the test disk"), "{e}");
+    }
+}

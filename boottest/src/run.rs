@@ -557,3 +557,68 @@ fn http_get(port: u16, path: &str) -> Result<String> {
     s.read_to_string(&mut r)?;
     Ok(r.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPO_OEM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../oem");
+
+    #[test]
+    fn trying_userdata_boots_the_image_as_built_once_with_the_file() {
+        let spec = crate::spec::load_for(Path::new(REPO_OEM), "hetzner").unwrap().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mine = tmp.path().join("mine.ign");
+        std::fs::write(&mine, "{\"ignition\":{\"version\":\"3.3.0\"}} {{ssh_public_key}}").unwrap();
+        let t = try_userdata(&spec, &mine).unwrap();
+        assert_eq!(t.boots.len(), 1);
+        let b = &t.boots[0];
+        assert_eq!(b.variant, "as-built");
+        assert_eq!(b.checks.len(), 1);
+        assert_eq!(b.checks[0].name, "boots to \"FORGE-REPORT end\"");
+        let ctx =
+            t.context(Arch::X86_64, Firmware::Bios, "hetzner", b, "ssh-ed25519 AAAAk c").unwrap();
+        // Byte for byte: the file is not a template.
+        assert_eq!(
+            t.served(&ctx).unwrap()["/hetzner/v1/userdata"].body,
+            "{\"ignition\":{\"version\":\"3.3.0\"}} {{ssh_public_key}}"
+        );
+        let steps = crate::spec::plan(&t, true);
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].disk, DiskUse::Fresh);
+        assert!(!steps[0].hand_on);
+        let e = try_userdata(&spec, &tmp.path().join("missing.ign")).unwrap_err().to_string();
+        assert!(e.contains("missing.ign: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn qemu_boots_have_the_fw_cfg_entry_and_no_metadata_service() {
+        let spec = crate::spec::load_for(Path::new(REPO_OEM), "qemu").unwrap().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = spec
+            .context(Arch::X86_64, Firmware::Bios, "qemu", &spec.boots[0], "ssh-ed25519 AAAAk c")
+            .unwrap();
+        let files = BootFiles {
+            disks: vec![tmp.path().join("disk.raw")],
+            serial: tmp.path().join("serial.log"),
+            responder: None,
+            fw_cfg: spec.fw_cfg_files(&ctx, tmp.path()).unwrap(),
+            uefi_vars: None,
+            host_ports: BTreeMap::from([(22, 40022)]),
+        };
+        let a = qemu::args(&spec, Arch::X86_64, Firmware::Bios, "tcg", &files).unwrap().join(" ");
+        assert!(
+            a.contains(&format!(
+                "-fw_cfg name=opt/org.flatcar-linux/config,file={}",
+                tmp.path().join("fw_cfg-0").display()
+            )),
+            "{a}"
+        );
+        assert!(
+            a.contains("-netdev user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22 "),
+            "{a}"
+        );
+        assert!(!a.contains("guestfwd"), "{a}");
+        assert!(a.contains("virtio-blk-pci,drive=d0,bootindex=0"), "{a}");
+    }
+}

@@ -332,7 +332,7 @@ impl UserDataSpec<'_> {
             .filter(|x| **x)
             .count();
         if n > 1 {
-            bail!("{at}: give at most one of userdata, userdata_file and userdata_absent");
+            bail!("{at}userdata: give at most one of userdata, userdata_file and userdata_absent");
         }
         if self.userdata_substitute.is_some() && self.userdata_file.is_none() {
             bail!("{at}userdata_substitute: only with userdata_file");
@@ -929,8 +929,48 @@ mod tests {
         let t = load_for(Path::new(REPO_OEM), "hetzner").unwrap().expect("hetzner has a boot test");
         assert_eq!(t.firmware, vec![Firmware::Bios, Firmware::Uefi]);
         assert_eq!(t.machine.disk_bytes, 20 << 30);
-        assert_eq!(t.boots.iter().filter(|b| b.negative).count(), 2);
-        assert!(load_for(Path::new(REPO_OEM), "qemu").unwrap().is_none());
+        assert_eq!(t.boots.iter().filter(|b| b.negative).count(), 3);
+        let variants: Vec<&str> = t.boots.iter().map(|b| b.variant.as_str()).collect();
+        assert_eq!(
+            variants,
+            [
+                "as-built",
+                "second-boot",
+                "no-userdata",
+                "empty-userdata",
+                "cloud-config",
+                "bad-ignition",
+                "no-oem-grub-cfg",
+                "bad-usr-a"
+            ]
+        );
+        assert_eq!(t.boots[1].disk, BootDisk::Previous);
+        assert_eq!(t.boots[2].resolved_userdata, UserData::Absent);
+        assert_eq!(t.boots[3].resolved_userdata, UserData::Template(String::new()));
+        let q = load_for(Path::new(REPO_OEM), "qemu").unwrap().expect("qemu has a boot test");
+        assert!(q.metadata.is_none());
+        assert_eq!(q.fw_cfg.len(), 1);
+        assert!(q.fw_cfg[0].userdata && q.fw_cfg[0].content.is_none());
+        assert!(
+            matches!(&q.boots[0].resolved_userdata, UserData::File { path, .. } if path.ends_with("examples/qemu/ssh-key.ign"))
+        );
+    }
+
+    #[test]
+    fn qemu_carries_the_example_config_with_the_key_in_fw_cfg() {
+        let t = load_for(Path::new(REPO_OEM), "qemu").unwrap().unwrap();
+        let key = "ssh-ed25519 AAAAtestkey forge-boot-test";
+        let ctx = t.context(Arch::X86_64, Firmware::Uefi, "qemu", &t.boots[0], key).unwrap();
+        assert!(t.served(&ctx).unwrap().is_empty());
+        let tmp = tempfile::tempdir().unwrap();
+        let files = t.fw_cfg_files(&ctx, tmp.path()).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].0, "opt/org.flatcar-linux/config");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&files[0].1).unwrap()).unwrap();
+        assert_eq!(config["ignition"]["version"], "3.3.0");
+        assert_eq!(config["passwd"]["users"][0]["name"], "core");
+        assert_eq!(config["passwd"]["users"][0]["sshAuthorizedKeys"][0], key);
     }
 
     #[test]
@@ -961,7 +1001,24 @@ mod tests {
         assert!(md.body.contains("\npublic-keys:\n- ssh-ed25519 AAAAtestkey forge-boot-test\n"));
         assert!(md.body.contains("\n    - address: 2001:db8:1234::1/64\n"), "{}", md.body);
         assert!(md.body.ends_with("vendor_data: |\n  #cloud-config\n"));
-        assert_eq!(s["/hetzner/v1/userdata"].body, "{\"ignition\":{\"version\":\"3.3.0\"}}");
+        // The example config, its placeholder key (twice) replaced by the test key.
+        let ud = &s["/hetzner/v1/userdata"].body;
+        assert!(!ud.contains("REPLACE-WITH"), "{ud}");
+        assert_eq!(ud.matches("ssh-ed25519 AAAAtestkey forge-boot-test").count(), 2, "{ud}");
+        let config: serde_json::Value = serde_json::from_str(ud).unwrap();
+        assert_eq!(config["ignition"]["version"], "3.3.0");
+        // No user-data: the path is not served (404); empty: served empty.
+        let by = |v: &str| t.boots.iter().find(|b| b.variant == v).unwrap();
+        let none = t.context(Arch::X86_64, Firmware::Bios, "hetzner", by("no-userdata"), key);
+        let none = t.served(&none.unwrap()).unwrap();
+        assert!(!none.contains_key("/hetzner/v1/userdata"));
+        assert!(none.contains_key("/hetzner/v1/metadata/hostname"));
+        let empty = t.context(Arch::X86_64, Firmware::Bios, "hetzner", by("empty-userdata"), key);
+        assert_eq!(t.served(&empty.unwrap()).unwrap()["/hetzner/v1/userdata"].body, "");
+        let cc = t.context(Arch::X86_64, Firmware::Bios, "hetzner", by("cloud-config"), key);
+        assert!(t.served(&cc.unwrap()).unwrap()["/hetzner/v1/userdata"]
+            .body
+            .starts_with("#cloud-config\n"));
     }
 
     #[test]
@@ -975,6 +1032,147 @@ mod tests {
         assert_eq!(t.served(&one).unwrap()["/keys"].body, "[\"ssh-ed25519 AAAAk c\"]");
         assert_eq!(t.nics[0].model, "virtio-net-pci");
         assert_eq!(t.machine.cpus, 1);
+    }
+
+    /// A repository in a temporary directory: `oem/x/boot-test.json` (the
+    /// minimal file with `edit` applied) and `ud/config.ign`.
+    fn in_repo(
+        config: &str,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> (tempfile::TempDir, Result<BootTest>) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("oem/x")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("ud")).unwrap();
+        std::fs::write(tmp.path().join("ud/config.ign"), config).unwrap();
+        let mut v = minimal();
+        edit(&mut v);
+        let f = tmp.path().join("oem/x/boot-test.json");
+        std::fs::write(&f, serde_json::to_string(&v).unwrap()).unwrap();
+        let t = load(&f);
+        (tmp, t)
+    }
+
+    const CONFIG: &str = "{\"keys\": [\"PLACEHOLDER\", \"PLACEHOLDER\"], \"unit\": \"x={{ not a template }} ${HOST}\"}\n";
+
+    #[test]
+    fn userdata_files_are_served_verbatim_but_for_their_substitutions() {
+        let (_tmp, t) = in_repo(CONFIG, |v| {
+            v.as_object_mut().unwrap().remove("userdata");
+            v["userdata_file"] = "ud/config.ign".into();
+            v["userdata_substitute"] =
+                serde_json::json!({"PLACEHOLDER": "{{ssh_public_key}} on {{metadata.hostname}}"});
+        });
+        let t = t.unwrap();
+        let key = "ssh-ed25519 AAAAk c";
+        let one = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
+        assert_eq!(
+            t.served(&one).unwrap()["/user-data"].body,
+            "{\"keys\": [\"ssh-ed25519 AAAAk c on h1\", \"ssh-ed25519 AAAAk c on h1\"], \"unit\": \"x={{ not a template }} ${HOST}\"}\n"
+        );
+        // The boot's own inline user-data wins over the file.
+        let two = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
+        assert_eq!(t.served(&two).unwrap()["/user-data"].body, "custom");
+    }
+
+    #[test]
+    fn a_substitution_that_does_not_occur_names_the_file() {
+        let (tmp, t) = in_repo(CONFIG, |v| {
+            v["boots"][1].as_object_mut().unwrap().remove("userdata");
+            v["boots"][1]["userdata_file"] = "ud/config.ign".into();
+            v["boots"][1]["userdata_substitute"] =
+                serde_json::json!({"PLACEHOLDER": "k", "ssh-rsa AAAA you@example": "k"});
+        });
+        let e = format!("{:#}", t.unwrap_err());
+        let f = tmp.path().join("oem/x/boot-test.json");
+        let ud = tmp.path().join("ud/config.ign");
+        assert!(e.starts_with(&format!("{}: ", f.display())), "{e}");
+        assert!(
+            e.contains(&format!(
+                "boots[1] (two).userdata_substitute: {}: does not contain \"ssh-rsa AAAA you@example\"",
+                ud.display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn absent_userdata_is_a_404_and_no_fw_cfg_entry() {
+        let mut v = minimal();
+        v["boots"][1].as_object_mut().unwrap().remove("userdata");
+        v["boots"][1]["userdata_absent"] = true.into();
+        v["metadata"]["paths"]["/user-data"] = serde_json::json!({"userdata": true});
+        v["metadata"]["paths"]["/typed"] =
+            serde_json::json!({"userdata": true, "content_type": "application/json"});
+        v["fw_cfg"] = serde_json::json!([
+            {"name": "opt/org.flatcar-linux/config", "userdata": true},
+            {"name": "opt/forge/variant", "content": "{{variant}} absent={{userdata_absent}}"}
+        ]);
+        let t = parse_value(&v).unwrap();
+        let key = "ssh-ed25519 AAAAk c";
+        let tmp = tempfile::tempdir().unwrap();
+        let one = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
+        let s = t.served(&one).unwrap();
+        assert_eq!(s["/user-data"].body, "default for h1");
+        assert_eq!(s["/user-data"].content_type, "text/plain");
+        assert_eq!(s["/typed"].content_type, "application/json");
+        let files = t.fw_cfg_files(&one, tmp.path()).unwrap();
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["opt/org.flatcar-linux/config", "opt/forge/variant"]);
+        assert_eq!(std::fs::read_to_string(&files[0].1).unwrap(), "default for h1");
+        assert_eq!(std::fs::read_to_string(&files[1].1).unwrap(), "one absent=False");
+
+        let two = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
+        let s = t.served(&two).unwrap();
+        assert!(!s.contains_key("/user-data") && !s.contains_key("/typed"));
+        assert!(s.contains_key("/hostname"));
+        let files = t.fw_cfg_files(&two, tmp.path()).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].0, "opt/forge/variant");
+        assert_eq!(std::fs::read_to_string(&files[0].1).unwrap(), "two absent=True");
+    }
+
+    #[test]
+    fn the_disk_plan_chains_previous_boots() {
+        let mut v = minimal();
+        let boot = |name: &str| serde_json::json!({"variant": name, "until": ["END"], "checks": [{"name": "s", "observe": "serial", "contains": "x"}]});
+        let mut boots = vec![boot("a"), boot("b"), boot("c"), boot("d"), boot("e"), boot("f")];
+        boots[1]["disk"] = "previous".into();
+        boots[2]["disk"] = "previous".into();
+        boots[3]["negative"] = true.into();
+        boots[3]["mutation"] = serde_json::json!({"flip_byte": {"partition": "USR-A"}});
+        boots[4]["negative"] = true.into();
+        boots[4]["disk"] = "previous".into();
+        v["boots"] = boots.into();
+        let t = parse_value(&v).unwrap();
+        let all: Vec<(&str, DiskUse, bool)> = plan(&t, true)
+            .into_iter()
+            .map(|s| (s.boot.variant.as_str(), s.disk, s.hand_on))
+            .collect();
+        let flip = DiskUse::Mutated(Mutation::FlipByte { partition: "USR-A".into() });
+        assert_eq!(
+            all,
+            [
+                ("a", DiskUse::Fresh, true),
+                ("b", DiskUse::Previous, true),
+                ("c", DiskUse::Previous, false),
+                ("d", flip, true),
+                ("e", DiskUse::Previous, false),
+                ("f", DiskUse::Fresh, false)
+            ]
+        );
+        let positive: Vec<(&str, DiskUse, bool)> = plan(&t, false)
+            .into_iter()
+            .map(|s| (s.boot.variant.as_str(), s.disk, s.hand_on))
+            .collect();
+        assert_eq!(
+            positive,
+            [
+                ("a", DiskUse::Fresh, true),
+                ("b", DiskUse::Previous, true),
+                ("c", DiskUse::Previous, false),
+                ("f", DiskUse::Fresh, false)
+            ]
+        );
     }
 
     #[test]
@@ -1006,7 +1204,7 @@ mod tests {
                     v["metadata"]["paths"]["/y"] =
                         serde_json::json!({"content_type": "a", "body": "b", "lines": []})
                 }),
-                "metadata.paths./y: give exactly one of `body` and `lines`",
+                "metadata.paths./y: give exactly one of `body`, `lines` and `\"userdata\": true`",
             ),
             (
                 Box::new(|v| v["metadata"]["paths"]["/z"] = "{{metadata.hostnmae}}".into()),
@@ -1065,11 +1263,73 @@ mod tests {
                 Box::new(|v| v["boots"][0]["mutation"] = serde_json::json!({"shred": {}})),
                 "boots[0].mutation: unknown variant `shred`",
             ),
+            (
+                Box::new(|v| v["boots"][1]["userdata_absent"] = true.into()),
+                "boots[1] (two).userdata: give at most one of userdata, userdata_file and userdata_absent",
+            ),
+            (
+                Box::new(|v| v["userdata_substitute"] = serde_json::json!({"a": "b"})),
+                "oem/x/boot-test.json: userdata_substitute: only with userdata_file",
+            ),
+            (
+                Box::new(|v| v["boots"][1]["userdata_file"] = "../secret".into()),
+                "boots[1] (two).userdata: give at most one",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][1].as_object_mut().unwrap().remove("userdata");
+                    v["boots"][1]["userdata_file"] = "../secret".into();
+                }),
+                "boots[1] (two).userdata_file \"../secret\": a path relative to the repository root, without '..'",
+            ),
+            (
+                Box::new(|v| v["boots"][0]["userdata_file"] = "nope/missing.ign".into()),
+                "boots[0] (one).userdata_file: nope/missing.ign: cannot read",
+            ),
+            (
+                Box::new(|v| v["boots"][0]["disk"] = "previous".into()),
+                "boots[0] (one).disk: \"previous\", but the first boot has no previous disk",
+            ),
+            (
+                Box::new(|v| v["boots"][0]["disk"] = "reused".into()),
+                "boots[0].disk: unknown variant `reused`",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][1]["disk"] = "previous".into();
+                    v["boots"][1]["mutation"] =
+                        serde_json::json!({"flip_byte": {"partition": "USR-A"}});
+                }),
+                "boots[1] (two): a boot of the previous disk takes no mutation",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][1]["disk"] = "previous".into();
+                    v["boots"][0]["negative"] = true.into();
+                }),
+                "boots[1] (two).disk: \"previous\" follows a negative boot",
+            ),
+            (
+                Box::new(|v| {
+                    v["fw_cfg"] = serde_json::json!([{"name": "opt/x", "content": "", "userdata": true}])
+                }),
+                "fw_cfg[0]: give exactly one of content and \"userdata\": true",
+            ),
+            (
+                Box::new(|v| v["fw_cfg"] = serde_json::json!([{"name": "opt/x"}])),
+                "fw_cfg[0]: give exactly one of content and \"userdata\": true",
+            ),
         ];
         for (edit, want) in cases {
             let e = error_after(edit);
             assert!(e.contains(want), "expected {want:?} in: {e}");
         }
+        // A previous boot after a negative one is fine when it is negative too.
+        let mut v = minimal();
+        v["boots"][0]["negative"] = true.into();
+        v["boots"][1]["negative"] = true.into();
+        v["boots"][1]["disk"] = "previous".into();
+        parse_value(&v).unwrap();
         // Not JSON at all: the file and the line.
         let e = parse("{\n  \"arch\": [,\n", Path::new("oem/x/boot-test.json")).unwrap_err();
         let e = e.to_string();

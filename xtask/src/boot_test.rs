@@ -9,21 +9,22 @@ use clap::ValueEnum;
 use forge_boottest::run::{BootReport, Report};
 use std::path::{Path, PathBuf};
 
-/// Boots a built image in QEMU as `oem/<platform>/boot-test.json` declares
-/// and judges its checks.
-///
-/// Trying your own user-data before uploading it: `--userdata FILE` boots
-/// only the image as built (the boot test's first boot, fresh disk), serving
-/// FILE byte for byte wherever the platform serves user-data (Hetzner: the
-/// metadata service's /hetzner/v1/userdata; qemu: the fw_cfg entry), with a
-/// single check: the boot reaches its first `until` marker (the demo
-/// payload's `FORGE-REPORT end`; a refused Ignition config stops at
-/// `forge-init: refusing to boot` and fails). It prints forge-init's and
-/// Ignition's console lines and the serial log's path. Add `--keep` to leave
-/// the VM running afterwards (it prints the ssh command and forwarded ports;
-/// Enter stops it).
+/// Shown under `--help`.
+const TRY_HELP: &str = "\
+Trying your own user-data before uploading it:
+  cargo xtask boot-test --platform hetzner --userdata my.ign [--keep] IMAGE
+boots only the image as built (the boot test's first boot, a fresh disk),
+serving the file byte for byte wherever the platform serves user-data
+(hetzner: the fake metadata service's /hetzner/v1/userdata; qemu: the fw_cfg
+entry opt/org.flatcar-linux/config), with one check: the boot reaches its
+first `until` marker (the demo payload's FORGE-REPORT end; an Ignition
+config forge-init refuses stops at `forge-init: refusing to boot` and
+fails). It prints forge-init's and Ignition's console lines and the serial
+log's path. --keep leaves the VM running afterwards and prints the ssh
+command (the test key) and the forwarded ports; Enter stops it.";
+
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = TRY_HELP)]
 pub struct Args {
     /// flatcar_production_<platform>_image.bin, compressed (.bz2, .gz, .zst,
     /// .xz) or qcow2; or the output directory of build-image (the platform's
@@ -138,8 +139,7 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         a.image.clone()
     };
-    let image =
-        image.canonicalize().with_context(|| format!("{}: not found", image.display()))?;
+    let image = image.canonicalize().with_context(|| format!("{}: not found", image.display()))?;
     let log_dir = image.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let log = logger();
     let mut reports = Vec::new();
