@@ -395,13 +395,24 @@ fn power_off(vm: &mut Vm, obs: &mut VmObservations, user: &str) -> String {
             Err(e) => format!("waiting for qemu: {e:#}"),
         },
         Ok((3, err)) => {
-            format!("synced; the guest refused systemctl poweroff ({})", err.trim())
+            format!("synced; the guest refused systemctl poweroff ({})", one_line(&err))
         }
-        Ok((c, err)) => format!("ssh exited {c} ({}): not synced", err.trim()),
+        Ok((c, err)) => format!("ssh exited {c} ({}): not synced", one_line(&err)),
         Err(e) => format!("{e}: not synced"),
     };
     vm.kill();
     format!("{how}: killed")
+}
+
+/// Distinct non-empty lines of `s`, joined with "; ".
+fn one_line(s: &str) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for l in s.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !seen.contains(&l) {
+            seen.push(l);
+        }
+    }
+    seen.join("; ")
 }
 
 /// `--keep`: prints how to reach the VM and waits for Enter or QEMU's exit.
@@ -563,6 +574,12 @@ mod tests {
     use super::*;
 
     const REPO_OEM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../oem");
+
+    #[test]
+    fn one_line_joins_distinct_lines() {
+        assert_eq!(one_line("a\n\n b \na\nc\n"), "a; b; c");
+        assert_eq!(one_line(""), "");
+    }
 
     #[test]
     fn trying_userdata_boots_the_image_as_built_once_with_the_file() {
