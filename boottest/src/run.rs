@@ -79,7 +79,7 @@ pub struct Options {
 }
 
 /// The boot test reduced to trying one user-data file: the file's first
-/// boot only (it must boot a fresh, unmutated disk), serving `userdata`
+/// boot that is not negative and has no mutation (as variant "userdata"), serving `userdata`
 /// byte for byte wherever the file serves user-data, with one check: the
 /// boot reaches its first `until` marker.
 pub fn try_userdata(spec: &BootTest, userdata: &Path) -> Result<BootTest> {
@@ -99,6 +99,8 @@ pub fn try_userdata(spec: &BootTest, userdata: &Path) -> Result<BootTest> {
         substitute: Vec::new(),
     });
     let marker = t.boots[0].until[0].clone();
+    // Its own serial log name, beside (not over) the boot test's.
+    t.boots[0].variant = "userdata".into();
     t.boots[0].disk = crate::spec::BootDisk::Fresh;
     t.boots[0].checks = vec![serde_json::from_value(serde_json::json!({
         "name": format!("boots to {marker:?}"),
@@ -590,7 +592,7 @@ mod tests {
         let t = try_userdata(&spec, &mine).unwrap();
         assert_eq!(t.boots.len(), 1);
         let b = &t.boots[0];
-        assert_eq!(b.variant, "as-built");
+        assert_eq!(b.variant, "userdata");
         assert_eq!(b.checks.len(), 1);
         assert_eq!(b.checks[0].name, "boots to \"FORGE-REPORT end\"");
         let ctx =

@@ -181,10 +181,11 @@ pub fn run(a: Args) -> Result<()> {
                 }
             });
             let file = log_dir.join(format!(
-                "{}.{}-{}.boot-test.json",
+                "{}.{}-{}.{}boot-test.json",
                 forge_boottest::run::stem(&image),
                 arch.name(),
-                fw.name()
+                fw.name(),
+                if a.userdata.is_some() { "userdata." } else { "" }
             ));
             write_json(&file, serde_json::to_string_pretty(&report)?)?;
             if a.userdata.is_some() {
