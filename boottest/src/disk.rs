@@ -6,11 +6,48 @@ use anyhow::{anyhow, bail, Context, Result};
 use forge::io::sparse;
 use std::path::Path;
 
-/// Writes the image (raw, .bz2, .gz, .zst or .xz) as a sparse raw disk of `disk_bytes`.
+/// The first bytes of a qcow2 file.
+const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
+/// Whether the file starts with the qcow2 magic.
+pub fn is_qcow2(image: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
+    let mut m = [0u8; 4];
+    match f.read_exact(&mut m) {
+        Ok(()) => Ok(&m == QCOW2_MAGIC),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("{}: cannot read", image.display())),
+    }
+}
+
+/// Writes the image (raw, qcow2, .bz2, .gz, .zst or .xz) as a sparse raw disk of `disk_bytes`.
 pub fn prepare(image: &Path, dest: &Path, disk_bytes: u64) -> Result<()> {
-    let out = sparse::create(dest, 0)?;
     let f =
         std::fs::File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
+    if forge::io::codec::Codec::from_path(image).is_none() && is_qcow2(image)? {
+        let qemu_img =
+            forge::tools::path(forge::tools::Tool { program: "qemu-img", package: "qemu-utils" })?;
+        forge::fs::run(
+            forge::cmd!(&qemu_img, "convert", "-f", "qcow2", "-O", "raw", image, dest),
+            &format!("qemu-img convert {} to raw", image.display()),
+        )?;
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dest)
+            .with_context(|| format!("{}: cannot open", dest.display()))?;
+        let len = out.metadata().with_context(|| format!("{}: stat", dest.display()))?.len();
+        if len > disk_bytes {
+            bail!(
+                "{}: the image ({len} B) is larger than the test disk ({disk_bytes} B)",
+                image.display()
+            );
+        }
+        out.set_len(disk_bytes).with_context(|| format!("{}: set_len", dest.display()))?;
+        return Ok(());
+    }
+    let out = sparse::create(dest, 0)?;
     let written = if let Some(codec) = forge::io::codec::Codec::from_path(image) {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         forge::io::compress::decompress_sparse(image, codec, &out, threads)
@@ -111,4 +148,47 @@ pub fn flip_byte(disk: &Path, label: &str) -> Result<u64> {
         .with_context(|| format!("{}: write at {at}", disk.display()))?;
     f.sync_all()?;
     Ok(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qcow2_images_become_sparse_raw_disks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let raw = tmp.path().join("image.raw");
+        let mut data = vec![0u8; 4 << 20];
+        data[..8].copy_from_slice(b"GPTTEST!");
+        data[3 << 20] = 0x5a;
+        std::fs::write(&raw, &data).unwrap();
+        assert!(!is_qcow2(&raw).unwrap());
+        std::fs::write(tmp.path().join("short"), b"QF").unwrap();
+        assert!(!is_qcow2(&tmp.path().join("short")).unwrap());
+        let qemu_img = match forge::tools::path(forge::tools::Tool {
+            program: "qemu-img",
+            package: "qemu-utils",
+        }) {
+            Ok(p) => p,
+            Err(_) => {
+                println!("skipped: needs qemu-img (qemu-utils)");
+                return;
+            }
+        };
+        let qcow = tmp.path().join("image.img");
+        forge::fs::run(
+            forge::cmd!(&qemu_img, "convert", "-f", "raw", "-O", "qcow2", &raw, &qcow),
+            "qemu-img convert",
+        )
+        .unwrap();
+        assert!(is_qcow2(&qcow).unwrap());
+        let disk = tmp.path().join("disk.raw");
+        prepare(&qcow, &disk, 16 << 20).unwrap();
+        let got = std::fs::read(&disk).unwrap();
+        assert_eq!(got.len(), 16 << 20);
+        assert_eq!(&got[..4 << 20], &data[..]);
+        assert!(got[4 << 20..].iter().all(|b| *b == 0));
+        let e = prepare(&qcow, &disk, 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("is larger than the test disk"), "{e}");
+    }
 }

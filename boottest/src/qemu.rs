@@ -181,6 +181,26 @@ impl Vm {
         Ok(Vm { child, serial: serial.to_path_buf(), started: Instant::now() })
     }
 
+    /// Waits up to `timeout` for QEMU to exit; true if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<bool> {
+        let t = Instant::now();
+        loop {
+            if self.child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            if t.elapsed() >= timeout {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills QEMU and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn read_serial(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
     }

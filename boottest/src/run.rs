@@ -4,7 +4,7 @@
 use crate::check::{evaluate, parse_report, CheckResult, Observations};
 use crate::metadata::Served;
 use crate::qemu::{self, BootFiles, Vm};
-use crate::spec::{Arch, Boot, BootTest, DiskSource, Firmware};
+use crate::spec::{Arch, Boot, BootTest, DiskSource, DiskUse, Firmware, UserData};
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -32,6 +32,10 @@ pub struct BootReport {
     pub stopped_at: Option<String>,
     pub serial_log: PathBuf,
     pub checks: Vec<CheckResult>,
+    /// How the VM was stopped when the next boot takes over its disk
+    /// (`"disk": "previous"`); None when it was simply killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_off: Option<String>,
 }
 
 impl Report {
@@ -69,6 +73,42 @@ pub struct Options {
     pub accel: String,
     /// Where serial logs go (default: beside the image).
     pub log_dir: Option<PathBuf>,
+    /// After the last boot's checks, leave its VM running until Enter is
+    /// pressed on stdin (or QEMU exits), printing how to reach it.
+    pub keep: bool,
+}
+
+/// The boot test reduced to trying one user-data file: the file's first
+/// boot that is not negative and has no mutation (as variant "userdata"), serving `userdata`
+/// byte for byte wherever the file serves user-data, with one check: the
+/// boot reaches its first `until` marker.
+pub fn try_userdata(spec: &BootTest, userdata: &Path) -> Result<BootTest> {
+    let text = std::fs::read_to_string(userdata)
+        .with_context(|| format!("{}: cannot read", userdata.display()))?;
+    let mut t = spec.clone();
+    let first = t
+        .boots
+        .iter()
+        .find(|b| !b.negative && b.mutation.is_none())
+        .cloned()
+        .ok_or_else(|| anyhow!("{}: no boot of the image as built", spec.file.display()))?;
+    t.boots = vec![first];
+    t.override_userdata(UserData::File {
+        path: userdata.to_path_buf(),
+        text,
+        substitute: Vec::new(),
+    });
+    let marker = t.boots[0].until[0].clone();
+    // Its own serial log name, beside (not over) the boot test's.
+    t.boots[0].variant = "userdata".into();
+    t.boots[0].disk = crate::spec::BootDisk::Fresh;
+    t.boots[0].checks = vec![serde_json::from_value(serde_json::json!({
+        "name": format!("boots to {marker:?}"),
+        "observe": "stopped_at",
+        "equals": marker,
+    }))
+    .context("the try check")?];
+    Ok(t)
 }
 
 /// `flatcar_production_hetzner_image.bin.bz2` → `flatcar_production_hetzner_image`.
@@ -144,28 +184,17 @@ pub fn run(spec: &BootTest, opts: &Options, log: &dyn Fn(&str)) -> Result<Report
     let pubkey = std::fs::read_to_string(&pubkey_file)
         .with_context(|| format!("{}: cannot read", pubkey_file.display()))?;
 
-    // The prepared disk, and a mutated copy per boot that asks for one
-    // (made before any boot writes to the disk).
+    // The prepared disk; each boot gets a fresh copy (mutated if it asks),
+    // or the disk the boot before it left behind.
     let t = Instant::now();
-    let disk = w.join("disk.raw");
-    crate::disk::prepare(&image, &disk, spec.machine.disk_bytes)?;
+    let pristine = w.join("disk.raw");
+    crate::disk::prepare(&image, &pristine, spec.machine.disk_bytes)?;
     log(&format!(
         "{tag}: disk prepared ({} B, sparse) in {:.1}s",
         spec.machine.disk_bytes,
         t.elapsed().as_secs_f64()
     ));
-    let boots: Vec<&Boot> = spec.boots.iter().filter(|b| opts.negative || !b.negative).collect();
-    let mut disks = BTreeMap::new();
-    for b in &boots {
-        if let Some(m) = &b.mutation {
-            let d = w.join(format!("disk-{}.raw", b.variant));
-            crate::disk::copy(&disk, &d)?;
-            let what = crate::disk::mutate(&d, m)?;
-            log(&format!("{tag}: variant {}: {what}", b.variant));
-            disks.insert(b.variant.clone(), d);
-        }
-    }
-
+    let steps = crate::spec::plan(spec, opts.negative);
     let mut report = Report {
         platform: opts.platform.clone(),
         firmware: opts.firmware,
@@ -173,9 +202,30 @@ pub fn run(spec: &BootTest, opts: &Options, log: &dyn Fn(&str)) -> Result<Report
         image: image.clone(),
         boots: Vec::new(),
     };
-    for b in boots {
+    let mut current: Option<PathBuf> = None;
+    let last = steps.len().saturating_sub(1);
+    for (n, step) in steps.iter().enumerate() {
+        let b = step.boot;
+        let disk = match &step.disk {
+            DiskUse::Previous => current.clone().ok_or_else(|| {
+                anyhow!("{}: {}: no previous disk", spec.file.display(), b.variant)
+            })?,
+            fresh => {
+                if let Some(old) = current.take() {
+                    std::fs::remove_file(&old)
+                        .with_context(|| format!("{}: cannot remove", old.display()))?;
+                }
+                let d = w.join(format!("disk-{}.raw", b.variant));
+                crate::disk::copy(&pristine, &d)?;
+                if let DiskUse::Mutated(m) = fresh {
+                    let what = crate::disk::mutate(&d, m)?;
+                    log(&format!("{tag}: variant {}: {what}", b.variant));
+                }
+                d
+            }
+        };
+        current = Some(disk.clone());
         let serial = log_dir.join(format!("{stem}.{tag}.{}.serial.log", b.variant));
-        let disk = disks.get(&b.variant).cloned().unwrap_or_else(|| disk.clone());
         let mut br = BootReport {
             variant: b.variant.clone(),
             negative: b.negative,
@@ -183,9 +233,17 @@ pub fn run(spec: &BootTest, opts: &Options, log: &dyn Fn(&str)) -> Result<Report
             stopped_at: None,
             serial_log: serial.clone(),
             checks: Vec::new(),
+            power_off: None,
+        };
+        let ends = if step.hand_on {
+            End::HandOn
+        } else if opts.keep && n == last {
+            End::Keep
+        } else {
+            End::Kill
         };
         if let Err(e) =
-            boot_once(spec, opts, b, &qemu, &disk, &serial, w, &pubkey, &key, &mut br, log)
+            boot_once(spec, opts, b, &qemu, &disk, &serial, w, &pubkey, &key, ends, &mut br, log)
         {
             let c =
                 CheckResult { name: "the boot ran".into(), ok: false, detail: format!("{e:#}") };
@@ -195,6 +253,16 @@ pub fn run(spec: &BootTest, opts: &Options, log: &dyn Fn(&str)) -> Result<Report
         report.boots.push(br);
     }
     Ok(report)
+}
+
+/// What happens to a VM after its checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Kill,
+    /// The next boot takes over the disk: power off cleanly.
+    HandOn,
+    /// `--keep`: wait for the user.
+    Keep,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -208,6 +276,7 @@ fn boot_once(
     w: &Path,
     pubkey: &str,
     key: &Path,
+    end: End,
     br: &mut BootReport,
     log: &dyn Fn(&str),
 ) -> Result<()> {
@@ -228,15 +297,7 @@ fn boot_once(
     } else {
         None
     };
-    let mut fw_cfg = Vec::new();
-    for (i, f) in spec.fw_cfg.iter().enumerate() {
-        let file = bw.join(format!("fw_cfg-{i}"));
-        let content = crate::spec::render(&f.content, &ctx)
-            .map_err(|e| anyhow!("{}: fw_cfg[{i}]: {e}", spec.file.display()))?;
-        std::fs::write(&file, content)
-            .with_context(|| format!("{}: cannot write", file.display()))?;
-        fw_cfg.push((f.name.clone(), file));
-    }
+    let fw_cfg = spec.fw_cfg_files(&ctx, &bw)?;
     let mut disk_files = Vec::new();
     for (i, d) in spec.disks.iter().enumerate() {
         match d.source {
@@ -298,8 +359,91 @@ fn boot_once(
         ));
         br.checks.push(r);
     }
-    drop(vm);
+    match end {
+        End::Kill => drop(vm),
+        End::HandOn => {
+            let how = power_off(&mut vm, &mut obs, &spec.poweroff_ssh_user);
+            log(&format!("{tag}: {how}"));
+            br.power_off = Some(how);
+        }
+        End::Keep => keep(&mut vm, &obs, &spec.poweroff_ssh_user, serial, log),
+    }
     Ok(())
+}
+
+/// How long a guest may take to power off before it is killed.
+const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Stops the VM so that its writes are on the disk file: `sync` over SSH,
+/// then `systemctl poweroff` and wait for QEMU to exit; the VM is killed
+/// after a timeout, when the guest refuses to power off (after its `sync`),
+/// or when SSH fails. Returns what happened.
+fn power_off(vm: &mut Vm, obs: &mut VmObservations, user: &str) -> String {
+    let t = Instant::now();
+    let ssh = obs.ssh_status(user, "sync && systemctl --no-ask-password poweroff || exit 3", 22);
+    let how = match ssh {
+        // 255: the connection dropped as the guest went down.
+        Ok((0 | 255, _)) => match vm.wait_exit(POWER_OFF_TIMEOUT) {
+            Ok(true) => {
+                return format!(
+                    "powered off (systemctl poweroff) in {:.1}s",
+                    t.elapsed().as_secs_f64()
+                )
+            }
+            Ok(false) => format!(
+                "synced, but still running {}s after systemctl poweroff",
+                POWER_OFF_TIMEOUT.as_secs()
+            ),
+            Err(e) => format!("waiting for qemu: {e:#}"),
+        },
+        Ok((3, err)) => {
+            format!("synced; the guest refused systemctl poweroff ({})", one_line(&err))
+        }
+        Ok((c, err)) => format!("ssh exited {c} ({}): not synced", one_line(&err)),
+        Err(e) => format!("{e}: not synced"),
+    };
+    vm.kill();
+    format!("{how}: killed")
+}
+
+/// Distinct non-empty lines of `s`, joined with "; ".
+fn one_line(s: &str) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for l in s.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !seen.contains(&l) {
+            seen.push(l);
+        }
+    }
+    seen.join("; ")
+}
+
+/// `--keep`: prints how to reach the VM and waits for Enter or QEMU's exit.
+fn keep(vm: &mut Vm, obs: &VmObservations, user: &str, serial: &Path, log: &dyn Fn(&str)) {
+    log(&format!("VM kept running; serial log {}", serial.display()));
+    for (guest, host) in &obs.host_ports {
+        let how = match guest {
+            22 => format!(
+                "ssh -i {} -p {host} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null {user}@127.0.0.1",
+                obs.key.display()
+            ),
+            _ => format!("127.0.0.1:{host}"),
+        };
+        log(&format!("  guest port {guest}: {how}"));
+    }
+    log("press Enter to stop it");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        let _ = tx.send(());
+    });
+    loop {
+        if rx.try_recv().is_ok()
+            || matches!(vm.wait_exit(Duration::from_millis(500)), Ok(true) | Err(_))
+        {
+            break;
+        }
+    }
 }
 
 struct VmObservations {
@@ -321,6 +465,54 @@ impl VmObservations {
             .copied()
             .ok_or_else(|| format!("guest port {guest} is not forwarded"))
     }
+
+    fn ssh_output(
+        &self,
+        user: &str,
+        command: &str,
+        guest_port: u16,
+    ) -> Result<std::process::Output, String> {
+        let port = self.host_port(guest_port)?;
+        forge::cmd!(
+            "ssh",
+            "-i",
+            &self.key,
+            "-p",
+            port.to_string(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ServerAliveInterval=5",
+            "-o",
+            "ServerAliveCountMax=3",
+            format!("{user}@127.0.0.1"),
+            command
+        )
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked()
+        .run()
+        .map_err(|e| format!("running ssh: {e}"))
+    }
+
+    /// ssh's exit code and stderr.
+    fn ssh_status(
+        &self,
+        user: &str,
+        command: &str,
+        guest_port: u16,
+    ) -> Result<(i32, String), String> {
+        let o = self.ssh_output(user, command, guest_port)?;
+        Ok((o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned()))
+    }
 }
 
 impl Observations for VmObservations {
@@ -340,37 +532,14 @@ impl Observations for VmObservations {
         std::fs::read_to_string(&self.metadata_log).unwrap_or_default()
     }
     fn ssh(&mut self, user: &str, command: &str, guest_port: u16) -> Result<String, String> {
-        let port = self.host_port(guest_port)?;
-        let o = forge::cmd!(
-            "ssh",
-            "-i",
-            &self.key,
-            "-p",
-            port.to_string(),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=20",
-            "-o",
-            "LogLevel=ERROR",
-            format!("{user}@127.0.0.1"),
-            command
-        )
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked()
-        .run()
-        .map_err(|e| format!("running ssh: {e}"))?;
+        let o = self.ssh_output(user, command, guest_port)?;
         if o.status.success() {
             Ok(String::from_utf8_lossy(&o.stdout).into_owned())
         } else {
             Err(format!("{}: {}", o.status, String::from_utf8_lossy(&o.stderr).trim()))
         }
     }
+
     fn http(&mut self, guest_port: u16, path: &str) -> Result<String, String> {
         let port = self.host_port(guest_port)?;
         let mut last = String::from("no answer");
@@ -400,4 +569,75 @@ fn http_get(port: u16, path: &str) -> Result<String> {
     let mut r = String::new();
     s.read_to_string(&mut r)?;
     Ok(r.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPO_OEM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../oem");
+
+    #[test]
+    fn one_line_joins_distinct_lines() {
+        assert_eq!(one_line("a\n\n b \na\nc\n"), "a; b; c");
+        assert_eq!(one_line(""), "");
+    }
+
+    #[test]
+    fn trying_userdata_boots_the_image_as_built_once_with_the_file() {
+        let spec = crate::spec::load_for(Path::new(REPO_OEM), "hetzner").unwrap().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mine = tmp.path().join("mine.ign");
+        std::fs::write(&mine, "{\"ignition\":{\"version\":\"3.3.0\"}} {{ssh_public_key}}").unwrap();
+        let t = try_userdata(&spec, &mine).unwrap();
+        assert_eq!(t.boots.len(), 1);
+        let b = &t.boots[0];
+        assert_eq!(b.variant, "userdata");
+        assert_eq!(b.checks.len(), 1);
+        assert_eq!(b.checks[0].name, "boots to \"FORGE-REPORT end\"");
+        let ctx =
+            t.context(Arch::X86_64, Firmware::Bios, "hetzner", b, "ssh-ed25519 AAAAk c").unwrap();
+        // Byte for byte: the file is not a template.
+        assert_eq!(
+            t.served(&ctx).unwrap()["/hetzner/v1/userdata"].body,
+            "{\"ignition\":{\"version\":\"3.3.0\"}} {{ssh_public_key}}"
+        );
+        let steps = crate::spec::plan(&t, true);
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].disk, DiskUse::Fresh);
+        assert!(!steps[0].hand_on);
+        let e = try_userdata(&spec, &tmp.path().join("missing.ign")).unwrap_err().to_string();
+        assert!(e.contains("missing.ign: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn qemu_boots_have_the_fw_cfg_entry_and_no_metadata_service() {
+        let spec = crate::spec::load_for(Path::new(REPO_OEM), "qemu").unwrap().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = spec
+            .context(Arch::X86_64, Firmware::Bios, "qemu", &spec.boots[0], "ssh-ed25519 AAAAk c")
+            .unwrap();
+        let files = BootFiles {
+            disks: vec![tmp.path().join("disk.raw")],
+            serial: tmp.path().join("serial.log"),
+            responder: None,
+            fw_cfg: spec.fw_cfg_files(&ctx, tmp.path()).unwrap(),
+            uefi_vars: None,
+            host_ports: BTreeMap::from([(22, 40022)]),
+        };
+        let a = qemu::args(&spec, Arch::X86_64, Firmware::Bios, "tcg", &files).unwrap().join(" ");
+        assert!(
+            a.contains(&format!(
+                "-fw_cfg name=opt/org.flatcar-linux/config,file={}",
+                tmp.path().join("fw_cfg-0").display()
+            )),
+            "{a}"
+        );
+        assert!(
+            a.contains("-netdev user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22 "),
+            "{a}"
+        );
+        assert!(!a.contains("guestfwd"), "{a}");
+        assert!(a.contains("virtio-blk-pci,drive=d0,bootindex=0"), "{a}");
+    }
 }

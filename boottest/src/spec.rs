@@ -9,8 +9,34 @@
 //! `arch`, `firmware`, `variant`, `disk_bytes`, `disk_gib`,
 //! `ssh_public_key` (the test's generated key, one line),
 //! `ssh_public_key_body` (its base64 part), `userdata` (the boot's, itself
-//! rendered first) and `metadata.<name>` (the file's `metadata.values`).
-//! An unknown variable is an error, never an empty string.
+//! rendered first; "" when the boot serves none), `userdata_absent` and
+//! `metadata.<name>` (the file's `metadata.values`). An unknown variable is
+//! an error, never an empty string.
+//!
+//! User-data, at the top level (the default) or per boot, is one of:
+//! - `"userdata": "<template>"`: inline, rendered; `""` is served as an empty
+//!   body (HTTP 200, an empty fw_cfg file);
+//! - `"userdata_file": "examples/hetzner/hello.ign"`: a file, relative to the
+//!   repository root (the folder holding `oem/`), served byte for byte except
+//!   for `"userdata_substitute": {"<literal>": "<template>"}`, which replaces
+//!   every occurrence of each literal by the rendered template (a literal
+//!   that does not occur is an error naming the file); the file itself is
+//!   not a template;
+//! - `"userdata_absent": true`: no user-data at all: the metadata path that
+//!   serves it answers 404 and fw_cfg entries carrying it are left out.
+//!
+//! A boot that gives none of them takes the top level's; a file that gives
+//! none serves `""`.
+//!
+//! Disks: every boot gets a fresh copy of the prepared image (changed by
+//! its `mutation`, if any), unless it says `"disk": "previous"`: then it
+//! boots the disk the boot before it left behind. The harness stops that
+//! earlier VM cleanly first (over SSH as `poweroff_ssh_user`: `sync`, then
+//! `systemctl poweroff`, waiting for QEMU to exit; killed after a timeout or
+//! if the guest refuses). The first boot cannot be "previous", a "previous"
+//! boot takes no mutation, and a boot that is not negative cannot follow a
+//! negative one on the previous disk (skipping negative boots would break
+//! the chain).
 
 use crate::check::{Check, Cond, Probe};
 use anyhow::{anyhow, bail, Context, Result};
@@ -74,9 +100,19 @@ pub struct BootTest {
     /// QEMU firmware configuration entries (e.g. Ignition for the qemu platform).
     #[serde(default)]
     pub fw_cfg: Vec<FwCfg>,
-    /// Default user-data of every boot (a boot may override it).
+    /// Default user-data of every boot (a boot may override it); see the module doc.
     #[serde(default)]
-    pub userdata: String,
+    pub userdata: Option<String>,
+    #[serde(default)]
+    pub userdata_file: Option<PathBuf>,
+    #[serde(default)]
+    pub userdata_substitute: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub userdata_absent: bool,
+    /// The user the harness logs in as (with the test key) to power a VM off
+    /// before a `"disk": "previous"` boot.
+    #[serde(default = "core")]
+    pub poweroff_ssh_user: String,
     pub boots: Vec<Boot>,
     /// The file this was read from.
     #[serde(skip)]
@@ -94,6 +130,10 @@ pub struct Machine {
     /// Seconds each boot may take to reach one of its `until` markers.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
+}
+
+fn core() -> String {
+    "core".into()
 }
 
 fn one() -> u32 {
@@ -121,6 +161,9 @@ pub struct MetadataService {
 pub struct Body {
     pub content_type: String,
     pub body: String,
+    /// `{"userdata": true}`: the boot's user-data (the path answers 404 when
+    /// the boot has none); `body` is then unused.
+    pub userdata: bool,
 }
 
 impl<'de> Deserialize<'de> for Body {
@@ -128,24 +171,38 @@ impl<'de> Deserialize<'de> for Body {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Full {
-            content_type: String,
+            content_type: Option<String>,
             body: Option<String>,
             lines: Option<Vec<String>>,
+            #[serde(default)]
+            userdata: bool,
         }
         use serde::de::Error;
         match serde_json::Value::deserialize(d)? {
-            serde_json::Value::String(s) => Ok(Body { content_type: "text/plain".into(), body: s }),
+            serde_json::Value::String(s) => {
+                Ok(Body { content_type: "text/plain".into(), body: s, userdata: false })
+            }
             v @ serde_json::Value::Object(_) => {
                 let f: Full = serde_json::from_value(v).map_err(D::Error::custom)?;
-                let body = match (f.body, f.lines) {
-                    (Some(b), None) => b,
-                    (None, Some(l)) => l.iter().map(|l| format!("{l}\n")).collect(),
-                    _ => return Err(D::Error::custom("give exactly one of `body` and `lines`")),
+                let body = match (f.body, f.lines, f.userdata) {
+                    (Some(b), None, false) => b,
+                    (None, Some(l), false) => l.iter().map(|l| format!("{l}\n")).collect(),
+                    (None, None, true) => String::new(),
+                    _ => {
+                        return Err(D::Error::custom(
+                            "give exactly one of `body`, `lines` and `\"userdata\": true`",
+                        ))
+                    }
                 };
-                Ok(Body { content_type: f.content_type, body })
+                let content_type = match f.content_type {
+                    Some(t) => t,
+                    None if f.userdata => "text/plain".into(),
+                    None => return Err(D::Error::custom("missing field `content_type`")),
+                };
+                Ok(Body { content_type, body, userdata: f.userdata })
             }
             _ => Err(D::Error::custom(
-                "a body is a string or {\"content_type\", \"body\" | \"lines\"}",
+                "a body is a string or {\"content_type\", \"body\" | \"lines\" | \"userdata\": true}",
             )),
         }
     }
@@ -219,7 +276,11 @@ pub struct FwCfg {
     /// e.g. "opt/org.flatcar-linux/config"
     pub name: String,
     /// Template, rendered per boot.
-    pub content: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    /// The boot's user-data (the entry is left out when the boot has none).
+    #[serde(default)]
+    pub userdata: bool,
 }
 
 /// One boot of the image (or of a mutated copy).
@@ -233,13 +294,158 @@ pub struct Boot {
     /// Applied to a copy of the prepared disk before this boot.
     #[serde(default)]
     pub mutation: Option<Mutation>,
-    /// Overrides the file's `userdata` for this boot.
+    /// Overrides the file's user-data for this boot (see the module doc).
     #[serde(default)]
     pub userdata: Option<String>,
+    #[serde(default)]
+    pub userdata_file: Option<PathBuf>,
+    #[serde(default)]
+    pub userdata_substitute: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub userdata_absent: bool,
+    /// `"fresh"` (default): a fresh copy of the prepared image; `"previous"`:
+    /// the disk the boot before this one left behind.
+    #[serde(default)]
+    pub disk: BootDisk,
+    /// The user-data this boot serves, resolved when the file is read.
+    #[serde(skip)]
+    pub resolved_userdata: UserData,
     /// Serial console markers; the boot is observed when one appears (the
     /// first of this list that is present is the `stopped_at` observation).
     pub until: Vec<String>,
     pub checks: Vec<Check>,
+}
+
+/// Where a boot's user-data comes from, as written (top level or per boot).
+struct UserDataSpec<'a> {
+    userdata: &'a Option<String>,
+    userdata_file: &'a Option<PathBuf>,
+    userdata_substitute: &'a Option<BTreeMap<String, String>>,
+    userdata_absent: bool,
+}
+
+impl UserDataSpec<'_> {
+    /// Checks the combination and reads the file (relative to `root`).
+    fn resolve(&self, at: &str, root: &Path) -> Result<Option<UserData>> {
+        let n = [self.userdata.is_some(), self.userdata_file.is_some(), self.userdata_absent]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if n > 1 {
+            bail!("{at}userdata: give at most one of userdata, userdata_file and userdata_absent");
+        }
+        if self.userdata_substitute.is_some() && self.userdata_file.is_none() {
+            bail!("{at}userdata_substitute: only with userdata_file");
+        }
+        if let Some(t) = self.userdata {
+            return Ok(Some(UserData::Template(t.clone())));
+        }
+        if self.userdata_absent {
+            return Ok(Some(UserData::Absent));
+        }
+        let Some(rel) = self.userdata_file else { return Ok(None) };
+        if rel.is_absolute() || rel.components().any(|c| c == std::path::Component::ParentDir) {
+            bail!(
+                "{at}userdata_file {:?}: a path relative to the repository root, without '..'",
+                rel.display()
+            );
+        }
+        let path = root.join(rel);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{at}userdata_file: {}: cannot read", path.display()))?;
+        let substitute: Vec<(String, String)> =
+            self.userdata_substitute.clone().unwrap_or_default().into_iter().collect();
+        for (lit, _) in &substitute {
+            if lit.is_empty() || !text.contains(lit.as_str()) {
+                bail!("{at}userdata_substitute: {}: does not contain {lit:?}", path.display());
+            }
+        }
+        Ok(Some(UserData::File { path, text, substitute }))
+    }
+}
+
+/// A boot's user-data, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserData {
+    /// Inline, a template.
+    Template(String),
+    /// A file's text (not a template) with literals replaced by rendered templates.
+    File { path: PathBuf, text: String, substitute: Vec<(String, String)> },
+    /// None: 404 from the metadata service, no fw_cfg entry.
+    Absent,
+}
+
+impl Default for UserData {
+    fn default() -> Self {
+        UserData::Template(String::new())
+    }
+}
+
+impl UserData {
+    /// The text served (None: absent), templates rendered with `ctx`.
+    pub fn render(&self, ctx: &minijinja::Value) -> Result<Option<String>> {
+        match self {
+            UserData::Template(t) => render(t, ctx).map(Some),
+            UserData::File { path, text, substitute } => {
+                let mut out = text.clone();
+                for (lit, t) in substitute {
+                    let v = render(t, ctx)
+                        .map_err(|e| anyhow!("userdata_substitute for {}: {e}", path.display()))?;
+                    out = out.replace(lit.as_str(), &v);
+                }
+                Ok(Some(out))
+            }
+            UserData::Absent => Ok(None),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootDisk {
+    #[default]
+    Fresh,
+    Previous,
+}
+
+/// How one boot of a run gets its disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskUse {
+    /// A fresh copy of the prepared image.
+    Fresh,
+    /// A fresh copy with this mutation applied.
+    Mutated(Mutation),
+    /// The previous boot's disk.
+    Previous,
+}
+
+/// One boot of a run, in order.
+#[derive(Clone, Debug)]
+pub struct Step<'a> {
+    pub boot: &'a Boot,
+    pub disk: DiskUse,
+    /// The next boot uses this boot's disk: power the VM off cleanly and keep the disk.
+    pub hand_on: bool,
+}
+
+/// The boots a run makes (negative ones only with `negative`), each with
+/// its disk. Validation guarantees a "previous" boot follows a boot that is
+/// run whenever it is.
+pub fn plan(t: &BootTest, negative: bool) -> Vec<Step<'_>> {
+    let boots: Vec<&Boot> = t.boots.iter().filter(|b| negative || !b.negative).collect();
+    boots
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Step {
+            boot: b,
+            disk: match (b.disk, &b.mutation) {
+                (BootDisk::Previous, _) => DiskUse::Previous,
+                (BootDisk::Fresh, Some(m)) => DiskUse::Mutated(m.clone()),
+                (BootDisk::Fresh, None) => DiskUse::Fresh,
+            },
+            hand_on: boots.get(i + 1).is_some_and(|n| n.disk == BootDisk::Previous),
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -292,6 +498,7 @@ pub fn parse(text: &str, file: &Path) -> Result<BootTest> {
         }
     })?;
     t.file = file.to_path_buf();
+    t.resolve_userdata().map_err(|e| anyhow!("{}: {e:#}", file.display()))?;
     t.validate().map_err(|e| anyhow!("{}: {e}", file.display()))?;
     Ok(t)
 }
@@ -310,6 +517,73 @@ fn plain_option(what: &str, s: &str) -> Result<()> {
 }
 
 impl BootTest {
+    /// The repository root: the folder holding the `oem/` folder this file is in.
+    pub fn root(&self) -> PathBuf {
+        self.file
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// Sets every boot's `resolved_userdata` (reading `userdata_file`s).
+    fn resolve_userdata(&mut self) -> Result<()> {
+        let root = self.root();
+        let top = UserDataSpec {
+            userdata: &self.userdata,
+            userdata_file: &self.userdata_file,
+            userdata_substitute: &self.userdata_substitute,
+            userdata_absent: self.userdata_absent,
+        }
+        .resolve("", &root)?
+        .unwrap_or_default();
+        for (i, b) in self.boots.iter_mut().enumerate() {
+            let at = format!("boots[{i}] ({}).", b.variant);
+            b.resolved_userdata = UserDataSpec {
+                userdata: &b.userdata,
+                userdata_file: &b.userdata_file,
+                userdata_substitute: &b.userdata_substitute,
+                userdata_absent: b.userdata_absent,
+            }
+            .resolve(&at, &root)?
+            .unwrap_or_else(|| top.clone());
+        }
+        Ok(())
+    }
+
+    /// Replaces every boot's user-data (e.g. a file given on the command line).
+    pub fn override_userdata(&mut self, u: UserData) {
+        for b in &mut self.boots {
+            b.resolved_userdata = u.clone();
+        }
+    }
+
+    /// Writes the boot's fw_cfg entries into `dir`; (name, file) pairs for
+    /// QEMU. Entries carrying user-data are left out when the boot has none.
+    pub fn fw_cfg_files(
+        &self,
+        ctx: &minijinja::Value,
+        dir: &Path,
+    ) -> Result<Vec<(String, PathBuf)>> {
+        let mut out = Vec::new();
+        for (i, f) in self.fw_cfg.iter().enumerate() {
+            let content = match (&f.content, f.userdata) {
+                (Some(c), _) => Some(
+                    render(c, ctx)
+                        .map_err(|e| anyhow!("{}: fw_cfg[{i}]: {e}", self.file.display()))?,
+                ),
+                (None, _) => ctx_userdata(ctx),
+            };
+            let Some(content) = content else { continue };
+            let file = dir.join(format!("fw_cfg-{i}"));
+            std::fs::write(&file, content)
+                .with_context(|| format!("{}: cannot write", file.display()))?;
+            out.push((f.name.clone(), file));
+        }
+        Ok(out)
+    }
+
     fn validate(&self) -> Result<()> {
         if self.arch.is_empty() {
             bail!("arch: name at least one architecture (x86-64, arm64)");
@@ -402,6 +676,9 @@ impl BootTest {
             }
         }
         for (i, f) in self.fw_cfg.iter().enumerate() {
+            if f.content.is_some() == f.userdata {
+                bail!("fw_cfg[{i}]: give exactly one of content and \"userdata\": true");
+            }
             plain_option(&format!("fw_cfg[{i}].name"), &f.name)?;
             if !f.name.starts_with("opt/") {
                 bail!("fw_cfg[{i}].name {:?}: user entries live under opt/", f.name);
@@ -422,6 +699,17 @@ impl BootTest {
             if b.checks.is_empty() {
                 bail!("{at}.checks: declare at least one check");
             }
+            if b.disk == BootDisk::Previous {
+                if i == 0 {
+                    bail!("{at}.disk: \"previous\", but the first boot has no previous disk");
+                }
+                if b.mutation.is_some() {
+                    bail!("{at}: a boot of the previous disk takes no mutation");
+                }
+                if self.boots[i - 1].negative && !b.negative {
+                    bail!("{at}.disk: \"previous\" follows a negative boot, which --no-negative skips; mark this boot negative too or reorder");
+                }
+            }
             // Every template renders and every pattern compiles, with stand-in values.
             let ctx = self
                 .context(
@@ -438,7 +726,9 @@ impl BootTest {
                 }
             }
             for (j, f) in self.fw_cfg.iter().enumerate() {
-                render(&f.content, &ctx).map_err(|e| anyhow!("fw_cfg[{j}].content: {e}"))?;
+                if let Some(c) = &f.content {
+                    render(c, &ctx).map_err(|e| anyhow!("fw_cfg[{j}].content: {e}"))?;
+                }
             }
             for (j, c) in b.checks.iter().enumerate() {
                 c.validate(&ctx, &forwarded)
@@ -469,10 +759,12 @@ impl BootTest {
             "ssh_public_key_body": key.split_whitespace().nth(1).unwrap_or(""),
             "metadata": self.metadata.as_ref().map(|m| m.values.clone()).unwrap_or_default(),
         });
-        let userdata = boot.userdata.as_deref().unwrap_or(&self.userdata);
-        let rendered = render(userdata, &minijinja::Value::from(minijinja::value::Serde(&base)))
+        let rendered = boot
+            .resolved_userdata
+            .render(&minijinja::Value::from(minijinja::value::Serde(&base)))
             .map_err(|e| anyhow!("userdata: {e}"))?;
-        base["userdata"] = serde_json::Value::String(rendered);
+        base["userdata_absent"] = serde_json::Value::Bool(rendered.is_none());
+        base["userdata"] = serde_json::Value::String(rendered.unwrap_or_default());
         Ok(minijinja::Value::from(minijinja::value::Serde(&base)))
     }
 
@@ -481,9 +773,20 @@ impl BootTest {
         let mut out = BTreeMap::new();
         if let Some(md) = &self.metadata {
             for (p, b) in &md.paths {
-                let body = render(&b.body, ctx)
-                    .map_err(|e| anyhow!("{}: metadata.paths {p:?}: {e}", self.file.display()))?;
-                out.insert(p.clone(), Body { content_type: b.content_type.clone(), body });
+                let body = if b.userdata {
+                    match ctx_userdata(ctx) {
+                        Some(u) => u,
+                        None => continue,
+                    }
+                } else {
+                    render(&b.body, ctx).map_err(|e| {
+                        anyhow!("{}: metadata.paths {p:?}: {e}", self.file.display())
+                    })?
+                };
+                out.insert(
+                    p.clone(),
+                    Body { content_type: b.content_type.clone(), body, userdata: false },
+                );
             }
         }
         Ok(out)
@@ -499,6 +802,14 @@ impl BootTest {
         }
         m
     }
+}
+
+/// The boot's rendered user-data from its context (None: absent).
+fn ctx_userdata(ctx: &minijinja::Value) -> Option<String> {
+    if ctx.get_attr("userdata_absent").map(|v| v.is_true()).unwrap_or(false) {
+        return None;
+    }
+    ctx.get_attr("userdata").ok().and_then(|v| v.as_str().map(str::to_string))
 }
 
 /// Renders one template; undefined variables are errors.
@@ -618,8 +929,48 @@ mod tests {
         let t = load_for(Path::new(REPO_OEM), "hetzner").unwrap().expect("hetzner has a boot test");
         assert_eq!(t.firmware, vec![Firmware::Bios, Firmware::Uefi]);
         assert_eq!(t.machine.disk_bytes, 20 << 30);
-        assert_eq!(t.boots.iter().filter(|b| b.negative).count(), 2);
-        assert!(load_for(Path::new(REPO_OEM), "qemu").unwrap().is_none());
+        assert_eq!(t.boots.iter().filter(|b| b.negative).count(), 3);
+        let variants: Vec<&str> = t.boots.iter().map(|b| b.variant.as_str()).collect();
+        assert_eq!(
+            variants,
+            [
+                "as-built",
+                "second-boot",
+                "no-userdata",
+                "empty-userdata",
+                "cloud-config",
+                "bad-ignition",
+                "no-oem-grub-cfg",
+                "bad-usr-a"
+            ]
+        );
+        assert_eq!(t.boots[1].disk, BootDisk::Previous);
+        assert_eq!(t.boots[2].resolved_userdata, UserData::Absent);
+        assert_eq!(t.boots[3].resolved_userdata, UserData::Template(String::new()));
+        let q = load_for(Path::new(REPO_OEM), "qemu").unwrap().expect("qemu has a boot test");
+        assert!(q.metadata.is_none());
+        assert_eq!(q.fw_cfg.len(), 1);
+        assert!(q.fw_cfg[0].userdata && q.fw_cfg[0].content.is_none());
+        assert!(
+            matches!(&q.boots[0].resolved_userdata, UserData::File { path, .. } if path.ends_with("examples/qemu/ssh-key.ign"))
+        );
+    }
+
+    #[test]
+    fn qemu_carries_the_example_config_with_the_key_in_fw_cfg() {
+        let t = load_for(Path::new(REPO_OEM), "qemu").unwrap().unwrap();
+        let key = "ssh-ed25519 AAAAtestkey forge-boot-test";
+        let ctx = t.context(Arch::X86_64, Firmware::Uefi, "qemu", &t.boots[0], key).unwrap();
+        assert!(t.served(&ctx).unwrap().is_empty());
+        let tmp = tempfile::tempdir().unwrap();
+        let files = t.fw_cfg_files(&ctx, tmp.path()).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].0, "opt/org.flatcar-linux/config");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&files[0].1).unwrap()).unwrap();
+        assert_eq!(config["ignition"]["version"], "3.3.0");
+        assert_eq!(config["passwd"]["users"][0]["name"], "core");
+        assert_eq!(config["passwd"]["users"][0]["sshAuthorizedKeys"][0], key);
     }
 
     #[test]
@@ -650,7 +1001,24 @@ mod tests {
         assert!(md.body.contains("\npublic-keys:\n- ssh-ed25519 AAAAtestkey forge-boot-test\n"));
         assert!(md.body.contains("\n    - address: 2001:db8:1234::1/64\n"), "{}", md.body);
         assert!(md.body.ends_with("vendor_data: |\n  #cloud-config\n"));
-        assert_eq!(s["/hetzner/v1/userdata"].body, "{\"ignition\":{\"version\":\"3.3.0\"}}");
+        // The example config, its placeholder key (twice) replaced by the test key.
+        let ud = &s["/hetzner/v1/userdata"].body;
+        assert!(!ud.contains("REPLACE-WITH"), "{ud}");
+        assert_eq!(ud.matches("ssh-ed25519 AAAAtestkey forge-boot-test").count(), 2, "{ud}");
+        let config: serde_json::Value = serde_json::from_str(ud).unwrap();
+        assert_eq!(config["ignition"]["version"], "3.3.0");
+        // No user-data: the path is not served (404); empty: served empty.
+        let by = |v: &str| t.boots.iter().find(|b| b.variant == v).unwrap();
+        let none = t.context(Arch::X86_64, Firmware::Bios, "hetzner", by("no-userdata"), key);
+        let none = t.served(&none.unwrap()).unwrap();
+        assert!(!none.contains_key("/hetzner/v1/userdata"));
+        assert!(none.contains_key("/hetzner/v1/metadata/hostname"));
+        let empty = t.context(Arch::X86_64, Firmware::Bios, "hetzner", by("empty-userdata"), key);
+        assert_eq!(t.served(&empty.unwrap()).unwrap()["/hetzner/v1/userdata"].body, "");
+        let cc = t.context(Arch::X86_64, Firmware::Bios, "hetzner", by("cloud-config"), key);
+        assert!(t.served(&cc.unwrap()).unwrap()["/hetzner/v1/userdata"]
+            .body
+            .starts_with("#cloud-config\n"));
     }
 
     #[test]
@@ -664,6 +1032,147 @@ mod tests {
         assert_eq!(t.served(&one).unwrap()["/keys"].body, "[\"ssh-ed25519 AAAAk c\"]");
         assert_eq!(t.nics[0].model, "virtio-net-pci");
         assert_eq!(t.machine.cpus, 1);
+    }
+
+    /// A repository in a temporary directory: `oem/x/boot-test.json` (the
+    /// minimal file with `edit` applied) and `ud/config.ign`.
+    fn in_repo(
+        config: &str,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> (tempfile::TempDir, Result<BootTest>) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("oem/x")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("ud")).unwrap();
+        std::fs::write(tmp.path().join("ud/config.ign"), config).unwrap();
+        let mut v = minimal();
+        edit(&mut v);
+        let f = tmp.path().join("oem/x/boot-test.json");
+        std::fs::write(&f, serde_json::to_string(&v).unwrap()).unwrap();
+        let t = load(&f);
+        (tmp, t)
+    }
+
+    const CONFIG: &str = "{\"keys\": [\"PLACEHOLDER\", \"PLACEHOLDER\"], \"unit\": \"x={{ not a template }} ${HOST}\"}\n";
+
+    #[test]
+    fn userdata_files_are_served_verbatim_but_for_their_substitutions() {
+        let (_tmp, t) = in_repo(CONFIG, |v| {
+            v.as_object_mut().unwrap().remove("userdata");
+            v["userdata_file"] = "ud/config.ign".into();
+            v["userdata_substitute"] =
+                serde_json::json!({"PLACEHOLDER": "{{ssh_public_key}} on {{metadata.hostname}}"});
+        });
+        let t = t.unwrap();
+        let key = "ssh-ed25519 AAAAk c";
+        let one = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
+        assert_eq!(
+            t.served(&one).unwrap()["/user-data"].body,
+            "{\"keys\": [\"ssh-ed25519 AAAAk c on h1\", \"ssh-ed25519 AAAAk c on h1\"], \"unit\": \"x={{ not a template }} ${HOST}\"}\n"
+        );
+        // The boot's own inline user-data wins over the file.
+        let two = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
+        assert_eq!(t.served(&two).unwrap()["/user-data"].body, "custom");
+    }
+
+    #[test]
+    fn a_substitution_that_does_not_occur_names_the_file() {
+        let (tmp, t) = in_repo(CONFIG, |v| {
+            v["boots"][1].as_object_mut().unwrap().remove("userdata");
+            v["boots"][1]["userdata_file"] = "ud/config.ign".into();
+            v["boots"][1]["userdata_substitute"] =
+                serde_json::json!({"PLACEHOLDER": "k", "ssh-rsa AAAA you@example": "k"});
+        });
+        let e = format!("{:#}", t.unwrap_err());
+        let f = tmp.path().join("oem/x/boot-test.json");
+        let ud = tmp.path().join("ud/config.ign");
+        assert!(e.starts_with(&format!("{}: ", f.display())), "{e}");
+        assert!(
+            e.contains(&format!(
+                "boots[1] (two).userdata_substitute: {}: does not contain \"ssh-rsa AAAA you@example\"",
+                ud.display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn absent_userdata_is_a_404_and_no_fw_cfg_entry() {
+        let mut v = minimal();
+        v["boots"][1].as_object_mut().unwrap().remove("userdata");
+        v["boots"][1]["userdata_absent"] = true.into();
+        v["metadata"]["paths"]["/user-data"] = serde_json::json!({"userdata": true});
+        v["metadata"]["paths"]["/typed"] =
+            serde_json::json!({"userdata": true, "content_type": "application/json"});
+        v["fw_cfg"] = serde_json::json!([
+            {"name": "opt/org.flatcar-linux/config", "userdata": true},
+            {"name": "opt/forge/variant", "content": "{{variant}} absent={{userdata_absent}}"}
+        ]);
+        let t = parse_value(&v).unwrap();
+        let key = "ssh-ed25519 AAAAk c";
+        let tmp = tempfile::tempdir().unwrap();
+        let one = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
+        let s = t.served(&one).unwrap();
+        assert_eq!(s["/user-data"].body, "default for h1");
+        assert_eq!(s["/user-data"].content_type, "text/plain");
+        assert_eq!(s["/typed"].content_type, "application/json");
+        let files = t.fw_cfg_files(&one, tmp.path()).unwrap();
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["opt/org.flatcar-linux/config", "opt/forge/variant"]);
+        assert_eq!(std::fs::read_to_string(&files[0].1).unwrap(), "default for h1");
+        assert_eq!(std::fs::read_to_string(&files[1].1).unwrap(), "one absent=False");
+
+        let two = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
+        let s = t.served(&two).unwrap();
+        assert!(!s.contains_key("/user-data") && !s.contains_key("/typed"));
+        assert!(s.contains_key("/hostname"));
+        let files = t.fw_cfg_files(&two, tmp.path()).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].0, "opt/forge/variant");
+        assert_eq!(std::fs::read_to_string(&files[0].1).unwrap(), "two absent=True");
+    }
+
+    #[test]
+    fn the_disk_plan_chains_previous_boots() {
+        let mut v = minimal();
+        let boot = |name: &str| serde_json::json!({"variant": name, "until": ["END"], "checks": [{"name": "s", "observe": "serial", "contains": "x"}]});
+        let mut boots = vec![boot("a"), boot("b"), boot("c"), boot("d"), boot("e"), boot("f")];
+        boots[1]["disk"] = "previous".into();
+        boots[2]["disk"] = "previous".into();
+        boots[3]["negative"] = true.into();
+        boots[3]["mutation"] = serde_json::json!({"flip_byte": {"partition": "USR-A"}});
+        boots[4]["negative"] = true.into();
+        boots[4]["disk"] = "previous".into();
+        v["boots"] = boots.into();
+        let t = parse_value(&v).unwrap();
+        let all: Vec<(&str, DiskUse, bool)> = plan(&t, true)
+            .into_iter()
+            .map(|s| (s.boot.variant.as_str(), s.disk, s.hand_on))
+            .collect();
+        let flip = DiskUse::Mutated(Mutation::FlipByte { partition: "USR-A".into() });
+        assert_eq!(
+            all,
+            [
+                ("a", DiskUse::Fresh, true),
+                ("b", DiskUse::Previous, true),
+                ("c", DiskUse::Previous, false),
+                ("d", flip, true),
+                ("e", DiskUse::Previous, false),
+                ("f", DiskUse::Fresh, false)
+            ]
+        );
+        let positive: Vec<(&str, DiskUse, bool)> = plan(&t, false)
+            .into_iter()
+            .map(|s| (s.boot.variant.as_str(), s.disk, s.hand_on))
+            .collect();
+        assert_eq!(
+            positive,
+            [
+                ("a", DiskUse::Fresh, true),
+                ("b", DiskUse::Previous, true),
+                ("c", DiskUse::Previous, false),
+                ("f", DiskUse::Fresh, false)
+            ]
+        );
     }
 
     #[test]
@@ -695,7 +1204,7 @@ mod tests {
                     v["metadata"]["paths"]["/y"] =
                         serde_json::json!({"content_type": "a", "body": "b", "lines": []})
                 }),
-                "metadata.paths./y: give exactly one of `body` and `lines`",
+                "metadata.paths./y: give exactly one of `body`, `lines` and `\"userdata\": true`",
             ),
             (
                 Box::new(|v| v["metadata"]["paths"]["/z"] = "{{metadata.hostnmae}}".into()),
@@ -754,11 +1263,73 @@ mod tests {
                 Box::new(|v| v["boots"][0]["mutation"] = serde_json::json!({"shred": {}})),
                 "boots[0].mutation: unknown variant `shred`",
             ),
+            (
+                Box::new(|v| v["boots"][1]["userdata_absent"] = true.into()),
+                "boots[1] (two).userdata: give at most one of userdata, userdata_file and userdata_absent",
+            ),
+            (
+                Box::new(|v| v["userdata_substitute"] = serde_json::json!({"a": "b"})),
+                "oem/x/boot-test.json: userdata_substitute: only with userdata_file",
+            ),
+            (
+                Box::new(|v| v["boots"][1]["userdata_file"] = "../secret".into()),
+                "boots[1] (two).userdata: give at most one",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][1].as_object_mut().unwrap().remove("userdata");
+                    v["boots"][1]["userdata_file"] = "../secret".into();
+                }),
+                "boots[1] (two).userdata_file \"../secret\": a path relative to the repository root, without '..'",
+            ),
+            (
+                Box::new(|v| v["boots"][0]["userdata_file"] = "nope/missing.ign".into()),
+                "boots[0] (one).userdata_file: nope/missing.ign: cannot read",
+            ),
+            (
+                Box::new(|v| v["boots"][0]["disk"] = "previous".into()),
+                "boots[0] (one).disk: \"previous\", but the first boot has no previous disk",
+            ),
+            (
+                Box::new(|v| v["boots"][0]["disk"] = "reused".into()),
+                "boots[0].disk: unknown variant `reused`",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][1]["disk"] = "previous".into();
+                    v["boots"][1]["mutation"] =
+                        serde_json::json!({"flip_byte": {"partition": "USR-A"}});
+                }),
+                "boots[1] (two): a boot of the previous disk takes no mutation",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][1]["disk"] = "previous".into();
+                    v["boots"][0]["negative"] = true.into();
+                }),
+                "boots[1] (two).disk: \"previous\" follows a negative boot",
+            ),
+            (
+                Box::new(|v| {
+                    v["fw_cfg"] = serde_json::json!([{"name": "opt/x", "content": "", "userdata": true}])
+                }),
+                "fw_cfg[0]: give exactly one of content and \"userdata\": true",
+            ),
+            (
+                Box::new(|v| v["fw_cfg"] = serde_json::json!([{"name": "opt/x"}])),
+                "fw_cfg[0]: give exactly one of content and \"userdata\": true",
+            ),
         ];
         for (edit, want) in cases {
             let e = error_after(edit);
             assert!(e.contains(want), "expected {want:?} in: {e}");
         }
+        // A previous boot after a negative one is fine when it is negative too.
+        let mut v = minimal();
+        v["boots"][0]["negative"] = true.into();
+        v["boots"][1]["negative"] = true.into();
+        v["boots"][1]["disk"] = "previous".into();
+        parse_value(&v).unwrap();
         // Not JSON at all: the file and the line.
         let e = parse("{\n  \"arch\": [,\n", Path::new("oem/x/boot-test.json")).unwrap_err();
         let e = e.to_string();

@@ -9,9 +9,26 @@ use clap::ValueEnum;
 use forge_boottest::run::{BootReport, Report};
 use std::path::{Path, PathBuf};
 
+/// Shown under `--help`.
+const TRY_HELP: &str = "\
+Trying your own user-data before uploading it:
+  cargo xtask boot-test --platform hetzner --userdata my.ign [--keep] IMAGE
+boots only the image as built (the boot test's first boot, a fresh disk),
+serving the file byte for byte wherever the platform serves user-data
+(hetzner: the fake metadata service's /hetzner/v1/userdata; qemu: the fw_cfg
+entry opt/org.flatcar-linux/config), with one check: the boot reaches its
+first `until` marker (the demo payload's FORGE-REPORT end; an Ignition
+config forge-init refuses stops at `forge-init: refusing to boot` and
+fails). It prints forge-init's and Ignition's console lines and the serial
+log's path. --keep leaves the VM running afterwards and prints the ssh
+command (the test key) and the forwarded ports; Enter stops it.";
+
 #[derive(clap::Args)]
+#[command(after_help = TRY_HELP)]
 pub struct Args {
-    /// flatcar_production_<platform>_image.bin, or compressed (.bz2, .gz, .zst, .xz)
+    /// flatcar_production_<platform>_image.bin, compressed (.bz2, .gz, .zst,
+    /// .xz) or qcow2; or the output directory of build-image (the platform's
+    /// image file in it is used)
     pub image: PathBuf,
     #[arg(long, default_value = "hetzner")]
     pub platform: String,
@@ -36,6 +53,13 @@ pub struct Args {
     /// QEMU accelerator (TCG by default: nested KVM is unreliable here).
     #[arg(long, default_value = "tcg")]
     pub accel: String,
+    /// Boot only the image as built with this user-data file, checking only
+    /// that it reaches its marker (one firmware: the first given or declared).
+    #[arg(long)]
+    pub userdata: Option<PathBuf>,
+    /// With --userdata: leave the VM running after the boot, until Enter.
+    #[arg(long, requires = "userdata")]
+    pub keep: bool,
     /// Also write every report, as one JSON array, to this file. Each report
     /// is always written beside the serial logs as
     /// `<image stem>.<arch>-<firmware>.boot-test.json`.
@@ -76,7 +100,7 @@ impl From<Arch> for forge_boottest::Arch {
 
 pub fn run(a: Args) -> Result<()> {
     let oem = a.oem_dir.clone().unwrap_or_else(|| repo_root().join("oem"));
-    forge::oem::load(&oem, &a.platform)?;
+    let platform = forge::oem::load(&oem, &a.platform)?;
     let spec = forge_boottest::spec::load_for(&oem, &a.platform)?.ok_or_else(|| {
         anyhow!(
             "platform {} declares no boot test: {} does not exist",
@@ -89,13 +113,33 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         a.arch.iter().map(|x| (*x).into()).collect()
     };
-    let firmwares: Vec<forge_boottest::Firmware> = if a.firmware.is_empty() {
+    let mut firmwares: Vec<forge_boottest::Firmware> = if a.firmware.is_empty() {
         spec.firmware.clone()
     } else {
         a.firmware.iter().map(|x| (*x).into()).collect()
     };
-    let image =
-        a.image.canonicalize().with_context(|| format!("{}: not found", a.image.display()))?;
+    let spec = match &a.userdata {
+        Some(u) => {
+            firmwares.truncate(1);
+            forge_boottest::run::try_userdata(&spec, u)?
+        }
+        None => spec,
+    };
+    let image = if a.image.is_dir() {
+        let name = forge::artifacts::disk_name(&platform.image_name, platform.compression);
+        let f = a.image.join(&name);
+        if !f.exists() {
+            bail!(
+                "{}: no {name} in it (the image {} declares)",
+                a.image.display(),
+                platform.file().display()
+            );
+        }
+        f
+    } else {
+        a.image.clone()
+    };
+    let image = image.canonicalize().with_context(|| format!("{}: not found", image.display()))?;
     let log_dir = image.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let log = logger();
     let mut reports = Vec::new();
@@ -112,6 +156,7 @@ pub fn run(a: Args) -> Result<()> {
                 negative: !a.no_negative,
                 accel: a.accel.clone(),
                 log_dir: Some(log_dir.clone()),
+                keep: a.keep,
             };
             let report = forge_boottest::run(&spec, &opts, &log).unwrap_or_else(|e| {
                 // Set-up failed before any boot: still a report, with one failed check.
@@ -126,6 +171,7 @@ pub fn run(a: Args) -> Result<()> {
                         seconds: None,
                         stopped_at: None,
                         serial_log: PathBuf::new(),
+                        power_off: None,
                         checks: vec![forge_boottest::check::CheckResult {
                             name: "the boot test was set up".into(),
                             ok: false,
@@ -135,12 +181,16 @@ pub fn run(a: Args) -> Result<()> {
                 }
             });
             let file = log_dir.join(format!(
-                "{}.{}-{}.boot-test.json",
+                "{}.{}-{}.{}boot-test.json",
                 forge_boottest::run::stem(&image),
                 arch.name(),
-                fw.name()
+                fw.name(),
+                if a.userdata.is_some() { "userdata." } else { "" }
             ));
             write_json(&file, serde_json::to_string_pretty(&report)?)?;
+            if a.userdata.is_some() {
+                print_console(&report);
+            }
             print_summary(&report, &file, a.accel == "tcg");
             reports.push(report);
         }
@@ -154,6 +204,21 @@ pub fn run(a: Args) -> Result<()> {
         bail!("boot test failed ({failed} checks)");
     }
     Ok(())
+}
+
+/// forge-init's and Ignition's lines of each boot's serial log.
+fn print_console(r: &Report) {
+    for b in &r.boots {
+        let Ok(bytes) = std::fs::read(&b.serial_log) else { continue };
+        println!("--- {}: forge-init and Ignition on the console:", b.serial_log.display());
+        for l in String::from_utf8_lossy(&bytes).lines() {
+            let l = l.trim_end_matches('\r');
+            if ["forge-init: ", "ignition: "].iter().any(|p| l.contains(p)) {
+                println!("{l}");
+            }
+        }
+        println!("---");
+    }
 }
 
 /// Writes `text` (pretty JSON) atomically.
