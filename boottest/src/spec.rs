@@ -517,6 +517,37 @@ fn plain_option(what: &str, s: &str) -> Result<()> {
 }
 
 impl BootTest {
+    /// Keeps only the boots named in `variants` (all when empty). A kept
+    /// boot of the previous boot's disk needs that boot kept too; unknown
+    /// names are errors listing the boot test's variants.
+    pub fn select(mut self, variants: &[String]) -> Result<BootTest> {
+        if variants.is_empty() {
+            return Ok(self);
+        }
+        let names: Vec<&str> = self.boots.iter().map(|b| b.variant.as_str()).collect();
+        for v in variants {
+            if !names.contains(&v.as_str()) {
+                bail!("no boot named '{v}' in the boot test (it has: {})", names.join(", "));
+            }
+        }
+        let keep: Vec<bool> = self.boots.iter().map(|b| variants.contains(&b.variant)).collect();
+        for (i, b) in self.boots.iter().enumerate() {
+            if keep[i] && b.disk == BootDisk::Previous && !keep[i - 1] {
+                bail!(
+                    "boot '{}' boots the disk '{}' leaves behind: select that one too",
+                    b.variant,
+                    self.boots[i - 1].variant
+                );
+            }
+        }
+        let mut i = 0;
+        self.boots.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        Ok(self)
+    }
+
     /// The repository root: the folder holding the `oem/` folder this file is in.
     pub fn root(&self) -> PathBuf {
         self.file
@@ -922,6 +953,24 @@ mod tests {
         let e = format!("{:#}", parse_value(&v).unwrap_err());
         assert!(e.starts_with("oem/x/boot-test.json: "), "{e}");
         e
+    }
+
+    #[test]
+    fn selecting_boots_by_variant() {
+        let t = || load_for(Path::new(REPO_OEM), "hetzner").unwrap().unwrap();
+        let names = |t: &BootTest| t.boots.iter().map(|b| b.variant.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&t().select(&[]).unwrap()), names(&t()));
+        let s = t().select(&["cloud-config".into(), "as-built".into()]).unwrap();
+        assert_eq!(names(&s), ["as-built", "cloud-config"], "in the file's order");
+        let s = t().select(&["as-built".into(), "second-boot".into()]).unwrap();
+        assert_eq!(names(&s), ["as-built", "second-boot"]);
+        let e = t().select(&["second-boot".into()]).unwrap_err().to_string();
+        assert!(e.contains("'second-boot' boots the disk 'as-built' leaves behind"), "{e}");
+        let e = t().select(&["as-bulit".into()]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("no boot named 'as-bulit'") && e.contains("as-built, second-boot"),
+            "{e}"
+        );
     }
 
     #[test]

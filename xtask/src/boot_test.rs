@@ -50,6 +50,10 @@ pub struct Args {
     /// Skip the boots the boot test marks negative.
     #[arg(long)]
     pub no_negative: bool,
+    /// Run only the boots of this variant (repeatable; default: all). A boot
+    /// of the previous boot's disk needs that boot selected too.
+    #[arg(long)]
+    pub variant: Vec<String>,
     /// QEMU accelerator (TCG by default: nested KVM is unreliable here).
     #[arg(long, default_value = "tcg")]
     pub accel: String,
@@ -108,6 +112,9 @@ pub fn run(a: Args) -> Result<()> {
             forge_boottest::spec::path(&oem, &a.platform).display()
         )
     })?;
+    let spec = spec
+        .select(&a.variant)
+        .with_context(|| format!("{}", forge_boottest::spec::path(&oem, &a.platform).display()))?;
     let arches: Vec<forge_boottest::Arch> = if a.arch.is_empty() {
         spec.arch.clone()
     } else {

@@ -207,12 +207,12 @@ pub fn run(a: Args) -> Result<()> {
         let mut cmd = forge::tools::command(&script);
         cmd.args(["cargo", "xtask", "boot-test"])
             .arg(sdk_out.join("flatcar_production_hetzner_image.bin.bz2"))
-            .args(["--firmware", "bios", "--no-negative", "--json"])
+            .args(["--firmware", "bios", "--variant", "as-built", "--json"])
             .arg(&json);
         let (p, f) = boot_reports(cmd, &json)?;
         let ok = p > 0 && f == 0;
         println!(
-            "[{}] {} the BIOS boot test passes inside the SDK container — {p} checks passed, {f} failed",
+            "[{}] {} the BIOS boot test (as built) passes inside the SDK container — {p} checks passed, {f} failed",
             if ok { "ok" } else { "!!" },
             if ok { "PASS" } else { "FAIL" },
         );
