@@ -362,3 +362,25 @@ pub fn render(r: &Report) -> String {
     }
     s
 }
+
+/// Whether `path` is a bare EROFS image (a system extension), not a disk.
+pub fn is_erofs_image(path: &Path) -> Result<bool> {
+    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let len = file.metadata().with_context(|| format!("{}: stat", path.display()))?.len();
+    Ok(probe_fs(&file, 0, len)
+        .with_context(|| path.display().to_string())?
+        .is_some_and(|f| f.kind == "erofs"))
+}
+
+/// Plain-text rendering of a system extension image's fields.
+pub fn render_sysext(i: &crate::sysext::ImageInfo) -> String {
+    let mut s = format!("system extension {} ({} B, EROFS)\n", i.name, i.bytes);
+    s.push_str(&format!("  {}/extension-release.{}:\n", crate::sysext::RELEASE_DIR, i.release_name));
+    for (k, v) in &i.fields {
+        s.push_str(&format!("    {k}={v}\n"));
+    }
+    for e in &i.errors {
+        s.push_str(&format!("  error: {e}\n"));
+    }
+    s
+}

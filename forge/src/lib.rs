@@ -23,6 +23,7 @@ pub mod progress;
 pub mod recipe;
 pub mod rustbuild;
 pub mod seed;
+pub mod sysext;
 pub mod table;
 pub mod tools;
 pub mod unpack;

@@ -43,6 +43,10 @@ pub struct Recipe {
     pub crates: Vec<CrateBin>,
     /// The recipe's own packages, `debs/*.deb`, in file-name order.
     pub local_debs: Vec<PathBuf>,
+    /// Packages apt resolves that are not unpacked, because the tree is
+    /// used on top of others that have them (a system extension on its
+    /// base payload: see `sysext.rs`). Empty for a payload.
+    pub exclude: std::collections::BTreeSet<String>,
 }
 
 fn lines(text: &str) -> impl Iterator<Item = &str> {
@@ -93,7 +97,15 @@ impl Recipe {
         if kind != "payload" && kind != "rootfs" {
             bail!("{}: kind '{kind}' is neither payload nor rootfs", dir.join("kind").display());
         }
-        Ok(Recipe { dir: dir.to_path_buf(), name, kind, packages, crates, local_debs })
+        Ok(Recipe {
+            dir: dir.to_path_buf(),
+            name,
+            kind,
+            packages,
+            crates,
+            local_debs,
+            exclude: Default::default(),
+        })
     }
 
     /// Hash of the recipe's files (package list, crate list, local
@@ -218,6 +230,14 @@ pub fn build(
     h.update(PAYLOAD_SCHEME.as_bytes());
     h.update(recipe.hash()?.as_bytes());
     h.update(epoch.to_le_bytes());
+    // Only when there is one, so payloads keep their keys.
+    if !recipe.exclude.is_empty() {
+        h.update(b"exclude\0");
+        for n in &recipe.exclude {
+            h.update(n.as_bytes());
+            h.update(b"\0");
+        }
+    }
     for (c, p) in &bins {
         h.update(c.dest.as_bytes());
         h.update(std::fs::read(p)?);
@@ -239,6 +259,16 @@ pub fn build(
     } else {
         download(recipe, cache, log, progress)?
     };
+    if !recipe.exclude.is_empty() {
+        let before = debs.len();
+        debs.retain(|(n, _, _)| !recipe.exclude.contains(n));
+        log(&format!(
+            "payload '{}': {} of {before} resolved packages are provided by what it extends; {} left",
+            recipe.name,
+            before - debs.len(),
+            debs.len()
+        ));
+    }
     let mut lock: String = debs.iter().map(|(n, v, _)| format!("{n} {v}\n")).collect();
     for deb in &recipe.local_debs {
         let (n, v) = deb_identity(deb)?;

@@ -2,6 +2,8 @@
 //! verity state; fails when a dm-verity root hash does not match or the
 //! report has errors (a truncated image, unusable partition entries,
 //! filesystems or verity trees that do not fit; see `forge::inspect`).
+//! Given a system extension image (`NAME.raw`, EROFS), prints its
+//! extension-release fields instead (read back with `fsck.erofs --extract`).
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -15,6 +17,18 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if forge::inspect::is_erofs_image(&a.image)? {
+        let i = forge::sysext::inspect_image(&a.image, &std::env::temp_dir())?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&i)?);
+        } else {
+            print!("{}", forge::inspect::render_sysext(&i));
+        }
+        if !i.errors.is_empty() {
+            bail!("{}: {} error(s) in the report", a.image.display(), i.errors.len());
+        }
+        return Ok(());
+    }
     let r = forge::inspect::inspect(&a.image)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod boot_test;
 pub mod build_image;
+pub mod build_sysext;
 pub mod compress;
 pub mod deps;
 pub mod inspect;
@@ -31,7 +32,10 @@ struct Cli {
 enum Cmd {
     /// Build a disk image for a platform from a payload directory.
     BuildImage(build_image::Args),
-    /// Show the partitions, filesystems, OEM content and verity state of an image.
+    /// Build a system extension image (NAME.raw, EROFS) from sysext/NAME/ for a base payload.
+    BuildSysext(build_sysext::Args),
+    /// Show the partitions, filesystems, OEM content and verity state of an image,
+    /// or the extension-release fields of a system extension image (.raw).
     Inspect(inspect::Args),
     /// Build (or reuse from the cache) a payload from a recipe (default: the demo payload).
     Payload(payload::Args),
@@ -62,6 +66,7 @@ pub fn main_with<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     };
     let r = match cli.cmd {
         Cmd::BuildImage(a) => build_image::run(a),
+        Cmd::BuildSysext(a) => build_sysext::run(a),
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Payload(a) => payload::run(a),
         Cmd::BootTest(a) => boot_test::run(a),
