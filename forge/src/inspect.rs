@@ -375,7 +375,11 @@ pub fn is_erofs_image(path: &Path) -> Result<bool> {
 /// Plain-text rendering of a system extension image's fields.
 pub fn render_sysext(i: &crate::sysext::ImageInfo) -> String {
     let mut s = format!("system extension {} ({} B, EROFS)\n", i.name, i.bytes);
-    s.push_str(&format!("  {}/extension-release.{}:\n", crate::sysext::RELEASE_DIR, i.release_name));
+    s.push_str(&format!(
+        "  {}/extension-release.{}:\n",
+        crate::sysext::RELEASE_DIR,
+        i.release_name
+    ));
     for (k, v) in &i.fields {
         s.push_str(&format!("    {k}={v}\n"));
     }

@@ -146,7 +146,10 @@ impl Descriptor {
                 return Err(bad(&format!("depends[{i}]"), format!("{dep:?} is not a name")));
             }
             if *dep == d.name {
-                return Err(bad(&format!("depends[{i}]"), "an extension cannot depend on itself".into()));
+                return Err(bad(
+                    &format!("depends[{i}]"),
+                    "an extension cannot depend on itself".into(),
+                ));
             }
         }
         let mut seen = BTreeSet::new();
@@ -162,7 +165,10 @@ impl Descriptor {
                 ));
             }
             if !seen.insert(&u.name) {
-                return Err(bad(&format!("units[{i}].name"), format!("'{}' is listed twice", u.name)));
+                return Err(bad(
+                    &format!("units[{i}].name"),
+                    format!("'{}' is listed twice", u.name),
+                ));
             }
             if let Some(t) = &u.upheld_by {
                 if !is_unit(t, &[".target"]) {
@@ -420,7 +426,7 @@ pub fn build(
     set_mode(&staging, 0o755)?;
     let mut dropped = Vec::new();
     for e in read_names(&this.root)? {
-        if d.paths.iter().any(|p| *p == e) {
+        if d.paths.contains(&e) {
             source::stage(&this.root.join(&e), &staging.join(&e), "")?;
         } else {
             dropped.push(e);
@@ -435,10 +441,8 @@ pub fn build(
         ));
     }
     // What the build adds: never over a file of the tree.
-    let mut generated = vec![(
-        format!("{RELEASE_DIR}/extension-release.{}", d.name),
-        release.clone(),
-    )];
+    let mut generated =
+        vec![(format!("{RELEASE_DIR}/extension-release.{}", d.name), release.clone())];
     for u in &d.units {
         if let Some(t) = &u.upheld_by {
             generated.push(upholds_dropin(&u.name, t));
@@ -466,16 +470,15 @@ pub fn build(
             );
         }
     }
-    let mut lowers: Vec<(String, &Path)> = vec![(
-        format!("the base payload {}", req.base.display()),
-        req.base.as_path(),
-    )];
+    let mut lowers: Vec<(String, &Path)> =
+        vec![(format!("the base payload {}", req.base.display()), req.base.as_path())];
     for t in &deps {
         lowers.push((format!("extension '{}'", t.ext.descriptor.name), t.root.as_path()));
     }
     let shadowed = shadowed(&staging, &lowers)?;
     if !shadowed.is_empty() {
-        let shown: Vec<String> = shadowed.iter().take(50).map(|(p, w)| format!("{p} ({w})")).collect();
+        let shown: Vec<String> =
+            shadowed.iter().take(50).map(|(p, w)| format!("{p} ({w})")).collect();
         bail!(
             "sysext '{}': {} path(s) would shadow files of what it extends (overlayfs would hide them): {}{}",
             d.name,
@@ -492,8 +495,15 @@ pub fn build(
     let tmp = crate::outdir::partial_file(out.path(), &file_name)?;
     let uuid = req.seed.uuid(&format!("sysext:{}", d.name));
     log(&format!("sysext '{}': mkfs.erofs ({COMPRESSION})", d.name));
-    crate::fs::erofs::make_image(&src, scratch.path(), tmp.path(), req.epoch, uuid, Some(COMPRESSION))
-        .with_context(|| format!("building {file_name}"))?;
+    crate::fs::erofs::make_image(
+        &src,
+        scratch.path(),
+        tmp.path(),
+        req.epoch,
+        uuid,
+        Some(COMPRESSION),
+    )
+    .with_context(|| format!("building {file_name}"))?;
     crate::fs::run(
         crate::cmd!(crate::tools::path(crate::tools::FSCK_EROFS)?, tmp.path()),
         &format!("fsck.erofs {file_name}"),
@@ -506,7 +516,12 @@ pub fn build(
     let mut staged = Staged::new();
     staged.add(tmp, &file_name);
     let paths = staged.commit(out)?;
-    Ok(Built { path: paths[0].clone(), bytes, packages: this.lock.clone(), extension_release: release })
+    Ok(Built {
+        path: paths[0].clone(),
+        bytes,
+        packages: this.lock.clone(),
+        extension_release: release,
+    })
 }
 
 /// The overlay and crate binaries may only write under `paths`.
@@ -645,9 +660,8 @@ pub struct ImageInfo {
 }
 
 pub fn inspect_image(path: &Path, scratch: &Path) -> Result<ImageInfo> {
-    let bytes = std::fs::metadata(path)
-        .with_context(|| format!("{}: cannot stat", path.display()))?
-        .len();
+    let bytes =
+        std::fs::metadata(path).with_context(|| format!("{}: cannot stat", path.display()))?.len();
     let tmp = tempfile::Builder::new()
         .prefix(".sysext-inspect-")
         .tempdir_in(scratch)
@@ -665,10 +679,9 @@ pub fn inspect_image(path: &Path, scratch: &Path) -> Result<ImageInfo> {
     .with_context(|| format!("{}: not a readable EROFS image", path.display()))?;
     let dir = dest.join(RELEASE_DIR);
     let files: Vec<String> = match std::fs::read_dir(&dir) {
-        Ok(_) => read_names(&dir)?
-            .into_iter()
-            .filter(|n| n.starts_with("extension-release."))
-            .collect(),
+        Ok(_) => {
+            read_names(&dir)?.into_iter().filter(|n| n.starts_with("extension-release.")).collect()
+        }
         Err(_) => Vec::new(),
     };
     let name = path
@@ -677,17 +690,27 @@ pub fn inspect_image(path: &Path, scratch: &Path) -> Result<ImageInfo> {
         .unwrap_or_default();
     let release = match files.as_slice() {
         [one] => one.clone(),
-        [] => bail!("{}: no {RELEASE_DIR}/extension-release.* (not a system extension)", path.display()),
-        many => bail!("{}: more than one extension-release file: {}", path.display(), many.join(", ")),
+        [] => bail!(
+            "{}: no {RELEASE_DIR}/extension-release.* (not a system extension)",
+            path.display()
+        ),
+        many => {
+            bail!("{}: more than one extension-release file: {}", path.display(), many.join(", "))
+        }
     };
     let release_name = release.trim_start_matches("extension-release.").to_string();
     let f = dir.join(&release);
-    let m = std::fs::symlink_metadata(&f).with_context(|| format!("{}: cannot stat", f.display()))?;
+    let m =
+        std::fs::symlink_metadata(&f).with_context(|| format!("{}: cannot stat", f.display()))?;
     if !m.is_file() || m.len() > 64 * 1024 {
-        bail!("{}: {RELEASE_DIR}/{release} is not a regular file of at most 64 KiB", path.display());
+        bail!(
+            "{}: {RELEASE_DIR}/{release} is not a regular file of at most 64 KiB",
+            path.display()
+        );
     }
-    let text = std::fs::read_to_string(&f)
-        .with_context(|| format!("{}: {RELEASE_DIR}/{release} is not UTF-8 text", path.display()))?;
+    let text = std::fs::read_to_string(&f).with_context(|| {
+        format!("{}: {RELEASE_DIR}/{release} is not UTF-8 text", path.display())
+    })?;
     let fields = OsRelease::parse(&text).0;
     let mut errors = Vec::new();
     if release_name != name {
@@ -723,8 +746,10 @@ mod tests {
 
     #[test]
     fn a_descriptor_is_read_with_its_defaults() {
-        let d = parse(r#"{"name": "x", "units": [{"name": "a.service", "upheld_by": "multi-user.target"}]}"#)
-            .unwrap();
+        let d = parse(
+            r#"{"name": "x", "units": [{"name": "a.service", "upheld_by": "multi-user.target"}]}"#,
+        )
+        .unwrap();
         assert_eq!(d.paths, ["usr"]);
         assert!(d.depends.is_empty());
         assert_eq!(d.units[0].upheld_by.as_deref(), Some("multi-user.target"));
@@ -734,16 +759,34 @@ mod tests {
     fn malformed_descriptors_name_the_file_and_the_field() {
         for (j, want) in [
             (r#"{"name": "x", "units": [{"name": 3}]}"#, "units[0].name: invalid type"),
-            (r#"{"name": "x", "units": [{"name": "a.service", "wanted_by": "t"}]}"#, "units[0]: unknown field `wanted_by`"),
-            (r#"{"name": "x", "units": [{"name": "a"}]}"#, "units[0].name: \"a\" is not a unit name"),
+            (
+                r#"{"name": "x", "units": [{"name": "a.service", "wanted_by": "t"}]}"#,
+                "units[0].wanted_by: unknown field `wanted_by`",
+            ),
+            (
+                r#"{"name": "x", "units": [{"name": "a"}]}"#,
+                "units[0].name: \"a\" is not a unit name",
+            ),
             (r#"{"name": "x", "units": [{"name": "a;b.service"}]}"#, "units[0].name:"),
-            (r#"{"name": "x", "units": [{"name": "a.service", "upheld_by": "b.service"}]}"#, "units[0].upheld_by: \"b.service\" is not a target"),
-            (r#"{"name": "x", "units": [{"name": "a.service"}, {"name": "a.service"}]}"#, "units[1].name: 'a.service' is listed twice"),
+            (
+                r#"{"name": "x", "units": [{"name": "a.service", "upheld_by": "b.service"}]}"#,
+                "units[0].upheld_by: \"b.service\" is not a target",
+            ),
+            (
+                r#"{"name": "x", "units": [{"name": "a.service"}, {"name": "a.service"}]}"#,
+                "units[1].name: 'a.service' is listed twice",
+            ),
             (r#"{"name": "y"}"#, "name: 'y' does not match its folder 'x'"),
             (r#"{"name": "X"}"#, "name: \"X\" must be"),
             (r#"{"name": "x", "depends": ["../y"]}"#, "depends[0]: \"../y\" is not a name"),
-            (r#"{"name": "x", "depends": ["x"]}"#, "depends[0]: an extension cannot depend on itself"),
-            (r#"{"name": "x", "paths": ["usr", "etc"]}"#, "paths[1]: \"etc\": systemd-sysext merges only usr and opt"),
+            (
+                r#"{"name": "x", "depends": ["x"]}"#,
+                "depends[0]: an extension cannot depend on itself",
+            ),
+            (
+                r#"{"name": "x", "paths": ["usr", "etc"]}"#,
+                "paths[1]: \"etc\": systemd-sysext merges only usr and opt",
+            ),
             (r#"{"name": "x", "paths": ["opt"]}"#, "paths: must include \"usr\""),
             (r#"{"name": "x", "description": "a\"b"}"#, "description: must not hold"),
             (r#"{"units": []}"#, "missing field `name`"),
