@@ -179,6 +179,36 @@ fn an_extension_builds_reproducibly_and_its_fields_match_the_base() {
 }
 
 #[test]
+fn inspect_never_reads_through_a_link_of_the_image() {
+    if !have_tools() {
+        return;
+    }
+    let tmp = open_tempdir();
+    let host = tmp.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("extension-release.evil"), "ID=host\nVERSION_ID=1\n").unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("usr/lib")).unwrap();
+    std::os::unix::fs::symlink(&host, tree.join("usr/lib/extension-release.d")).unwrap();
+    let raw = tmp.path().join("evil.raw");
+    sh(&format!("mkfs.erofs --quiet {} {}", raw.display(), tree.display()));
+    let o = cli(&["inspect", raw.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("usr/lib/extension-release.d is not a directory (a link"), "{e}");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("ID=host"));
+    // Not an extension at all: said so.
+    std::fs::remove_file(tree.join("usr/lib/extension-release.d")).unwrap();
+    sh(&format!("rm {r} && mkfs.erofs --quiet {r} {}", tree.display(), r = raw.display()));
+    let o = cli(&["inspect", raw.to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("no usr/lib/extension-release.d/extension-release.*"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn a_file_shadowing_the_base_is_an_error_naming_it() {
     if !have_tools() {
         return;

@@ -678,11 +678,28 @@ pub fn inspect_image(path: &Path, scratch: &Path) -> Result<ImageInfo> {
     )
     .with_context(|| format!("{}: not a readable EROFS image", path.display()))?;
     let dir = dest.join(RELEASE_DIR);
-    let files: Vec<String> = match std::fs::read_dir(&dir) {
-        Ok(_) => {
-            read_names(&dir)?.into_iter().filter(|n| n.starts_with("extension-release.")).collect()
+    // Never through a link of the image: it would read the host's files.
+    let mut at = dest.clone();
+    let mut present = true;
+    for c in RELEASE_DIR.split('/') {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!(
+                "{}: {} is not a directory (a link or a file) in the image",
+                path.display(),
+                at.strip_prefix(&dest).unwrap_or(&at).display()
+            ),
+            Err(_) => {
+                present = false;
+                break;
+            }
         }
-        Err(_) => Vec::new(),
+    }
+    let files: Vec<String> = if present {
+        read_names(&dir)?.into_iter().filter(|n| n.starts_with("extension-release.")).collect()
+    } else {
+        Vec::new()
     };
     let name = path
         .file_name()
