@@ -58,7 +58,12 @@ fn world() -> World {
     let dir = tmp.path().to_path_buf();
     let base = dir.join("base/root");
     make_bootable_payload(&base);
-    std::fs::write(dir.join("base/packages.lock"), "base-files 12.4\n").unwrap();
+    // The base has forge-test-common (a file of it, too): the extension's
+    // copy of that package is left out, or it would shadow the file.
+    std::fs::write(dir.join("base/packages.lock"), "base-files 12.4\nforge-test-common 1.0-1\n")
+        .unwrap();
+    std::fs::create_dir_all(base.join("usr/share/common")).unwrap();
+    std::fs::write(base.join("usr/share/common/file"), "base\n").unwrap();
     let sysext = dir.join("sysext");
     let ext = sysext.join("tool-ext");
     make_deb(
@@ -73,6 +78,12 @@ fn world() -> World {
             ("etc/forge-test.conf", "dropped\n"),
         ],
         &ext.join("debs/forge-test-tool_1.0-1_all.deb"),
+    );
+    make_deb(
+        &dir,
+        "forge-test-common",
+        &[("usr/share/common/file", "ext\n")],
+        &ext.join("debs/forge-test-common_1.0-1_all.deb"),
     );
     std::fs::create_dir_all(ext.join("overlay/usr/share/forge-test")).unwrap();
     std::fs::write(ext.join("overlay/usr/share/forge-test/data"), "from the overlay\n").unwrap();
@@ -155,8 +166,9 @@ fn an_extension_builds_reproducibly_and_its_fields_match_the_base() {
         .last(),
         Some("Upholds=forge-test.service")
     );
-    // Nothing of the base is in the extension.
+    // Nothing of the base is in the extension, nor the package it has.
     assert!(!x.join("usr/bin/tool").exists() && !x.join("usr/lib/os-release").exists());
+    assert!(!x.join("usr/share/common").exists());
     let mtime = sh(&format!("stat -c %Y {}", x.join("usr/bin/forge-test-tool").display()));
     assert_eq!(mtime.trim(), "1700000000", "timestamps are the epoch");
 

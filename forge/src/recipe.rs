@@ -43,7 +43,8 @@ pub struct Recipe {
     pub crates: Vec<CrateBin>,
     /// The recipe's own packages, `debs/*.deb`, in file-name order.
     pub local_debs: Vec<PathBuf>,
-    /// Packages apt resolves that are not unpacked, because the tree is
+    /// Packages (resolved by apt, or local) that are not unpacked nor
+    /// listed in `packages.lock`, because the tree is
     /// used on top of others that have them (a system extension on its
     /// base payload: see `sysext.rs`). Empty for a payload.
     pub exclude: std::collections::BTreeSet<String>,
@@ -259,23 +260,28 @@ pub fn build(
     } else {
         download(recipe, cache, log, progress)?
     };
+    let mut lock: Vec<String> = debs.iter().map(|(n, v, _)| format!("{n} {v}\n")).collect();
+    for deb in &recipe.local_debs {
+        let (n, v) = deb_identity(deb)?;
+        let file = deb.file_name().unwrap().to_string_lossy();
+        lock.push(format!("{n} {v} debs/{file}\n"));
+        debs.push((n, v, deb.clone()));
+    }
     if !recipe.exclude.is_empty() {
         let before = debs.len();
-        debs.retain(|(n, _, _)| !recipe.exclude.contains(n));
+        let keep: Vec<bool> = debs.iter().map(|(n, _, _)| !recipe.exclude.contains(n)).collect();
+        let mut k = keep.iter();
+        debs.retain(|_| *k.next().unwrap());
+        let mut k = keep.iter();
+        lock.retain(|_| *k.next().unwrap());
         log(&format!(
-            "payload '{}': {} of {before} resolved packages are provided by what it extends; {} left",
+            "payload '{}': {} of {before} packages are provided by what it extends; {} left",
             recipe.name,
             before - debs.len(),
             debs.len()
         ));
     }
-    let mut lock: String = debs.iter().map(|(n, v, _)| format!("{n} {v}\n")).collect();
-    for deb in &recipe.local_debs {
-        let (n, v) = deb_identity(deb)?;
-        let file = deb.file_name().unwrap().to_string_lossy();
-        lock.push_str(&format!("{n} {v} debs/{file}\n"));
-        debs.push((n, v, deb.clone()));
-    }
+    let lock: String = lock.concat();
     let lock_path = out.join("packages.lock");
     std::fs::write(&lock_path, lock)
         .with_context(|| format!("{}: cannot write", lock_path.display()))?;
