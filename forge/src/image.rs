@@ -55,6 +55,11 @@ pub struct BuildRequest {
     pub epoch: i64,
     /// Contents of the partition mounted at `/oem`, if any.
     pub oem: Option<Dir>,
+    /// System extension images the disk carries: each goes into USR as
+    /// `/usr/share/flatcar/sysext/NAME.raw` (the payload's `usr/` staged by
+    /// hard links with the image added, the payload itself untouched) and is
+    /// enabled by the link `/etc/extensions/NAME.raw` on ROOT.
+    pub extensions: Vec<BaseExtension>,
     /// Extra files for the ESP (`/`-separated paths).
     pub esp_extra: Vec<(String, Source)>,
     /// The boot chain (GRUB and initramfs); None for a disk without one.
@@ -65,6 +70,29 @@ pub struct BuildRequest {
     /// temporary name (deleted when the output is dropped), for builds whose
     /// published artifact is a compressed copy.
     pub publish: bool,
+}
+
+/// A system extension image carried by the disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseExtension {
+    /// The extension's name: the image is `NAME.raw`.
+    pub name: String,
+    /// The image file (read, never changed: it is hard-linked or copied).
+    pub raw: PathBuf,
+}
+
+impl BaseExtension {
+    /// Its path in USR, below `usr/`.
+    pub fn usr_path(&self) -> String {
+        format!("{}/{}.raw", crate::sysext::USR_DIR, self.name)
+    }
+    /// The link on ROOT that enables it, and the link's target.
+    pub fn link(&self) -> (String, String) {
+        (
+            format!("{}/{}.raw", crate::sysext::LINK_DIR, self.name),
+            format!("/usr/{}", self.usr_path()),
+        )
+    }
 }
 
 /// One timed step of a build.
@@ -231,15 +259,20 @@ fn content_for(
     p: &PartitionPlan,
     payload: &Payload,
     oem: Option<&Dir>,
+    extensions: &[BaseExtension],
     scratch: &Path,
 ) -> Result<(Content, Option<tempfile::TempDir>)> {
     Ok(match p.mount.as_deref() {
         Some("/usr") if p.slot().is_some_and(|s| s != "a") => {
             (Content::Tree(Dir::new()), None) // the update slot starts empty
         }
-        Some("/usr") => (Content::Directory(payload.usr_source()), None),
+        Some("/usr") if extensions.is_empty() => (Content::Directory(payload.usr_source()), None),
+        Some("/usr") => {
+            let (dir, guard) = usr_tree(payload, extensions, scratch)?;
+            (Content::Directory(dir), Some(guard))
+        }
         Some("/") => {
-            let (dir, guard) = root_tree(payload, scratch)?;
+            let (dir, guard) = root_tree(payload, extensions, scratch)?;
             (Content::Directory(dir), Some(guard))
         }
         Some("/oem") => (Content::Tree(oem.cloned().unwrap_or_default()), None),
@@ -250,7 +283,11 @@ fn content_for(
 /// The ROOT partition's tree: the payload's top-level entries besides
 /// `usr/`, staged by hard links (see `fs::source::stage`) with the
 /// payload's metadata.
-fn root_tree(payload: &Payload, scratch: &Path) -> Result<(SourceDir, tempfile::TempDir)> {
+fn root_tree(
+    payload: &Payload,
+    extensions: &[BaseExtension],
+    scratch: &Path,
+) -> Result<(SourceDir, tempfile::TempDir)> {
     let tmp = tempfile::Builder::new()
         .prefix(".root-")
         .tempdir_in(scratch)
@@ -258,18 +295,99 @@ fn root_tree(payload: &Payload, scratch: &Path) -> Result<(SourceDir, tempfile::
     let dir = tmp.path().join("root");
     crate::fs::source::stage(&payload.root, &dir, "usr")
         .with_context(|| format!("payload {}: staging ROOT", payload.root.display()))?;
+    for e in extensions {
+        let (link, target) = e.link();
+        let at = staged_new_entry(&dir, &link, payload, "")?;
+        std::os::unix::fs::symlink(&target, &at)
+            .with_context(|| format!("{}: cannot create the link", at.display()))?;
+    }
     Ok((SourceDir { dir, meta: Some(payload.meta.clone()), rel: String::new() }, tmp))
+}
+
+/// USR's tree when the disk carries extensions: the payload's `usr/`
+/// staged by hard links (see `fs::source::stage`), the images added under
+/// `share/flatcar/sysext/` (hard-linked from the cache, or copied), owned by
+/// root, mode 0644. The payload is not changed.
+fn usr_tree(
+    payload: &Payload,
+    extensions: &[BaseExtension],
+    scratch: &Path,
+) -> Result<(SourceDir, tempfile::TempDir)> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::Builder::new()
+        .prefix(".usr-")
+        .tempdir_in(scratch)
+        .with_context(|| format!("{}: cannot create a staging directory", scratch.display()))?;
+    let dir = tmp.path().join("usr");
+    crate::fs::source::stage(&payload.usr(), &dir, "")
+        .with_context(|| format!("payload {}: staging USR", payload.root.display()))?;
+    let mut meta = (*payload.meta).clone();
+    for e in extensions {
+        let rel = e.usr_path();
+        let at = staged_new_entry(&dir, &rel, payload, "usr/")?;
+        let m = std::fs::metadata(&e.raw)
+            .with_context(|| format!("{}: cannot stat the extension image", e.raw.display()))?;
+        if !m.is_file() {
+            bail!("{}: the extension image is not a regular file", e.raw.display());
+        }
+        if std::fs::hard_link(&e.raw, &at).is_err() {
+            std::fs::copy(&e.raw, &at)
+                .with_context(|| format!("copying {} to {}", e.raw.display(), at.display()))?;
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o644))
+                .with_context(|| format!("{}: cannot set the mode", at.display()))?;
+        }
+        meta.entries.insert(
+            format!("usr/{rel}"),
+            crate::meta::Attrs { uid: 0, gid: 0, mode: 0o644, ..Default::default() },
+        );
+    }
+    Ok((SourceDir { dir, meta: Some(Arc::new(meta)), rel: "usr".into() }, tmp))
+}
+
+/// `rel` below the staged tree `dir`, its missing parent directories
+/// created (0755): an error naming the payload's path when the payload
+/// already has something there (`shown` is `dir`'s place in the payload).
+fn staged_new_entry(dir: &Path, rel: &str, payload: &Payload, shown: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let at = dir.join(rel);
+    let mut p = dir.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for (i, c) in parts.iter().enumerate() {
+        p.push(c);
+        let last = i + 1 == parts.len();
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() && !last => {}
+            Ok(_) => bail!(
+                "payload {}: {shown}{} is in the way of the extension image's {}",
+                payload.root.display(),
+                parts[..=i].join("/"),
+                if last { "place" } else { "directory" },
+            ),
+            Err(_) if last => {}
+            Err(_) => {
+                std::fs::create_dir(&p)
+                    .with_context(|| format!("{}: cannot create", p.display()))?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+                    .with_context(|| format!("{}: cannot set the mode", p.display()))?;
+            }
+        }
+    }
+    Ok(at)
 }
 
 /// Phase 3: the `/usr` partitions (slot A gets the payload's `usr/`, other
 /// slots start empty) and every verity-protected partition, each followed
 /// by its dm-verity tree. Verity partitions need an A/B label like `USR-A`.
-pub fn usr_and_verity(t: &Target, payload: &Payload) -> Result<Built> {
+pub fn usr_and_verity(
+    t: &Target,
+    payload: &Payload,
+    extensions: &[BaseExtension],
+) -> Result<Built> {
     let mut built = Built::default();
     for p in t.plan.partitions.iter().filter(|p| is_usr(p)) {
         let fsp = p.fs.as_ref().expect("is_usr checks the filesystem");
         let what = describe(p, fsp);
-        let (content, _staged) = content_for(p, payload, None, t.scratch)?;
+        let (content, _staged) = content_for(p, payload, None, extensions, t.scratch)?;
         build_fs(t, p, &content, &mut built)?;
         if p.has(Feature::Verity) {
             let start = Instant::now();
@@ -311,13 +429,18 @@ pub fn esp(t: &Target, contents: Dir) -> Result<Built> {
 /// Phase 5: every other partition with a filesystem, by mount point (`/`
 /// gets the payload's top-level entries besides `usr/`, `/oem` gets `oem`,
 /// the rest start empty).
-pub fn other_partitions(t: &Target, payload: &Payload, oem: Option<&Dir>) -> Result<Built> {
+pub fn other_partitions(
+    t: &Target,
+    payload: &Payload,
+    oem: Option<&Dir>,
+    extensions: &[BaseExtension],
+) -> Result<Built> {
     let mut built = Built::default();
     for p in t.plan.partitions.iter() {
         if p.fs.is_none() || is_usr(p) || p.mount.as_deref() == Some("/boot") {
             continue;
         }
-        let (content, _staged) = content_for(p, payload, oem, t.scratch)?;
+        let (content, _staged) = content_for(p, payload, oem, extensions, t.scratch)?;
         build_fs(t, p, &content, &mut built)?;
         (t.built)(t.plan.size(p));
     }
@@ -396,7 +519,7 @@ pub fn build_staged(
         log,
         built: &on_built,
     };
-    let mut built = usr_and_verity(&target, &req.payload)?;
+    let mut built = usr_and_verity(&target, &req.payload, &req.extensions)?;
     let esp_tree = esp::contents(&EspInput {
         plan,
         payload: &req.payload,
@@ -405,7 +528,7 @@ pub fn build_staged(
         extra: &req.esp_extra,
     })?;
     built.extend(esp(&target, esp_tree)?);
-    built.extend(other_partitions(&target, &req.payload, req.oem.as_ref())?);
+    built.extend(other_partitions(&target, &req.payload, req.oem.as_ref(), &req.extensions)?);
     clock.0.append(&mut built.stages);
     clock.1 = Instant::now();
 
@@ -609,6 +732,110 @@ mod tests {
         assert_eq!(*sizes.borrow(), [plan.size(p)]);
         let r = FatReader::open(&f, plan.offset(p), plan.size(p)).unwrap();
         assert_eq!(r.read("flatcar/verity-a.cfg").unwrap(), b"set x=1\n");
+    }
+
+    fn tiny_payload(d: &Path) -> Payload {
+        let p = d.join("payload");
+        for dir in ["usr/lib", "usr/boot", "usr/share", "etc"] {
+            std::fs::create_dir_all(p.join(dir)).unwrap();
+        }
+        std::fs::write(p.join(crate::payload::OS_RELEASE), "ID=t\nVERSION_ID=1\n").unwrap();
+        std::fs::write(p.join(crate::payload::KERNEL), "kernel").unwrap();
+        std::fs::write(p.join("usr/lib/a"), "a").unwrap();
+        std::fs::write(p.join("etc/hostname"), "h").unwrap();
+        Payload::open(&p).unwrap()
+    }
+
+    /// Every path below `dir` (relative, sorted), with `/` after a
+    /// directory and ` -> target` after a link.
+    fn listing(dir: &Path) -> Vec<String> {
+        fn walk(root: &Path, p: &Path, v: &mut Vec<String>) {
+            let mut names: Vec<_> =
+                std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+            names.sort();
+            for n in names {
+                let c = p.join(&n);
+                let rel = c.strip_prefix(root).unwrap().display().to_string();
+                let m = std::fs::symlink_metadata(&c).unwrap();
+                if m.is_dir() {
+                    v.push(format!("{rel}/"));
+                    walk(root, &c, v);
+                } else if m.file_type().is_symlink() {
+                    v.push(format!("{rel} -> {}", std::fs::read_link(&c).unwrap().display()));
+                } else {
+                    v.push(rel);
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(dir, dir, &mut v);
+        v
+    }
+
+    #[test]
+    fn extensions_go_into_usr_and_are_linked_from_root_leaving_the_payload_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let payload = tiny_payload(d.path());
+        let before = listing(&payload.root);
+        let raw = d.path().join("cache-x.raw");
+        std::fs::write(&raw, "erofs bytes").unwrap();
+        let exts = [BaseExtension { name: "x".into(), raw: raw.clone() }];
+        let (usr, _g1) = usr_tree(&payload, &exts, d.path()).unwrap();
+        assert_eq!(usr.rel, "usr");
+        assert_eq!(
+            listing(&usr.dir),
+            [
+                "boot/",
+                "boot/vmlinuz",
+                "lib/",
+                "lib/a",
+                "lib/os-release",
+                "share/",
+                "share/flatcar/",
+                "share/flatcar/sysext/",
+                "share/flatcar/sysext/x.raw"
+            ]
+        );
+        assert_eq!(
+            std::fs::read(usr.dir.join("share/flatcar/sysext/x.raw")).unwrap(),
+            b"erofs bytes"
+        );
+        let a = usr.meta.as_ref().unwrap().attrs("usr/share/flatcar/sysext/x.raw", 0o600);
+        assert_eq!((a.uid, a.gid, a.mode), (0, 0, 0o644));
+        let (root, _g2) = root_tree(&payload, &exts, d.path()).unwrap();
+        assert_eq!(
+            listing(&root.dir),
+            [
+                "etc/",
+                "etc/extensions/",
+                "etc/extensions/x.raw -> /usr/share/flatcar/sysext/x.raw",
+                "etc/hostname"
+            ]
+        );
+        // The payload and the cached image are as they were.
+        assert_eq!(listing(&payload.root), before);
+        assert_eq!(std::fs::read(&raw).unwrap(), b"erofs bytes");
+    }
+
+    #[test]
+    fn an_extension_over_a_payload_file_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let payload = tiny_payload(d.path());
+        std::fs::write(payload.root.join("usr/share/flatcar"), "a file").unwrap();
+        std::fs::create_dir_all(payload.root.join("etc/extensions/x.raw")).unwrap();
+        let raw = d.path().join("x.raw");
+        std::fs::write(&raw, "x").unwrap();
+        let exts = [BaseExtension { name: "x".into(), raw }];
+        let e = format!("{:#}", usr_tree(&payload, &exts, d.path()).err().unwrap());
+        assert!(
+            e.contains("usr/share/flatcar is in the way of the extension image's directory"),
+            "{e}"
+        );
+        let e = format!("{:#}", root_tree(&payload, &exts, d.path()).err().unwrap());
+        assert!(
+            e.contains(": etc/extensions/x.raw is in the way of the extension image's place"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -77,6 +77,11 @@ pub struct Platform {
     pub oem_release: BTreeMap<String, String>,
     #[serde(default)]
     pub sysext: SysextSettings,
+    /// The system extensions (folders of `sysext/`) the image carries in
+    /// USR under `/usr/share/flatcar/sysext/NAME.raw`, enabled by links in
+    /// ROOT's `/etc/extensions/`; an extension's `depends` must be listed too.
+    #[serde(default)]
+    pub extensions: Vec<String>,
     #[serde(skip)]
     pub dir: PathBuf,
 }
@@ -139,6 +144,18 @@ pub fn load(oem_root: &Path, id: &str) -> Result<Platform> {
             );
         }
         check_quoted(v).map_err(|e| anyhow!("{}: oem_release.{k} {v:?}: {e}", file.display()))?;
+    }
+    for (i, e) in p.extensions.iter().enumerate() {
+        if !crate::sysext::is_name(e) || e.len() > crate::sysext::MAX_NAME {
+            bail!(
+                "{}: extensions[{i}]: {e:?} is not an extension name (1 to {} of a-z, 0-9, '-' and '_')",
+                file.display(),
+                crate::sysext::MAX_NAME
+            );
+        }
+        if p.extensions[..i].contains(e) {
+            bail!("{}: extensions[{i}]: '{e}' is listed twice", file.display());
+        }
     }
     if let Some(level) = p.compression_level {
         match p.compression.codec() {
@@ -450,6 +467,26 @@ mod tests {
         assert!(e.contains("oem_release key \"home url\""), "{e}");
         load_json(with("grub.linux_append", "flatcar.autologin console=ttyS0,115200n8".into()))
             .unwrap();
+    }
+
+    #[test]
+    fn extensions_are_names_listed_once() {
+        let p = load_json(with(
+            "extensions",
+            serde_json::json!(["containerd-flatcar", "docker-flatcar"]),
+        ))
+        .unwrap();
+        assert_eq!(p.extensions, ["containerd-flatcar", "docker-flatcar"]);
+        assert!(load_json(with("id", "t".into())).unwrap().extensions.is_empty());
+        for (v, want) in [
+            (serde_json::json!(["a", "../b"]), "extensions[1]: \"../b\" is not an extension name"),
+            (serde_json::json!(["a", "a"]), "extensions[1]: 'a' is listed twice"),
+            (serde_json::json!([""]), "extensions[0]: \"\" is not"),
+            (serde_json::json!("a"), "invalid type"),
+        ] {
+            let e = load_json(with("extensions", v.clone())).unwrap_err().to_string();
+            assert!(e.contains("platform.json: ") && e.contains(want), "{v}: {e}");
+        }
     }
 
     #[test]

@@ -40,6 +40,54 @@ pub struct PlatformRequest {
     pub verify: bool,
     /// Progress of long steps: (step, bytes done, bytes total). None: log lines every 10 %.
     pub progress: Option<crate::progress::Sink>,
+    /// Where the platform's `extensions` come from; needed when it lists any.
+    pub sysext: Option<SysextInputs>,
+}
+
+/// What building a platform's base extensions needs (see `sysext::Request`).
+pub struct SysextInputs {
+    /// The folder of extension recipes (`sysext/` of the checkout).
+    pub sysext_dir: PathBuf,
+    /// Downloads, assembled trees, and the built images (`<cache>/sysext/`).
+    pub cache: crate::recipe::Cache,
+    /// The epoch recipe trees are stamped with.
+    pub recipe_epoch: i64,
+}
+
+/// The platform's `extensions`, each built for the payload (or taken from
+/// the cache: one build per payload and architecture), in the order listed.
+fn base_extensions(
+    req: &PlatformRequest,
+    payload: &Payload,
+    log: &dyn Fn(&str),
+) -> Result<Vec<image::BaseExtension>> {
+    let p = &req.platform;
+    let Some(inputs) = &req.sysext else {
+        return Ok(Vec::new());
+    };
+    let progress = crate::progress::reporter(req.progress.as_ref(), log);
+    let mut v = Vec::new();
+    for name in &p.extensions {
+        let sreq = crate::sysext::Request {
+            sysext_dir: inputs.sysext_dir.clone(),
+            name: name.clone(),
+            base: payload.root.clone(),
+            cache: &inputs.cache,
+            recipe_epoch: inputs.recipe_epoch,
+            epoch: req.epoch,
+            seed: req.ids.seed.clone(),
+        };
+        let c = crate::sysext::build_cached(&sreq, log, &progress)
+            .with_context(|| format!("{}: extensions: '{name}'", p.file().display()))?;
+        log(&format!(
+            "sysext '{name}': {} B{}, into USR as /usr/{}/{name}.raw",
+            c.bytes,
+            if c.reused { " (cached)" } else { "" },
+            crate::sysext::USR_DIR
+        ));
+        v.push(image::BaseExtension { name: name.clone(), raw: c.path });
+    }
+    Ok(v)
 }
 
 pub struct PlatformOutput {
@@ -75,6 +123,15 @@ pub fn build(req: &PlatformRequest, out: &OutputDir, log: &dyn Fn(&str)) -> Resu
     p.check_layout(&crate::layout::LayoutFile::load(&req.layout_file)?, req.layout.as_deref())?;
     let plan = image::plan(&req.layout_file, layout, &req.ids, log)?;
     p.check_plan(&plan)?;
+    if !p.extensions.is_empty() {
+        let inputs = req.sysext.as_ref().ok_or_else(|| {
+            anyhow!(
+                "{}: extensions are listed but this build was given no sysext folder",
+                p.file().display()
+            )
+        })?;
+        crate::sysext::check_listed(&inputs.sysext_dir, &p.extensions, &p.file())?;
+    }
     let payload = Payload::open(&req.payload)?;
     let mut stages = vec![Stage { name: "plan".into(), elapsed: t.elapsed() }];
 
@@ -107,6 +164,11 @@ pub fn build(req: &PlatformRequest, out: &OutputDir, log: &dyn Fn(&str)) -> Resu
         req.ids.seed.uuid("oem-sysext"),
     )?;
     stages.push(Stage { name: "boot+oem".into(), elapsed: t.elapsed() });
+    let t = Instant::now();
+    let extensions = base_extensions(req, &payload, log)?;
+    if !extensions.is_empty() {
+        stages.push(Stage { name: "extensions".into(), elapsed: t.elapsed() });
+    }
     let os_name = payload
         .os_release
         .get("PRETTY_NAME")
@@ -120,6 +182,7 @@ pub fn build(req: &PlatformRequest, out: &OutputDir, log: &dyn Fn(&str)) -> Resu
         image_name: p.image_name.clone(),
         epoch: req.epoch,
         oem: Some(oem_tree),
+        extensions,
         esp_extra: Vec::new(),
         boot: Some(BootConfig {
             grub: Arc::new(grub),
@@ -252,6 +315,7 @@ mod tests {
             sdk_version: "0".into(),
             verify: true,
             progress: None,
+            sysext: None,
         }
     }
 

@@ -94,7 +94,7 @@ fn default_paths() -> Vec<String> {
 }
 
 /// A plain name: `a-z`, `0-9`, `-`, `_`, not empty.
-fn is_name(s: &str) -> bool {
+pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
@@ -524,6 +524,103 @@ pub fn build(
     })
 }
 
+/// Where an image's base extensions live in USR.
+pub const USR_DIR: &str = "share/flatcar/sysext";
+
+/// Where the links that enable them live on ROOT.
+pub const LINK_DIR: &str = "etc/extensions";
+
+/// A base extension of an image, from the cache.
+#[derive(Clone, Debug)]
+pub struct Cached {
+    pub name: String,
+    /// `<cache>/sysext/<name>-<key>/<name>.raw`.
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Found in the cache (not built by this call).
+    pub reused: bool,
+}
+
+/// The cache key of `name` on `req.base`: the recipes (whole folders, so
+/// `sysext.json` too) of the extension and of every extension it depends
+/// on, the base payload's `packages.lock` and os-release (what the image is
+/// built against), the epochs, the seed, the architecture and forge's
+/// version. Two platforms listing the same extension on the same payload
+/// share one build.
+pub fn cache_key(req: &Request, name: &str) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"forge-sysext-v1\0x86-64\0");
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    let mut todo = vec![name.to_string()];
+    let mut done = BTreeSet::new();
+    while let Some(n) = todo.pop() {
+        if !done.insert(n.clone()) {
+            continue;
+        }
+        let ext = Extension::load(&req.sysext_dir, &n)
+            .with_context(|| format!("extension '{n}' (cache key of '{name}')"))?;
+        h.update(format!("\0ext {n} {}", ext.recipe.hash()?).as_bytes());
+        todo.extend(ext.descriptor.depends.iter().cloned());
+    }
+    let lock = lock_of(&req.base);
+    h.update(b"\0lock\0");
+    h.update(std::fs::read(&lock).with_context(|| format!("{}: cannot read", lock.display()))?);
+    let os = req.base.join(crate::payload::OS_RELEASE);
+    h.update(b"\0os-release\0");
+    h.update(
+        crate::unpack::Root::open(&req.base)?
+            .read(Path::new(crate::payload::OS_RELEASE))
+            .with_context(|| format!("{}: cannot read", os.display()))?,
+    );
+    h.update(format!("\0{} {} {}", req.recipe_epoch, req.epoch, req.seed.as_str()).as_bytes());
+    Ok(hex::encode(&h.finalize()[..8]))
+}
+
+/// `req.name` built as [`build`] does into `<cache>/sysext/<name>-<key>/`
+/// ([`cache_key`]), or taken from there when an earlier build left it.
+/// The directory is locked while it is looked at or written, so parallel
+/// image builds wait for one another instead of building twice.
+pub fn build_cached(
+    req: &Request,
+    log: &dyn Fn(&str),
+    progress: &dyn Fn(&str, u64, u64),
+) -> Result<Cached> {
+    let key = cache_key(req, &req.name)?;
+    let dir = req.cache.root.join("sysext").join(format!("{}-{key}", req.name));
+    let out = OutputDir::lock(&dir, crate::outdir::IfLocked::Wait, log)?;
+    let path = dir.join(format!("{}.raw", req.name));
+    if let Ok(m) = std::fs::symlink_metadata(&path) {
+        if m.is_file() {
+            log(&format!("sysext '{}': from the cache, {}", req.name, path.display()));
+            return Ok(Cached { name: req.name.clone(), path, bytes: m.len(), reused: true });
+        }
+    }
+    let built = build(req, &out, log, progress)?;
+    Ok(Cached { name: req.name.clone(), path: built.path, bytes: built.bytes, reused: false })
+}
+
+/// The extensions `names` (a platform's `extensions`) checked against one
+/// another: each one's `depends` must be listed too (the image would
+/// otherwise merge an extension without what it runs on). Errors name
+/// `from` (the file that lists them).
+pub fn check_listed(sysext_dir: &Path, names: &[String], from: &Path) -> Result<()> {
+    for n in names {
+        let ext = Extension::load(sysext_dir, n)
+            .with_context(|| format!("{}: extensions: '{n}'", from.display()))?;
+        for d in &ext.descriptor.depends {
+            if !names.contains(d) {
+                bail!(
+                    "{}: extensions: '{n}' depends on '{d}' ({}), which is not listed",
+                    from.display(),
+                    ext.file().display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The overlay and crate binaries may only write under `paths`.
 fn check_overlay_paths(ext: &Extension) -> Result<()> {
     let d = &ext.descriptor;
@@ -831,6 +928,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("usr/lib/os-release: VERSION_ID="), "{e}");
+    }
+
+    #[test]
+    fn a_listed_extension_needs_what_it_depends_on_listed() {
+        let d = tempfile::tempdir().unwrap();
+        for (n, j) in [("a", r#"{"name": "a"}"#), ("b", r#"{"name": "b", "depends": ["a"]}"#)] {
+            std::fs::create_dir(d.path().join(n)).unwrap();
+            std::fs::write(d.path().join(n).join(DESCRIPTOR), j).unwrap();
+            std::fs::write(d.path().join(n).join("packages.txt"), "hello\n").unwrap();
+        }
+        let from = Path::new("oem/t/platform.json");
+        check_listed(d.path(), &["a".into(), "b".into()], from).unwrap();
+        let e = format!("{:#}", check_listed(d.path(), &["b".into()], from).unwrap_err());
+        assert!(
+            e.starts_with("oem/t/platform.json: extensions: 'b' depends on 'a'")
+                && e.contains("which is not listed"),
+            "{e}"
+        );
+        let e = format!("{:#}", check_listed(d.path(), &["c".into()], from).unwrap_err());
+        assert!(e.contains("extensions: 'c'") && e.contains("unknown extension 'c'"), "{e}");
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct Args {
     /// Cache for downloads, built tools and payloads (default: $FORGE_CACHE or .cache/).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Where extension folders live (default: sysext/ in the checkout).
+    #[arg(long)]
+    pub sysext_dir: Option<PathBuf>,
     /// Keep the uncompressed image beside the compressed one.
     #[arg(long)]
     pub keep_raw: bool,
@@ -117,6 +120,7 @@ pub fn run(a: Args) -> Result<()> {
                 None => default_epoch(&base)?,
             },
             oem: None,
+            extensions: Vec::new(),
             esp_extra: Vec::new(),
             boot: None,
             verify: !a.no_verify,
@@ -171,6 +175,11 @@ pub fn run(a: Args) -> Result<()> {
         sdk_version: env!("CARGO_PKG_VERSION").into(),
         verify: !a.no_verify,
         progress: progress_bars(),
+        sysext: Some(forge::platform::SysextInputs {
+            sysext_dir: a.sysext_dir.clone().unwrap_or_else(|| repo_root().join("sysext")),
+            cache: forge::recipe::Cache { root: crate::util::cache_dir(a.cache_dir.as_deref()) },
+            recipe_epoch: crate::util::recipe_epoch()?,
+        }),
     };
     let out = forge::platform::build(&req, &out_dir, &log)?;
     end_bars();
