@@ -699,6 +699,11 @@ fn copy_overlay(src: &Path, rel: &Path, tree: &crate::unpack::Root) -> Result<()
         } else if m.file_type().is_symlink() {
             let target = std::fs::read_link(&s)
                 .with_context(|| format!("{}: cannot read the link", s.display()))?;
+            // A link of the overlay replaces an empty directory of the
+            // packages (what a maintainer script would do: `var/run`).
+            tree.remove_empty_dir(&d).with_context(|| {
+                format!("overlay {}: cannot replace {}", s.display(), d.display())
+            })?;
             tree.symlink(&d, &target, None).with_context(|| {
                 format!("overlay {}: cannot create {}", s.display(), d.display())
             })?;

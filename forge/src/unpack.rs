@@ -517,6 +517,26 @@ impl Root {
     }
 
     /// Removes a non-directory at `name` so a new entry can take its place.
+    /// Removes `rel` when it is an empty directory (an overlay's link takes
+    /// its place: `var/run -> ../run`); true when it did. A directory with
+    /// anything in it is an error: its content would be lost.
+    pub fn remove_empty_dir(&self, rel: &Path) -> Result<bool> {
+        let (parent, name) = self.parent_of(rel)?;
+        match kind_at(parent.as_fd(), &name)? {
+            Some((FileType::Directory, _, _)) => {
+                rustix::fs::unlinkat(parent.as_fd(), name.as_os_str(), AtFlags::REMOVEDIR)
+                    .with_context(|| {
+                        format!(
+                            "'{}' is a directory that is not empty: a link cannot replace it",
+                            rel.display()
+                        )
+                    })?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     fn make_room(&self, parent: BorrowedFd<'_>, name: &OsStr, what: &str) -> Result<()> {
         match kind_at(parent, name)? {
             None => Ok(()),
@@ -675,6 +695,24 @@ fn describe(t: FileType) -> &'static str {
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn only_an_empty_directory_makes_way_for_a_link() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("var/run")).unwrap();
+        std::fs::create_dir_all(d.path().join("var/lib/x")).unwrap();
+        std::fs::write(d.path().join("var/f"), "f").unwrap();
+        let root = Root::open(d.path()).unwrap();
+        assert!(root.remove_empty_dir(Path::new("var/run")).unwrap());
+        root.symlink(Path::new("var/run"), Path::new("../run"), None).unwrap();
+        assert_eq!(std::fs::read_link(d.path().join("var/run")).unwrap(), Path::new("../run"));
+        let e = format!("{:#}", root.remove_empty_dir(Path::new("var/lib")).unwrap_err());
+        assert!(e.contains("'var/lib' is a directory that is not empty"), "{e}");
+        assert!(d.path().join("var/lib/x").is_dir());
+        assert!(!root.remove_empty_dir(Path::new("var/f")).unwrap());
+        assert!(!root.remove_empty_dir(Path::new("var/none")).unwrap());
+        assert_eq!(std::fs::read(d.path().join("var/f")).unwrap(), b"f");
+    }
 
     fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
         let mut h = tar::Header::new_gnu();
