@@ -543,8 +543,8 @@ pub struct Cached {
 
 /// The cache key of `name` on `req.base`: the recipes (whole folders, so
 /// `sysext.json` too) of the extension and of every extension it depends
-/// on, the base payload's `packages.lock` and os-release (what the image is
-/// built against), the epochs, the seed, the architecture and forge's
+/// on, the base payload's directory, `packages.lock` and os-release (what
+/// the image is built against), the epochs, the seed, the architecture and forge's
 /// version. Two platforms listing the same extension on the same payload
 /// share one build.
 pub fn cache_key(req: &Request, name: &str) -> Result<String> {
@@ -563,6 +563,13 @@ pub fn cache_key(req: &Request, name: &str) -> Result<String> {
         h.update(format!("\0ext {n} {}", ext.recipe.hash()?).as_bytes());
         todo.extend(ext.descriptor.depends.iter().cloned());
     }
+    // The payload's directory: one built from a recipe is named after the
+    // recipe's hash, so a change to its overlay (which the lock does not
+    // show) builds again, and the shadowing check sees the new tree.
+    let base = std::fs::canonicalize(&req.base)
+        .with_context(|| format!("{}: cannot open the base payload", req.base.display()))?;
+    h.update(b"\0base\0");
+    h.update(base.as_os_str().as_encoded_bytes());
     let lock = lock_of(&req.base);
     h.update(b"\0lock\0");
     h.update(std::fs::read(&lock).with_context(|| format!("{}: cannot read", lock.display()))?);
