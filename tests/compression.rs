@@ -123,6 +123,7 @@ fn a_platform_asking_for_zstd_gets_a_verified_zst() {
     let args = |id: &'static str| -> Vec<String> {
         [
             "build-image",
+            "--no-extensions",
             "--platform",
             id,
             "--oem-dir",

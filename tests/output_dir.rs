@@ -20,6 +20,7 @@ const LOCK: &str = ".forge-build.lock";
 fn build_args<'a>(payload: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
         "build-image",
+        "--no-extensions",
         "--platform",
         "hetzner",
         "--base",
@@ -83,6 +84,7 @@ fn a_second_build_into_a_locked_directory_stops_at_once() {
     make_payload(&generic);
     let o = cli(&[
         "build-image",
+        "--no-extensions",
         "--base",
         generic.to_str().unwrap(),
         "--output-dir",
@@ -206,6 +208,7 @@ fn an_image_name_cannot_leave_the_output_directory() {
         let oem = platform_dir(tmp.path(), "image_name", name.into());
         let o = cli(&[
             "build-image",
+            "--no-extensions",
             "--platform",
             "evil",
             "--oem-dir",
@@ -231,6 +234,7 @@ fn an_unknown_layout_is_reported_first_naming_the_platform_json() {
     let out = tmp.path().join("out");
     let o = cli(&[
         "build-image",
+        "--no-extensions",
         "--platform",
         "evil",
         "--oem-dir",

@@ -18,6 +18,7 @@ fn build(tmp: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
     let out = tmp.join("out");
     let mut args = vec![
         "build-image",
+        "--no-extensions",
         "--platform",
         "hetzner",
         "--base",
@@ -225,6 +226,7 @@ fn platform_builds_are_reproducible_and_leave_no_raw() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let o = cli(&[
         "build-image",
+        "--no-extensions",
         "--platform",
         "hetzner",
         "--base",
@@ -250,6 +252,7 @@ fn qemu_platform_writes_a_qcow2_that_qemu_img_accepts() {
     let out = tmp.path().join("out");
     let o = cli(&[
         "build-image",
+        "--no-extensions",
         "--platform",
         "qemu",
         "--base",

@@ -20,7 +20,7 @@ const ARTIFACTS: &[&str] = &[
 
 fn build_cmd(payload: &Path, out: &Path) -> Command {
     let mut c = Command::new(cli_path());
-    c.args(["build-image", "--platform", "hetzner", "--base"])
+    c.args(["build-image", "--no-extensions", "--platform", "hetzner", "--base"])
         .arg(payload)
         .arg("--output-dir")
         .arg(out)
@@ -136,6 +136,7 @@ fn a_full_disk_is_a_clear_error_and_leaves_nothing() {
         let out = full.join(platform);
         let o = cli(&[
             "build-image",
+            "--no-extensions",
             "--platform",
             platform,
             "--base",

@@ -26,6 +26,11 @@ pub struct Args {
     /// Cache for downloads, built tools and payloads (default: $FORGE_CACHE or .cache/).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Leave out the system extensions the platform lists (`extensions` of
+    /// its platform.json): for a payload without a `packages.lock`, which
+    /// they cannot be built against.
+    #[arg(long)]
+    pub no_extensions: bool,
     /// Where extension folders live (default: sysext/ in the checkout).
     #[arg(long)]
     pub sysext_dir: Option<PathBuf>,
@@ -138,10 +143,18 @@ pub fn run(a: Args) -> Result<()> {
         print_stages(&out.stages);
         return Ok(());
     }
-    let platform = forge::oem::load(
+    let mut platform = forge::oem::load(
         &a.oem_dir.clone().unwrap_or_else(|| repo_root().join("oem")),
         &a.platform,
     )?;
+    if a.no_extensions && !platform.extensions.is_empty() {
+        log(&format!(
+            "--no-extensions: leaving out {} (listed in {})",
+            platform.extensions.join(", "),
+            platform.file().display()
+        ));
+        platform.extensions.clear();
+    }
     // Before any work: the layout the platform (or --layout) names exists,
     // and no other build is writing to the output directory.
     platform.check_layout(&forge::layout::LayoutFile::load(&layout_file)?, a.layout.as_deref())?;
