@@ -147,18 +147,19 @@ pub fn run(a: Args) -> Result<()> {
         &a.oem_dir.clone().unwrap_or_else(|| repo_root().join("oem")),
         &a.platform,
     )?;
-    if a.no_extensions && !platform.extensions.is_empty() {
-        log(&format!(
-            "--no-extensions: leaving out {} (listed in {})",
-            platform.extensions.join(", "),
-            platform.file().display()
-        ));
-        platform.extensions.clear();
-    }
+    let left_out =
+        if a.no_extensions { std::mem::take(&mut platform.extensions) } else { Vec::new() };
     // Before any work: the layout the platform (or --layout) names exists,
     // and no other build is writing to the output directory.
     platform.check_layout(&forge::layout::LayoutFile::load(&layout_file)?, a.layout.as_deref())?;
     let out_dir = lock_output(&a, &log)?;
+    if !left_out.is_empty() {
+        log(&format!(
+            "--no-extensions: leaving out {} (listed in {})",
+            left_out.join(", "),
+            platform.file().display()
+        ));
+    }
     crate::deps::ensure_build()?;
     let base = match &a.base {
         Some(b) => b.clone(),
