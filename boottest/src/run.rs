@@ -76,6 +76,9 @@ pub struct Options {
     /// After the last boot's checks, leave its VM running until Enter is
     /// pressed on stdin (or QEMU exits), printing how to reach it.
     pub keep: bool,
+    /// The files built for the boot test's `artifacts` (name → file): at
+    /// least those [`BootTest::artifacts_needed`] names for this run.
+    pub artifacts: BTreeMap<String, PathBuf>,
 }
 
 /// The boot test reduced to trying one user-data file: the file's first
@@ -194,7 +197,7 @@ pub fn run(spec: &BootTest, opts: &Options, log: &dyn Fn(&str)) -> Result<Report
         spec.machine.disk_bytes,
         t.elapsed().as_secs_f64()
     ));
-    let steps = crate::spec::plan(spec, opts.negative);
+    let steps = crate::spec::plan(spec, opts.negative, opts.firmware);
     let mut report = Report {
         platform: opts.platform.clone(),
         firmware: opts.firmware,
@@ -287,7 +290,7 @@ fn boot_once(
     let mlog = bw.join("metadata-requests.log");
     let responder = if spec.metadata.is_some() {
         let served_file = bw.join("served.json");
-        Served::new(spec.served(&ctx)?).write(&served_file)?;
+        Served::new(spec.served(&ctx, b)?, &opts.artifacts)?.write(&served_file)?;
         Some(format!(
             "{} metadata-respond --served {} --log {}",
             opts.responder.display(),
@@ -599,10 +602,10 @@ mod tests {
             t.context(Arch::X86_64, Firmware::Bios, "hetzner", b, "ssh-ed25519 AAAAk c").unwrap();
         // Byte for byte: the file is not a template.
         assert_eq!(
-            t.served(&ctx).unwrap()["/hetzner/v1/userdata"].body,
+            t.served(&ctx, b).unwrap()["/hetzner/v1/userdata"].body,
             "{\"ignition\":{\"version\":\"3.3.0\"}} {{ssh_public_key}}"
         );
-        let steps = crate::spec::plan(&t, true);
+        let steps = crate::spec::plan(&t, true, Firmware::Bios);
         assert_eq!(steps.len(), 1);
         assert_eq!(steps[0].disk, DiskUse::Fresh);
         assert!(!steps[0].hand_on);

@@ -113,6 +113,10 @@ pub struct BootTest {
     /// before a `"disk": "previous"` boot.
     #[serde(default = "core")]
     pub poweroff_ssh_user: String,
+    /// Files built before the boots that need them, served by the metadata
+    /// service (a path whose body is `{"artifact": NAME}`); see [`Artifact`].
+    #[serde(default)]
+    pub artifacts: BTreeMap<String, Artifact>,
     pub boots: Vec<Boot>,
     /// The file this was read from.
     #[serde(skip)]
@@ -144,6 +148,28 @@ fn default_timeout() -> u64 {
     900
 }
 
+/// A file the harness's caller builds before booting (the test crate does
+/// not build anything itself: `cargo xtask boot-test` does, with forge).
+/// Recipe folders are relative to the repository root.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Artifact {
+    /// A system extension, `NAME.raw`, from the folder `<dir>/NAME/`
+    /// (`sysext.json` and a recipe), built against the image's payload.
+    Sysext(PathBuf),
+    /// A plain root tree from a recipe (kind `rootfs`), packed as a tar with
+    /// fixed owners, order and times: e.g. a container image for `docker import`.
+    RootfsTar(PathBuf),
+}
+
+impl Artifact {
+    pub fn recipe(&self) -> &Path {
+        match self {
+            Artifact::Sysext(p) | Artifact::RootfsTar(p) => p,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataService {
@@ -164,6 +190,9 @@ pub struct Body {
     /// `{"userdata": true}`: the boot's user-data (the path answers 404 when
     /// the boot has none); `body` is then unused.
     pub userdata: bool,
+    /// `{"artifact": NAME}`: the file the caller built for the artifact NAME
+    /// (see [`Artifact`]), served byte for byte; `body` is then unused.
+    pub artifact: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for Body {
@@ -176,33 +205,35 @@ impl<'de> Deserialize<'de> for Body {
             lines: Option<Vec<String>>,
             #[serde(default)]
             userdata: bool,
+            artifact: Option<String>,
         }
         use serde::de::Error;
         match serde_json::Value::deserialize(d)? {
             serde_json::Value::String(s) => {
-                Ok(Body { content_type: "text/plain".into(), body: s, userdata: false })
+                Ok(Body { content_type: "text/plain".into(), body: s, userdata: false, artifact: None })
             }
             v @ serde_json::Value::Object(_) => {
                 let f: Full = serde_json::from_value(v).map_err(D::Error::custom)?;
-                let body = match (f.body, f.lines, f.userdata) {
-                    (Some(b), None, false) => b,
-                    (None, Some(l), false) => l.iter().map(|l| format!("{l}\n")).collect(),
-                    (None, None, true) => String::new(),
+                let body = match (f.body, f.lines, f.userdata, f.artifact.is_some()) {
+                    (Some(b), None, false, false) => b,
+                    (None, Some(l), false, false) => l.iter().map(|l| format!("{l}\n")).collect(),
+                    (None, None, true, false) | (None, None, false, true) => String::new(),
                     _ => {
                         return Err(D::Error::custom(
-                            "give exactly one of `body`, `lines` and `\"userdata\": true`",
+                            "give exactly one of `body`, `lines`, `\"userdata\": true` and `artifact`",
                         ))
                     }
                 };
                 let content_type = match f.content_type {
                     Some(t) => t,
                     None if f.userdata => "text/plain".into(),
+                    None if f.artifact.is_some() => "application/octet-stream".into(),
                     None => return Err(D::Error::custom("missing field `content_type`")),
                 };
-                Ok(Body { content_type, body, userdata: f.userdata })
+                Ok(Body { content_type, body, userdata: f.userdata, artifact: f.artifact })
             }
             _ => Err(D::Error::custom(
-                "a body is a string or {\"content_type\", \"body\" | \"lines\" | \"userdata\": true}",
+                "a body is a string or {\"content_type\", \"body\" | \"lines\" | \"userdata\": true | \"artifact\"}",
             )),
         }
     }
@@ -307,6 +338,16 @@ pub struct Boot {
     /// the disk the boot before this one left behind.
     #[serde(default)]
     pub disk: BootDisk,
+    /// The firmwares this boot runs with (default: all the file declares).
+    /// What does not depend on the firmware (how forge-init treats
+    /// user-data, the containers a config starts) is booted with one only,
+    /// to keep the test short.
+    #[serde(default)]
+    pub firmware: Option<Vec<Firmware>>,
+    /// Paths the metadata service serves during this boot only, next to
+    /// the file's `metadata.paths` (e.g. an artifact a config fetches).
+    #[serde(default)]
+    pub serve: BTreeMap<String, Body>,
     /// The user-data this boot serves, resolved when the file is read.
     #[serde(skip)]
     pub resolved_userdata: UserData,
@@ -314,6 +355,13 @@ pub struct Boot {
     /// first of this list that is present is the `stopped_at` observation).
     pub until: Vec<String>,
     pub checks: Vec<Check>,
+}
+
+impl Boot {
+    /// The boot runs with this firmware (its `firmware`, if it names any).
+    pub fn runs_with(&self, f: Firmware) -> bool {
+        self.firmware.as_ref().is_none_or(|fs| fs.contains(&f))
+    }
 }
 
 /// Where a boot's user-data comes from, as written (top level or per boot).
@@ -428,11 +476,12 @@ pub struct Step<'a> {
     pub hand_on: bool,
 }
 
-/// The boots a run makes (negative ones only with `negative`), each with
-/// its disk. Validation guarantees a "previous" boot follows a boot that is
+/// The boots a run with `firmware` makes (negative ones only with
+/// `negative`, and those the boot's `firmware` allows), each with its disk. Validation guarantees a "previous" boot follows a boot that is
 /// run whenever it is.
-pub fn plan(t: &BootTest, negative: bool) -> Vec<Step<'_>> {
-    let boots: Vec<&Boot> = t.boots.iter().filter(|b| negative || !b.negative).collect();
+pub fn plan(t: &BootTest, negative: bool, firmware: Firmware) -> Vec<Step<'_>> {
+    let boots: Vec<&Boot> =
+        t.boots.iter().filter(|b| (negative || !b.negative) && b.runs_with(firmware)).collect();
     boots
         .iter()
         .enumerate()
@@ -715,6 +764,25 @@ impl BootTest {
                 bail!("fw_cfg[{i}].name {:?}: user entries live under opt/", f.name);
             }
         }
+        for (name, a) in &self.artifacts {
+            if !is_name(name) {
+                bail!("artifacts: {name:?} is not a name of a-z, 0-9, '-', '_'");
+            }
+            let rel = a.recipe();
+            if rel.is_absolute()
+                || rel.components().any(|c| c == std::path::Component::ParentDir)
+                || rel.file_name().is_none()
+            {
+                bail!(
+                    "artifacts.{name}: {:?}: a folder relative to the repository root, without '..'",
+                    rel.display()
+                );
+            }
+            let dir = self.root().join(rel);
+            if !dir.is_dir() {
+                bail!("artifacts.{name}: {}: no such folder", dir.display());
+            }
+        }
         if self.boots.is_empty() {
             bail!("boots: declare at least one boot");
         }
@@ -730,6 +798,35 @@ impl BootTest {
             if b.checks.is_empty() {
                 bail!("{at}.checks: declare at least one check");
             }
+            if let Some(fs) = &b.firmware {
+                if fs.is_empty() {
+                    bail!("{at}.firmware: name at least one firmware, or leave it out");
+                }
+                if let Some(f) = fs.iter().find(|f| !self.firmware.contains(f)) {
+                    bail!("{at}.firmware: {} is not among the file's firmwares", f.name());
+                }
+            }
+            for (p, body) in &b.serve {
+                let Some(md) = &self.metadata else {
+                    bail!("{at}.serve: there is no metadata service to serve {p:?}");
+                };
+                if !p.starts_with('/') || md.paths.contains_key(p) {
+                    bail!("{at}.serve {p:?}: must be an absolute path the file's metadata.paths does not serve");
+                }
+                if body.userdata {
+                    bail!("{at}.serve {p:?}: user-data is served by metadata.paths");
+                }
+            }
+            let bodies = self.metadata.iter().flat_map(|m| m.paths.iter()).chain(b.serve.iter());
+            for (p, body) in bodies {
+                if let Some(a) = &body.artifact {
+                    if !self.artifacts.contains_key(a) {
+                        bail!(
+                            "{at}: path {p:?} serves the artifact {a:?}, which `artifacts` does not declare"
+                        );
+                    }
+                }
+            }
             if b.disk == BootDisk::Previous {
                 if i == 0 {
                     bail!("{at}.disk: \"previous\", but the first boot has no previous disk");
@@ -739,6 +836,16 @@ impl BootTest {
                 }
                 if self.boots[i - 1].negative && !b.negative {
                     bail!("{at}.disk: \"previous\" follows a negative boot, which --no-negative skips; mark this boot negative too or reorder");
+                }
+                let before = &self.boots[i - 1];
+                if let Some(f) =
+                    self.firmware.iter().find(|f| b.runs_with(**f) && !before.runs_with(**f))
+                {
+                    bail!(
+                        "{at}.firmware: \"previous\" boots with {}, which '{}' does not",
+                        f.name(),
+                        before.variant
+                    );
                 }
             }
             // Every template renders and every pattern compiles, with stand-in values.
@@ -755,6 +862,9 @@ impl BootTest {
                 for (p, body) in &md.paths {
                     render(&body.body, &ctx).map_err(|e| anyhow!("metadata.paths {p:?}: {e}"))?;
                 }
+            }
+            for (p, body) in &b.serve {
+                render(&body.body, &ctx).map_err(|e| anyhow!("{at}.serve {p:?}: {e}"))?;
             }
             for (j, f) in self.fw_cfg.iter().enumerate() {
                 if let Some(c) = &f.content {
@@ -800,10 +910,10 @@ impl BootTest {
     }
 
     /// The metadata service's paths for one boot, rendered.
-    pub fn served(&self, ctx: &minijinja::Value) -> Result<BTreeMap<String, Body>> {
+    pub fn served(&self, ctx: &minijinja::Value, boot: &Boot) -> Result<BTreeMap<String, Body>> {
         let mut out = BTreeMap::new();
         if let Some(md) = &self.metadata {
-            for (p, b) in &md.paths {
+            for (p, b) in md.paths.iter().chain(boot.serve.iter()) {
                 let body = if b.userdata {
                     match ctx_userdata(ctx) {
                         Some(u) => u,
@@ -816,11 +926,30 @@ impl BootTest {
                 };
                 out.insert(
                     p.clone(),
-                    Body { content_type: b.content_type.clone(), body, userdata: false },
+                    Body {
+                        content_type: b.content_type.clone(),
+                        body,
+                        userdata: false,
+                        artifact: b.artifact.clone(),
+                    },
                 );
             }
         }
         Ok(out)
+    }
+
+    /// The artifacts the boots a run with these firmwares makes serve
+    /// (negative boots only with `negative`): what the caller must build.
+    pub fn artifacts_needed(&self, firmwares: &[Firmware], negative: bool) -> BTreeSet<String> {
+        let top = self.metadata.iter().flat_map(|m| m.paths.values());
+        let mut out: BTreeSet<String> = BTreeSet::new();
+        for b in &self.boots {
+            if (negative || !b.negative) && firmwares.iter().any(|f| b.runs_with(*f)) {
+                let bodies = top.clone().chain(b.serve.values());
+                out.extend(bodies.filter_map(|body| body.artifact.clone()));
+            }
+        }
+        out
     }
 
     /// The guest port → NIC index map of `hostfwd`s.
@@ -1010,7 +1139,7 @@ mod tests {
         let t = load_for(Path::new(REPO_OEM), "qemu").unwrap().unwrap();
         let key = "ssh-ed25519 AAAAtestkey forge-boot-test";
         let ctx = t.context(Arch::X86_64, Firmware::Uefi, "qemu", &t.boots[0], key).unwrap();
-        assert!(t.served(&ctx).unwrap().is_empty());
+        assert!(t.served(&ctx, &t.boots[0]).unwrap().is_empty());
         let tmp = tempfile::tempdir().unwrap();
         let files = t.fw_cfg_files(&ctx, tmp.path()).unwrap();
         assert_eq!(files.len(), 1);
@@ -1027,7 +1156,7 @@ mod tests {
         let t = load_for(Path::new(REPO_OEM), "hetzner").unwrap().unwrap();
         let key = "ssh-ed25519 AAAAtestkey forge-boot-test\n";
         let ctx = t.context(Arch::X86_64, Firmware::Bios, "hetzner", &t.boots[0], key).unwrap();
-        let s = t.served(&ctx).unwrap();
+        let s = t.served(&ctx, &t.boots[0]).unwrap();
         for p in [
             "/hetzner/v1/metadata",
             "/hetzner/v1/metadata/hostname",
@@ -1059,13 +1188,16 @@ mod tests {
         // No user-data: the path is not served (404); empty: served empty.
         let by = |v: &str| t.boots.iter().find(|b| b.variant == v).unwrap();
         let none = t.context(Arch::X86_64, Firmware::Bios, "hetzner", by("no-userdata"), key);
-        let none = t.served(&none.unwrap()).unwrap();
+        let none = t.served(&none.unwrap(), by("no-userdata")).unwrap();
         assert!(!none.contains_key("/hetzner/v1/userdata"));
         assert!(none.contains_key("/hetzner/v1/metadata/hostname"));
         let empty = t.context(Arch::X86_64, Firmware::Bios, "hetzner", by("empty-userdata"), key);
-        assert_eq!(t.served(&empty.unwrap()).unwrap()["/hetzner/v1/userdata"].body, "");
+        assert_eq!(
+            t.served(&empty.unwrap(), by("empty-userdata")).unwrap()["/hetzner/v1/userdata"].body,
+            ""
+        );
         let cc = t.context(Arch::X86_64, Firmware::Bios, "hetzner", by("cloud-config"), key);
-        assert!(t.served(&cc.unwrap()).unwrap()["/hetzner/v1/userdata"]
+        assert!(t.served(&cc.unwrap(), by("cloud-config")).unwrap()["/hetzner/v1/userdata"]
             .body
             .starts_with("#cloud-config\n"));
     }
@@ -1076,9 +1208,9 @@ mod tests {
         let key = "ssh-ed25519 AAAAk c";
         let one = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
         let two = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
-        assert_eq!(t.served(&one).unwrap()["/user-data"].body, "default for h1");
-        assert_eq!(t.served(&two).unwrap()["/user-data"].body, "custom");
-        assert_eq!(t.served(&one).unwrap()["/keys"].body, "[\"ssh-ed25519 AAAAk c\"]");
+        assert_eq!(t.served(&one, &t.boots[0]).unwrap()["/user-data"].body, "default for h1");
+        assert_eq!(t.served(&two, &t.boots[1]).unwrap()["/user-data"].body, "custom");
+        assert_eq!(t.served(&one, &t.boots[0]).unwrap()["/keys"].body, "[\"ssh-ed25519 AAAAk c\"]");
         assert_eq!(t.nics[0].model, "virtio-net-pci");
         assert_eq!(t.machine.cpus, 1);
     }
@@ -1115,12 +1247,12 @@ mod tests {
         let key = "ssh-ed25519 AAAAk c";
         let one = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
         assert_eq!(
-            t.served(&one).unwrap()["/user-data"].body,
+            t.served(&one, &t.boots[0]).unwrap()["/user-data"].body,
             "{\"keys\": [\"ssh-ed25519 AAAAk c on h1\", \"ssh-ed25519 AAAAk c on h1\"], \"unit\": \"x={{ not a template }} ${HOST}\"}\n"
         );
         // The boot's own inline user-data wins over the file.
         let two = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
-        assert_eq!(t.served(&two).unwrap()["/user-data"].body, "custom");
+        assert_eq!(t.served(&two, &t.boots[1]).unwrap()["/user-data"].body, "custom");
     }
 
     #[test]
@@ -1160,7 +1292,7 @@ mod tests {
         let key = "ssh-ed25519 AAAAk c";
         let tmp = tempfile::tempdir().unwrap();
         let one = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
-        let s = t.served(&one).unwrap();
+        let s = t.served(&one, &t.boots[0]).unwrap();
         assert_eq!(s["/user-data"].body, "default for h1");
         assert_eq!(s["/user-data"].content_type, "text/plain");
         assert_eq!(s["/typed"].content_type, "application/json");
@@ -1171,7 +1303,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&files[1].1).unwrap(), "one absent=False");
 
         let two = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
-        let s = t.served(&two).unwrap();
+        let s = t.served(&two, &t.boots[1]).unwrap();
         assert!(!s.contains_key("/user-data") && !s.contains_key("/typed"));
         assert!(s.contains_key("/hostname"));
         let files = t.fw_cfg_files(&two, tmp.path()).unwrap();
@@ -1193,7 +1325,7 @@ mod tests {
         boots[4]["disk"] = "previous".into();
         v["boots"] = boots.into();
         let t = parse_value(&v).unwrap();
-        let all: Vec<(&str, DiskUse, bool)> = plan(&t, true)
+        let all: Vec<(&str, DiskUse, bool)> = plan(&t, true, Firmware::Bios)
             .into_iter()
             .map(|s| (s.boot.variant.as_str(), s.disk, s.hand_on))
             .collect();
@@ -1209,7 +1341,7 @@ mod tests {
                 ("f", DiskUse::Fresh, false)
             ]
         );
-        let positive: Vec<(&str, DiskUse, bool)> = plan(&t, false)
+        let positive: Vec<(&str, DiskUse, bool)> = plan(&t, false, Firmware::Bios)
             .into_iter()
             .map(|s| (s.boot.variant.as_str(), s.disk, s.hand_on))
             .collect();
@@ -1222,6 +1354,60 @@ mod tests {
                 ("f", DiskUse::Fresh, false)
             ]
         );
+    }
+
+    #[test]
+    fn boots_may_run_with_some_firmwares_only_and_serve_artifacts() {
+        let mut v = minimal();
+        v["firmware"] = serde_json::json!(["bios", "uefi"]);
+        let boot = |name: &str| serde_json::json!({"variant": name, "until": ["END"], "checks": [{"name": "s", "observe": "serial", "contains": "x"}]});
+        let mut boots = vec![boot("a"), boot("b"), boot("c"), boot("d")];
+        boots[1]["disk"] = "previous".into();
+        boots[2]["firmware"] = serde_json::json!(["bios"]);
+        boots[2]["serve"] = serde_json::json!({"/files/ext.raw": {"artifact": "ext"}});
+        boots[3]["firmware"] = serde_json::json!(["bios"]);
+        boots[3]["negative"] = true.into();
+        boots[3]["serve"] = serde_json::json!({"/files/rootfs.tar": {"artifact": "rootfs"}});
+        v["boots"] = boots.clone().into();
+        // Folders relative to the repository root: the crate's own folder stands in.
+        v["artifacts"] =
+            serde_json::json!({"ext": {"sysext": "src"}, "rootfs": {"rootfs_tar": "src"}});
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("oem/x/boot-test.json");
+        let parse = |v: &serde_json::Value| parse(&serde_json::to_string(v).unwrap(), &file);
+        let t = parse(&v).unwrap();
+        let names = |f: Firmware, negative: bool| -> Vec<String> {
+            plan(&t, negative, f).iter().map(|s| s.boot.variant.clone()).collect()
+        };
+        assert_eq!(names(Firmware::Bios, true), ["a", "b", "c", "d"]);
+        assert_eq!(names(Firmware::Uefi, true), ["a", "b"]);
+        assert!(!plan(&t, true, Firmware::Uefi)[1].hand_on);
+        let set = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+        assert_eq!(t.artifacts_needed(&[Firmware::Uefi], true), set(&[]));
+        assert_eq!(t.artifacts_needed(&[Firmware::Bios], false), set(&["ext"]));
+        assert_eq!(
+            t.artifacts_needed(&[Firmware::Uefi, Firmware::Bios], true),
+            set(&["ext", "rootfs"])
+        );
+        assert_eq!(t.artifacts["rootfs"], Artifact::RootfsTar("src".into()));
+        // Served: the boot's own paths next to the file's, the artifact as a body naming it.
+        let key = "ssh-ed25519 AAAAk c";
+        let ctx = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[2], key).unwrap();
+        let s = t.served(&ctx, &t.boots[2]).unwrap();
+        assert_eq!(s["/files/ext.raw"].artifact.as_deref(), Some("ext"));
+        assert_eq!(s["/files/ext.raw"].content_type, "application/octet-stream");
+        assert!(s.contains_key("/hostname"));
+        let ctx = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
+        assert!(!t.served(&ctx, &t.boots[0]).unwrap().contains_key("/files/ext.raw"));
+        // A boot of the previous disk cannot run with a firmware its predecessor does not.
+        let mut bad = v.clone();
+        bad["boots"][0]["firmware"] = serde_json::json!(["bios"]);
+        let e = format!("{:#}", parse(&bad).unwrap_err());
+        assert!(
+            e.contains("boots[1] (b).firmware: \"previous\" boots with uefi, which 'a' does not"),
+            "{e}"
+        );
+        bad["boots"][1]["firmware"] = serde_json::json!(["bios"]);
+        parse(&bad).unwrap();
     }
 
     #[test]
@@ -1253,7 +1439,7 @@ mod tests {
                     v["metadata"]["paths"]["/y"] =
                         serde_json::json!({"content_type": "a", "body": "b", "lines": []})
                 }),
-                "metadata.paths./y: give exactly one of `body`, `lines` and `\"userdata\": true`",
+                "metadata.paths./y: give exactly one of `body`, `lines`, `\"userdata\": true` and `artifact`",
             ),
             (
                 Box::new(|v| v["metadata"]["paths"]["/z"] = "{{metadata.hostnmae}}".into()),
@@ -1338,6 +1524,32 @@ mod tests {
             (
                 Box::new(|v| v["boots"][0]["disk"] = "previous".into()),
                 "boots[0] (one).disk: \"previous\", but the first boot has no previous disk",
+            ),
+            (
+                Box::new(|v| v["boots"][0]["firmware"] = serde_json::json!(["uefi"])),
+                "boots[0] (one).firmware: uefi is not among the file's firmwares",
+            ),
+            (
+                Box::new(|v| v["boots"][0]["serve"] = serde_json::json!({"/hostname": "x"})),
+                "boots[0] (one).serve \"/hostname\": must be an absolute path the file's metadata.paths does not serve",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][0]["serve"] = serde_json::json!({"/ext.raw": {"artifact": "ext"}})
+                }),
+                "boots[0] (one): path \"/ext.raw\" serves the artifact \"ext\", which `artifacts` does not declare",
+            ),
+            (
+                Box::new(|v| v["artifacts"] = serde_json::json!({"ext": {"sysext": "nope/ext"}})),
+                "artifacts.ext: nope/ext: no such folder",
+            ),
+            (
+                Box::new(|v| v["artifacts"] = serde_json::json!({"ext": {"sysext": "../ext"}})),
+                "artifacts.ext: \"../ext\": a folder relative to the repository root",
+            ),
+            (
+                Box::new(|v| v["artifacts"] = serde_json::json!({"ext": {"tarball": "x"}})),
+                "artifacts.ext: unknown variant `tarball`",
             ),
             (
                 Box::new(|v| v["boots"][0]["disk"] = "reused".into()),

@@ -771,6 +771,37 @@ fn clamp_times(p: &Path, epoch: i64) -> Result<()> {
     Ok(())
 }
 
+/// Packs a root tree into `tar` (GNU format): names sorted, owners and
+/// groups 0, times clamped to `epoch`, so the bytes depend only on the
+/// tree. Written to `<tar>.partial` and renamed: a failed or concurrent
+/// pack never leaves a half-written file under the final name.
+pub fn pack_tar(root: &Path, tar: &Path, epoch: i64) -> Result<()> {
+    let partial = tar.with_extension(format!("partial.{}", std::process::id()));
+    let r = crate::fs::run(
+        crate::cmd!(
+            "tar",
+            "--sort=name",
+            "--numeric-owner",
+            "--owner=0",
+            "--group=0",
+            format!("--mtime=@{epoch}"),
+            "--clamp-mtime",
+            "-C",
+            root,
+            "-cf",
+            &partial,
+            "."
+        ),
+        "tar",
+    );
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e.context(format!("packing {} into {}", root.display(), tar.display())));
+    }
+    std::fs::rename(&partial, tar)
+        .with_context(|| format!("{}: cannot rename to {}", partial.display(), tar.display()))
+}
+
 #[cfg(test)]
 mod stale_pin_tests {
     #[test]
@@ -778,5 +809,62 @@ mod stale_pin_tests {
         let out = "Reading package lists...\nPackage linux-libc-dev is not available\nE: Version '6.1.192-2' for 'linux-libc-dev' was not found\nE: Unable to locate package nosuch\n";
         assert_eq!(super::stale_pins(out), ["linux-libc-dev=6.1.192-2"]);
         assert!(super::stale_pins("E: Unable to locate package nosuch").is_empty());
+    }
+}
+
+#[cfg(test)]
+mod pack_tar_tests {
+    use super::*;
+
+    #[test]
+    fn the_tar_depends_only_on_the_tree() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let make = |name: &str, mtime: i64| {
+            let root = tmp.path().join(name);
+            std::fs::create_dir_all(root.join("etc/nginx")).unwrap();
+            std::fs::create_dir_all(root.join("var/lib")).unwrap();
+            std::fs::write(root.join("etc/nginx/nginx.conf"), "user www-data;\n").unwrap();
+            std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+            std::fs::set_permissions(
+                root.join("etc/passwd"),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .unwrap();
+            crate::fs::tree::set_times(&root, mtime).unwrap();
+            root
+        };
+        // Two trees, created in another order and stamped later than the epoch.
+        let a = make("a", 1_800_000_000);
+        let b = make("b", 1_900_000_000);
+        let (ta, tb) = (tmp.path().join("a.tar"), tmp.path().join("b.tar"));
+        pack_tar(&a, &ta, 1_700_000_000).unwrap();
+        pack_tar(&b, &tb, 1_700_000_000).unwrap();
+        assert_eq!(std::fs::read(&ta).unwrap(), std::fs::read(&tb).unwrap());
+        let list = crate::fs::run(crate::cmd!("tar", "-tvf", &ta), "tar").unwrap();
+        assert!(list.contains("0/0"), "{list}");
+        assert!(list.contains("2023-11-14"), "{list}");
+        let names: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().last()).collect();
+        assert_eq!(
+            names,
+            [
+                "./",
+                "./etc/",
+                "./etc/nginx/",
+                "./etc/nginx/nginx.conf",
+                "./etc/passwd",
+                "./var/",
+                "./var/lib/"
+            ]
+        );
+        // A tree that cannot be packed leaves nothing under the final name.
+        let bad = tmp.path().join("bad.tar");
+        assert!(pack_tar(&tmp.path().join("missing"), &bad, 0).is_err());
+        assert!(!bad.exists());
+        assert!(std::fs::read_dir(tmp.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("partial")));
     }
 }

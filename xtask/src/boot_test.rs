@@ -64,6 +64,14 @@ pub struct Args {
     /// With --userdata: leave the VM running after the boot, until Enter.
     #[arg(long, requires = "userdata")]
     pub keep: bool,
+    /// Build the artifacts the selected boots serve (`artifacts` in the
+    /// boot test: extensions, container tarballs), print where they are,
+    /// and boot nothing.
+    #[arg(long)]
+    pub artifacts_only: bool,
+    /// Cache for payloads and artifacts (default: $FORGE_CACHE or .cache/).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
     /// Also write every report, as one JSON array, to this file. Each report
     /// is always written beside the serial logs as
     /// `<image stem>.<arch>-<firmware>.boot-test.json`.
@@ -132,6 +140,15 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => spec,
     };
+    let log = logger();
+    let needed = spec.artifacts_needed(&firmwares, !a.no_negative);
+    let artifacts = build_artifacts(&spec, &needed, a.cache_dir.as_deref(), &log)?;
+    if a.artifacts_only {
+        for (name, path) in &artifacts {
+            println!("{name} {}", path.display());
+        }
+        return Ok(());
+    }
     let image = if a.image.is_dir() {
         let name = forge::artifacts::disk_name(&platform.image_name, platform.compression);
         let f = a.image.join(&name);
@@ -148,7 +165,6 @@ pub fn run(a: Args) -> Result<()> {
     };
     let image = image.canonicalize().with_context(|| format!("{}: not found", image.display()))?;
     let log_dir = image.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let log = logger();
     let mut reports = Vec::new();
     for arch in &arches {
         for fw in &firmwares {
@@ -164,6 +180,7 @@ pub fn run(a: Args) -> Result<()> {
                 accel: a.accel.clone(),
                 log_dir: Some(log_dir.clone()),
                 keep: a.keep,
+                artifacts: artifacts.clone(),
             };
             let report = forge_boottest::run(&spec, &opts, &log).unwrap_or_else(|e| {
                 // Set-up failed before any boot: still a report, with one failed check.
@@ -211,6 +228,66 @@ pub fn run(a: Args) -> Result<()> {
         bail!("boot test failed ({failed} checks)");
     }
     Ok(())
+}
+
+/// Builds (or takes from the cache) the artifacts `names` of the boot test:
+/// extensions against the demo payload (what the tested images are built
+/// from; a mismatch shows as an extension systemd-sysext refuses), root
+/// trees packed as tarballs beside their payload directory.
+fn build_artifacts(
+    spec: &forge_boottest::BootTest,
+    names: &std::collections::BTreeSet<String>,
+    cache: Option<&Path>,
+    log: &dyn Fn(&str),
+) -> Result<std::collections::BTreeMap<String, PathBuf>> {
+    use forge_boottest::spec::Artifact;
+    let mut out = std::collections::BTreeMap::new();
+    for name in names {
+        let a = &spec.artifacts[name];
+        let dir = spec.root().join(a.recipe());
+        let what = || format!("{}: artifact {name} ({})", spec.file.display(), dir.display());
+        let path = match a {
+            Artifact::Sysext(_) => {
+                let (Some(parent), Some(ext)) =
+                    (dir.parent(), dir.file_name().and_then(|n| n.to_str()))
+                else {
+                    bail!("{}: not an extension folder", what());
+                };
+                let base = crate::payload::build(None, cache).with_context(what)?;
+                let c = forge::recipe::Cache { root: crate::util::cache_dir(cache) };
+                let req = forge::sysext::Request {
+                    sysext_dir: parent.to_path_buf(),
+                    name: ext.to_string(),
+                    epoch: crate::build_image::default_epoch(&base)?,
+                    base,
+                    cache: &c,
+                    recipe_epoch: crate::util::recipe_epoch()?,
+                    seed: forge::seed::Seed::new(forge::seed::DEFAULT_SEED.to_string()),
+                };
+                forge::sysext::build_cached(&req, log, &|_, _, _| {}).with_context(what)?.path
+            }
+            Artifact::RootfsTar(_) => {
+                let recipe = forge::recipe::Recipe::load(&dir).with_context(what)?;
+                if recipe.kind != "rootfs" {
+                    bail!(
+                        "{}: the recipe is a {}, not a rootfs (its file `kind`)",
+                        what(),
+                        recipe.kind
+                    );
+                }
+                let root = crate::payload::build(Some(&dir), cache).with_context(what)?;
+                let tar = root.parent().unwrap_or(&root).join("rootfs.tar");
+                if !tar.is_file() {
+                    forge::recipe::pack_tar(&root, &tar, crate::util::recipe_epoch()?)
+                        .with_context(what)?;
+                }
+                tar
+            }
+        };
+        log(&format!("boot-test: artifact {name}: {}", path.display()));
+        out.insert(name.clone(), path);
+    }
+    Ok(out)
 }
 
 /// forge-init's and Ignition's lines of each boot's serial log.

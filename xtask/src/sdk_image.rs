@@ -44,23 +44,7 @@ pub fn run(a: Args) -> Result<()> {
     let tag = &recipe.hash()?[..12];
     let tar = root.parent().unwrap().join("sdk.tar");
     log(&format!("packing {} into {}", root.display(), tar.display()));
-    forge::fs::run(
-        forge::cmd!(
-            "tar",
-            "--sort=name",
-            "--numeric-owner",
-            "--owner=0",
-            "--group=0",
-            format!("--mtime=@{epoch}"),
-            "--clamp-mtime",
-            "-C",
-            &root,
-            "-cf",
-            &tar,
-            "."
-        ),
-        "tar",
-    )?;
+    forge::recipe::pack_tar(&root, &tar, epoch)?;
     log(&format!("importing into {engine} as forge-sdk:latest and forge-sdk:{tag}"));
     let id = forge::fs::run(
         forge::cmd!(
