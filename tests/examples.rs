@@ -129,6 +129,46 @@ fn every_ssh_key_in_the_examples_is_the_placeholder() {
     assert!(keys >= 2, "the examples give core (and hello) a key; found {keys} keys");
 }
 
+/// The Hetzner boot test's containers boot runs the guide's nginx unit
+/// (examples/hetzner/nginx.ign) with one change only: the image is imported
+/// from the test's metadata host instead of pulled from a registry.
+#[test]
+fn the_containers_boot_test_runs_the_guides_nginx_unit_with_one_change() {
+    let unit = |p: &Path| -> String {
+        let v: Value = serde_json::from_str(&read(p)).unwrap();
+        let units = v["systemd"]["units"].as_array().unwrap();
+        let u = units.iter().find(|u| u["name"] == "nginx.service").unwrap();
+        assert_eq!(u["enabled"], true, "{}", p.display());
+        u["contents"].as_str().unwrap().to_string()
+    };
+    let guide = unit(&examples().join("hetzner/nginx.ign"));
+    let test = unit(&repo().join("tests/fixtures/ignition/hetzner-containers.ign"));
+    assert!(guide.contains("Hello from ${COREOS_HETZNER_HOSTNAME}"), "{guide}");
+    let (pull, import) = (" --pull always", "http://169.254.169.254/forge-test/nginx-rootfs.tar");
+    assert!(guide.contains(pull) && !guide.contains(import), "{guide}");
+    // The test's unit, without its import lines and comment, with the pull back.
+    let kept: String = test
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains(import))
+        .map(|l| {
+            format!(
+                "{}\n",
+                l.replace(
+                    "--volume \"/var/www:/usr/share/nginx/html:ro\"",
+                    &format!("--volume \"/var/www:/usr/share/nginx/html:ro\"{pull}")
+                )
+            )
+        })
+        .collect();
+    assert_eq!(kept, guide);
+    assert!(
+        test.lines().any(|l| l.starts_with("ExecStartPre=")
+            && l.contains(import)
+            && l.contains("docker import")),
+        "{test}"
+    );
+}
+
 /// The Hetzner example is the guide's: a unit reading the metadata
 /// attributes, enabled, serving the greeting.
 #[test]

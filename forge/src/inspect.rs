@@ -1,7 +1,9 @@
 //! `inspect`: what is on a disk image, read from the image alone, whichever
 //! tool made it: the GPT (CRCs checked), each partition's filesystem type,
-//! label and UUID, the OEM partition's ID and sysexts, and a recomputation of
-//! each dm-verity tree's root hash against the one recorded on the ESP.
+//! label and UUID, the OEM partition's ID and sysexts, the base system
+//! extensions (USR-A's `/usr/share/flatcar/sysext/`, and which ROOT's
+//! `/etc/extensions/` enables), and a recomputation of each dm-verity tree's
+//! root hash against the one recorded on the ESP.
 //!
 //! Images are hostile input: nothing in one makes `inspect` panic, loop or
 //! allocate more than the image's size. What is wrong but readable is a
@@ -32,6 +34,9 @@ pub struct Report {
     pub gpt: table::GptCopy,
     pub partitions: Vec<PartInfo>,
     pub oem: Option<OemInfo>,
+    /// The base extensions in USR-A and the links on ROOT (None: the image
+    /// has no USR-A with EROFS, or no ROOT with ext4, to read them from).
+    pub extensions: Option<Extensions>,
     /// Wrong but readable (see the module documentation).
     pub warnings: Vec<String>,
     /// Wrong: partitions or checks that could not be used.
@@ -74,6 +79,20 @@ pub struct VerityCheck {
     pub recorded_root_hash: Option<String>,
     /// Whether the computed and the recorded hash agree (None: nothing recorded).
     pub matches: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Extensions {
+    /// `NAME.raw` files in USR-A's `/usr/share/flatcar/sysext/`.
+    pub base: Vec<BaseExtension>,
+    /// ROOT's `/etc/extensions/` entries: name → link target (`None`: not a link).
+    pub enabled: BTreeMap<String, Option<String>>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct BaseExtension {
+    pub file: String,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -148,7 +167,24 @@ pub fn inspect(path: &Path) -> Result<Report> {
         },
         None => None,
     };
+    let usr = parts
+        .iter()
+        .find(|p| p.label == "USR-A" && p.fs.as_ref().is_some_and(|f| f.kind == "erofs"));
+    let root = parts
+        .iter()
+        .find(|p| p.label == "ROOT" && p.fs.as_ref().is_some_and(|f| f.kind.starts_with("ext")));
+    let extensions = match (usr, root) {
+        (Some(u), Some(r)) => match read_extensions(&file, path, u, r, ss) {
+            Ok(x) => Some(x),
+            Err(err) => {
+                errors.push(format!("base extensions: {err:#}"));
+                None
+            }
+        },
+        _ => None,
+    };
     Ok(Report {
+        extensions,
         image: path.display().to_string(),
         size_bytes: size,
         sector_size: ss,
@@ -300,6 +336,91 @@ fn read_oem(file: &File, path: &Path, p: &PartInfo, ss: u64) -> Result<OemInfo> 
     })
 }
 
+/// The base extensions: USR-A's filesystem is copied (sparsely) to a
+/// temporary file for `dump.erofs`, which takes no offset; ROOT is read in
+/// place with `debugfs`.
+fn read_extensions(
+    file: &File,
+    path: &Path,
+    usr: &PartInfo,
+    root: &PartInfo,
+    ss: u64,
+) -> Result<Extensions> {
+    let dump = tools::path(tools::DUMP_EROFS)?;
+    let fs_len = usr.fs.as_ref().and_then(|f| f.size_bytes).unwrap_or(usr.size_bytes);
+    let fs_len = fs_len.min(usr.size_bytes);
+    let tmp = tempfile::Builder::new()
+        .prefix(".forge-inspect-usr-")
+        .tempfile()
+        .context("creating a temporary file for USR-A")?;
+    crate::io::sparse::splice(file, usr.first_sector * ss, fs_len, tmp.as_file(), 0, false)
+        .with_context(|| format!("{}: copying USR-A", path.display()))?;
+    let dir = format!("/{}", crate::sysext::USR_DIR.trim_start_matches("usr/"));
+    let run = |args: &[String]| -> Result<(bool, String)> {
+        let o = crate::tools::cmd(&dump, args)
+            .stdout_capture()
+            .stderr_to_stdout()
+            .unchecked()
+            .run()
+            .context("running dump.erofs")?;
+        Ok((o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()))
+    };
+    let img = tmp.path().display().to_string();
+    let (ok, listing) = run(&["--ls".into(), format!("--path={dir}"), img.clone()])?;
+    let mut base = Vec::new();
+    if ok {
+        // Lines after the header: `NID TYPE FILENAME`; TYPE 1 is a regular file.
+        for l in listing.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if let [_, "1", name] = f[..] {
+                if !name.ends_with(".raw") {
+                    continue;
+                }
+                let (_, info) = run(&[format!("--path={dir}/{name}"), img.clone()])?;
+                let bytes = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Size: "))
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                base.push(BaseExtension { file: name.to_string(), bytes });
+            }
+        }
+    }
+    let debugfs = tools::path(tools::DEBUGFS)?;
+    let target = format!("{}?offset={}", path.display(), root.first_sector * ss);
+    let out = |cmd: String| -> Result<String> {
+        let o = crate::cmd!(&debugfs, "-R", cmd, &target)
+            .stdout_capture()
+            .stderr_null()
+            .unchecked()
+            .run()
+            .context("running debugfs")?;
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let mut enabled = BTreeMap::new();
+    let dir = format!("/{}", crate::sysext::LINK_DIR);
+    // `ls -p` lines: /inode/mode/uid/gid/name/size/
+    for l in out(format!("ls -p {dir}"))?.lines() {
+        let f: Vec<&str> = l.split('/').collect();
+        let (Some(mode), Some(name)) = (f.get(2), f.get(5)) else { continue };
+        if name.is_empty() || *name == "." || *name == ".." {
+            continue;
+        }
+        let link = if mode.starts_with("12") {
+            let stat = out(format!("stat {dir}/{name}"))?;
+            stat.lines()
+                .find_map(|l| l.trim().strip_prefix("Fast link dest: "))
+                .map(|d| d.trim_matches('"').to_string())
+                .or(Some(String::new()))
+        } else {
+            None
+        };
+        enabled.insert(name.to_string(), link);
+    }
+    Ok(Extensions { base, enabled })
+}
+
 /// Plain-text rendering of a report.
 pub fn render(r: &Report) -> String {
     use std::fmt::Write;
@@ -352,6 +473,36 @@ pub fn render(r: &Report) -> String {
             writeln!(s, "OEM (partition {}): id {}", o.partition, o.id.as_deref().unwrap_or("-"));
         for x in &o.sysexts {
             let _ = writeln!(s, "      sysext {x}");
+        }
+    }
+    if let Some(x) = &r.extensions {
+        let _ = writeln!(
+            s,
+            "system extensions: {} base (USR-A /usr/{}), {} in ROOT /{}",
+            x.base.len(),
+            crate::sysext::USR_DIR,
+            x.enabled.len(),
+            crate::sysext::LINK_DIR
+        );
+        for b in &x.base {
+            let name = b.file.trim_end_matches(".raw");
+            let state = match x.enabled.get(&b.file) {
+                Some(Some(t)) if t.ends_with(&format!("/{}", b.file)) => "enabled".to_string(),
+                Some(Some(t)) => format!("linked to {t}: not enabled"),
+                Some(None) => "replaced by a file in ROOT".to_string(),
+                None => "not enabled (no link)".to_string(),
+            };
+            let _ = writeln!(s, "      base {name} ({} B): {state}", b.bytes);
+        }
+        for (n, t) in &x.enabled {
+            if !x.base.iter().any(|b| &b.file == n) {
+                let _ = writeln!(
+                    s,
+                    "      /{}/{n} -> {}",
+                    crate::sysext::LINK_DIR,
+                    t.as_deref().unwrap_or("(a file)")
+                );
+            }
         }
     }
     for w in &r.warnings {

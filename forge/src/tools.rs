@@ -85,6 +85,7 @@ pub const DEBUGFS: Tool = Tool { program: "debugfs", package: "e2fsprogs" };
 pub const E2FSCK: Tool = Tool { program: "e2fsck", package: "e2fsprogs" };
 pub const MKFS_EROFS: Tool = Tool { program: "mkfs.erofs", package: "erofs-utils" };
 pub const FSCK_EROFS: Tool = Tool { program: "fsck.erofs", package: "erofs-utils" };
+pub const DUMP_EROFS: Tool = Tool { program: "dump.erofs", package: "erofs-utils" };
 pub const MKFS_BTRFS: Tool = Tool { program: "mkfs.btrfs", package: "btrfs-progs" };
 pub const BTRFS: Tool = Tool { program: "btrfs", package: "btrfs-progs" };
 pub const DUMPE2FS: Tool = Tool { program: "dumpe2fs", package: "e2fsprogs" };

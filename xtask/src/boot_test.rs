@@ -61,8 +61,9 @@ pub struct Args {
     /// that it reaches its marker (one firmware: the first given or declared).
     #[arg(long)]
     pub userdata: Option<PathBuf>,
-    /// With --userdata: leave the VM running after the boot, until Enter.
-    #[arg(long, requires = "userdata")]
+    /// Leave the last boot's VM running after its checks, until Enter (with
+    /// --userdata: the one boot; else e.g. with --variant NAME and one --firmware).
+    #[arg(long)]
     pub keep: bool,
     /// Build the artifacts the selected boots serve (`artifacts` in the
     /// boot test: extensions, container tarballs), print where they are,

@@ -3,7 +3,8 @@
 //! payload and checks it: a byte-identical rebuild, a cold build by another
 //! user (see `other_user`), and parity with the SDK container; then every
 //! platform that declares a boot test (`oem/<id>/boot-test.json`) is built
-//! and booted, one job per firmware, as many at once as there are cores
+//! and booted: its artifacts built first, its boots split into jobs per
+//! firmware (see `boot_groups`), as many jobs at once as there are cores
 //! (counted from the JSON reports). Platforms without a boot test are listed
 //! as skipped.
 
@@ -172,14 +173,36 @@ pub fn run(a: Args) -> Result<()> {
             }
             dir
         };
+        // Artifacts first, once, before jobs that serve them run in parallel.
+        if !spec.artifacts_needed(&spec.firmware, true).is_empty() {
+            log(&format!("test: building the artifacts of {id}'s boot test"));
+            let st = forge::tools::command(std::env::current_exe()?)
+                .args(["boot-test", "--platform", &id, "--artifacts-only"])
+                .arg(&dir)
+                .status()?;
+            if !st.success() {
+                report(
+                    &format!("the artifacts of {id}'s boot test are built"),
+                    false,
+                    String::new(),
+                );
+                continue;
+            }
+        }
         for fw in &spec.firmware {
-            jobs.push(BootJob {
-                platform: id.clone(),
-                firmware: fw.name().to_string(),
-                dir: dir.clone(),
-            });
+            for (k, variants) in boot_groups(&spec, *fw).into_iter().enumerate() {
+                jobs.push(BootJob {
+                    platform: id.clone(),
+                    firmware: fw.name().to_string(),
+                    tag: format!("{}.{}", fw.name(), k + 1),
+                    variants,
+                    dir: dir.clone(),
+                });
+            }
         }
     }
+    // Longest first, so the short jobs fill in at the end.
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.variants.len()));
     let (p, f) = run_boot_jobs(&jobs, &log)?;
     passed += p;
     failed += f;
@@ -242,12 +265,45 @@ fn sha256_file(p: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// One boot test to run: a platform's image (its build-image output
-/// directory) booted with one firmware.
+/// One boot test job: some boots of a platform's image (its build-image
+/// output directory) with one firmware.
 struct BootJob {
     platform: String,
     firmware: String,
+    /// `<firmware>.<n>`: names the job's log and report.
+    tag: String,
+    variants: Vec<String>,
     dir: std::path::PathBuf,
+}
+
+/// Most boots one job makes: a platform's boots with one firmware are split
+/// into jobs of about equal size, none larger, so they spread over the
+/// cores (each job pays one decompression of the image).
+const MAX_BOOTS_PER_JOB: usize = 6;
+
+/// The boots of `spec` with `fw` (negative ones included), in order, split
+/// into groups for [`MAX_BOOTS_PER_JOB`]; a boot of the previous boot's disk
+/// stays in its predecessor's group.
+fn boot_groups(spec: &forge_boottest::BootTest, fw: forge_boottest::Firmware) -> Vec<Vec<String>> {
+    let steps = forge_boottest::spec::plan(spec, true, fw);
+    let mut chains: Vec<Vec<String>> = Vec::new();
+    for s in &steps {
+        match (s.disk == forge_boottest::spec::DiskUse::Previous, chains.last_mut()) {
+            (true, Some(c)) => c.push(s.boot.variant.clone()),
+            _ => chains.push(vec![s.boot.variant.clone()]),
+        }
+    }
+    let total = steps.len();
+    let jobs = total.div_ceil(MAX_BOOTS_PER_JOB).max(1);
+    let target = total.div_ceil(jobs);
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    for c in chains {
+        match groups.last_mut() {
+            Some(g) if g.len() < target => g.extend(c),
+            _ => groups.push(c),
+        }
+    }
+    groups
 }
 
 /// Runs the boot jobs, as many at once as there are cores; each job's
@@ -266,12 +322,13 @@ fn run_boot_jobs(jobs: &[BootJob], log: &(dyn Fn(&str) + Sync)) -> Result<(usize
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(j) = jobs.get(i) else { break };
-                let json = j.dir.join(format!("boot-test.{}.json", j.firmware));
-                let out = j.dir.join(format!("boot-test.{}.log", j.firmware));
+                let json = j.dir.join(format!("boot-test.{}.json", j.tag));
+                let out = j.dir.join(format!("boot-test.{}.log", j.tag));
                 log(&format!(
-                    "test: boot test of {} ({}), output in {}",
+                    "test: boot test of {} ({}: {}), output in {}",
                     j.platform,
                     j.firmware,
+                    j.variants.join(", "),
                     out.display()
                 ));
                 let counted = std::fs::File::create(&out)
@@ -286,6 +343,7 @@ fn run_boot_jobs(jobs: &[BootJob], log: &(dyn Fn(&str) + Sync)) -> Result<(usize
                             "--firmware",
                             &j.firmware,
                         ])
+                        .args(j.variants.iter().flat_map(|v| ["--variant", v.as_str()]))
                         .arg(&j.dir)
                         .arg("--json")
                         .arg(&json)
@@ -294,12 +352,12 @@ fn run_boot_jobs(jobs: &[BootJob], log: &(dyn Fn(&str) + Sync)) -> Result<(usize
                         boot_reports(cmd, &json)
                     });
                 let (p, f) = counted.unwrap_or_else(|e| {
-                    println!("[!!] FAIL boot test of {} ({}): {e:#}", j.platform, j.firmware);
+                    println!("[!!] FAIL boot test of {} ({}): {e:#}", j.platform, j.tag);
                     (0, 1)
                 });
                 log(&format!(
                     "test: boot test of {} ({}) done: {p} passed, {f} failed",
-                    j.platform, j.firmware
+                    j.platform, j.tag
                 ));
                 let mut t = totals.lock().unwrap();
                 t.0 += p;
@@ -370,6 +428,35 @@ mod tests {
                        "stopped_at": "END", "serial_log": "/s", "checks": checks}]
         }])
         .to_string()
+    }
+
+    #[test]
+    fn boot_jobs_split_every_platform_test_without_breaking_disk_chains() {
+        let oem = repo_root().join("oem");
+        let mut seen = 0;
+        for id in forge::oem::list(&oem) {
+            let Some(spec) = forge_boottest::spec::load_for(&oem, &id).unwrap() else { continue };
+            for fw in &spec.firmware {
+                let groups = boot_groups(&spec, *fw);
+                let flat: Vec<String> = groups.concat();
+                let planned: Vec<String> = forge_boottest::spec::plan(&spec, true, *fw)
+                    .iter()
+                    .map(|s| s.boot.variant.clone())
+                    .collect();
+                assert_eq!(flat, planned, "{id} {fw:?}: every boot once, in order");
+                for g in &groups {
+                    assert!(!g.is_empty() && g.len() <= MAX_BOOTS_PER_JOB, "{id}: {g:?}");
+                    // The first boot of a group never needs a predecessor's disk.
+                    let first = spec.boots.iter().find(|b| b.variant == g[0]).unwrap();
+                    assert_eq!(first.disk, forge_boottest::spec::BootDisk::Fresh, "{id}: {g:?}");
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "the repository's boot tests were found");
+        // Hetzner's BIOS boots are more than one job's worth.
+        let spec = forge_boottest::spec::load_for(&oem, "hetzner").unwrap().unwrap();
+        assert!(boot_groups(&spec, forge_boottest::Firmware::Bios).len() >= 2);
     }
 
     /// A stand-in for `boot-test --json FILE`: writes `json` (if any) to FILE, exits with `rc`.
