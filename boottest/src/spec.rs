@@ -1114,6 +1114,8 @@ mod tests {
             [
                 "as-built",
                 "second-boot",
+                "containers",
+                "no-docker",
                 "no-userdata",
                 "empty-userdata",
                 "cloud-config",
@@ -1123,8 +1125,16 @@ mod tests {
             ]
         );
         assert_eq!(t.boots[1].disk, BootDisk::Previous);
-        assert_eq!(t.boots[2].resolved_userdata, UserData::Absent);
-        assert_eq!(t.boots[3].resolved_userdata, UserData::Template(String::new()));
+        assert_eq!(t.boots[4].resolved_userdata, UserData::Absent);
+        assert_eq!(t.boots[5].resolved_userdata, UserData::Template(String::new()));
+        // The image as built and its second boot with both firmwares, the rest with BIOS.
+        let uefi: Vec<&str> =
+            plan(&t, true, Firmware::Uefi).iter().map(|s| s.boot.variant.as_str()).collect();
+        assert_eq!(uefi, ["as-built", "second-boot"]);
+        assert_eq!(plan(&t, true, Firmware::Bios).len(), 10);
+        let needed = t.artifacts_needed(&[Firmware::Bios], false);
+        assert_eq!(needed.into_iter().collect::<Vec<_>>(), ["hello-ext", "nginx-rootfs"]);
+        assert!(t.artifacts_needed(&[Firmware::Uefi], true).is_empty());
         let q = load_for(Path::new(REPO_OEM), "qemu").unwrap().expect("qemu has a boot test");
         assert!(q.metadata.is_none());
         assert_eq!(q.fw_cfg.len(), 1);
