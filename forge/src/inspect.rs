@@ -357,9 +357,10 @@ fn read_extensions(
         .with_context(|| format!("{}: copying USR-A", path.display()))?;
     let dir = format!("/{}", crate::sysext::USR_DIR.trim_start_matches("usr/"));
     let run = |args: &[String]| -> Result<(bool, String)> {
+        // Joined first, then captured: the other order sends stderr to our stdout.
         let o = crate::tools::cmd(&dump, args)
-            .stdout_capture()
             .stderr_to_stdout()
+            .stdout_capture()
             .unchecked()
             .run()
             .context("running dump.erofs")?;
