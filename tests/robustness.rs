@@ -26,6 +26,15 @@ fn build_cmd(payload: &Path, out: &Path) -> Command {
         .arg(out)
         .env("SOURCE_DATE_EPOCH", "1700000000");
     c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    // SIGINT as at a terminal, whatever this test inherited: a shell starts
+    // background jobs with SIGINT ignored, and an ignored signal stays
+    // ignored across exec (the build would then run on, and the test fail).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     c
 }
 
