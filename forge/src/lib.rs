@@ -6,6 +6,7 @@
 //! then a platform's disk `format` and `artifacts`. `inspect` reads any GPT
 //! disk image back.
 
+pub mod arch;
 pub mod artifacts;
 pub mod boot;
 pub mod format;

@@ -13,6 +13,8 @@
 //!   checks a reader of a hostile disk makes.
 //! - [`fs`]: recognizing a filesystem by its superblock (vfat, ext2/3/4,
 //!   erofs, squashfs, btrfs): type, label, UUID, size.
+//! - [`kernel`]: kernel images (x86 bzImage, arm64 Image): machine and release;
+//!   the machine of ELF and PE/COFF (EFI) executables.
 //! - [`modules`]: `modules.dep` and `modules.builtin`.
 //! - [`os_release`]: `os-release`-style `KEY=value` files.
 //! - [`cmdline`]: the kernel command line, with the kernel's quoting rules.
@@ -21,6 +23,7 @@ pub mod cmdline;
 pub mod fat;
 pub mod fs;
 pub mod gpt;
+pub mod kernel;
 pub mod modules;
 pub mod os_release;
 pub mod verity;
