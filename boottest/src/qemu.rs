@@ -18,7 +18,7 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// The QEMU binary for an architecture.
 pub fn program(arch: Arch) -> Result<Tool> {
     match arch {
-        Arch::X86_64 => Ok(Tool { program: "qemu-system-x86_64", package: "qemu-system-x86" }),
+        Arch::Amd64 => Ok(Tool { program: "qemu-system-x86_64", package: "qemu-system-x86" }),
         Arch::Arm64 => bail!(
             "arm64 boot tests are not implemented yet (qemu-system-aarch64 -M virt with AAVMF)"
         ),
@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn every_nic_is_restricted_and_forwards_only_to_loopback() {
-        let a = args(&spec(true), Arch::X86_64, Firmware::Uefi, "tcg", &files()).unwrap();
+        let a = args(&spec(true), Arch::Amd64, Firmware::Uefi, "tcg", &files()).unwrap();
         let netdevs: Vec<&String> = a
             .iter()
             .zip(a.iter().skip(1))
@@ -313,15 +313,15 @@ mod tests {
 
     #[test]
     fn bios_has_no_pflash_and_commas_in_paths_are_refused() {
-        let a = args(&spec(false), Arch::X86_64, Firmware::Bios, "tcg", &files()).unwrap();
+        let a = args(&spec(false), Arch::Amd64, Firmware::Bios, "tcg", &files()).unwrap();
         assert!(!a.join(" ").contains("pflash"));
         let mut f = files();
         f.responder = Some("/bin/x metadata-respond --served /w,x/s.json".into());
-        let e = args(&spec(false), Arch::X86_64, Firmware::Bios, "tcg", &f).unwrap_err();
+        let e = args(&spec(false), Arch::Amd64, Firmware::Bios, "tcg", &f).unwrap_err();
         assert!(e.to_string().contains("must not contain commas"), "{e}");
         let mut f = files();
         f.disks[0] = "/w,1/disk.raw".into();
-        assert!(args(&spec(false), Arch::X86_64, Firmware::Bios, "tcg", &f).is_err());
+        assert!(args(&spec(false), Arch::Amd64, Firmware::Bios, "tcg", &f).is_err());
         let e = args(&spec(false), Arch::Arm64, Firmware::Uefi, "tcg", &files()).unwrap_err();
         assert!(e.to_string().contains("arm64 boot tests are not implemented yet"), "{e}");
     }

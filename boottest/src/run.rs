@@ -581,6 +581,27 @@ mod tests {
     const REPO_OEM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../oem");
 
     #[test]
+    fn reports_name_the_arch_as_debian_does_and_read_older_names() {
+        let r = Report {
+            platform: "hetzner".into(),
+            firmware: Firmware::Uefi,
+            arch: Arch::Arm64,
+            image: "/i".into(),
+            boots: Vec::new(),
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["arch"], "arm64");
+        assert_eq!(j["firmware"], "uefi");
+        let amd = serde_json::to_value(Report { arch: Arch::Amd64, ..r.clone() }).unwrap();
+        assert_eq!(amd["arch"], "amd64");
+        // Reports written before forge::arch said "x86-64".
+        let mut old = amd.clone();
+        old["arch"] = "x86-64".into();
+        let back: Report = serde_json::from_value(old).unwrap();
+        assert_eq!(back.arch, Arch::Amd64);
+    }
+
+    #[test]
     fn one_line_joins_distinct_lines() {
         assert_eq!(one_line("a\n\n b \na\nc\n"), "a; b; c");
         assert_eq!(one_line(""), "");
@@ -599,7 +620,7 @@ mod tests {
         assert_eq!(b.checks.len(), 1);
         assert_eq!(b.checks[0].name, "boots to \"FORGE-REPORT end\"");
         let ctx =
-            t.context(Arch::X86_64, Firmware::Bios, "hetzner", b, "ssh-ed25519 AAAAk c").unwrap();
+            t.context(Arch::Amd64, Firmware::Bios, "hetzner", b, "ssh-ed25519 AAAAk c").unwrap();
         // Byte for byte: the file is not a template.
         assert_eq!(
             t.served(&ctx, b).unwrap()["/hetzner/v1/userdata"].body,
@@ -618,7 +639,7 @@ mod tests {
         let spec = crate::spec::load_for(Path::new(REPO_OEM), "qemu").unwrap().unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let ctx = spec
-            .context(Arch::X86_64, Firmware::Bios, "qemu", &spec.boots[0], "ssh-ed25519 AAAAk c")
+            .context(Arch::Amd64, Firmware::Bios, "qemu", &spec.boots[0], "ssh-ed25519 AAAAk c")
             .unwrap();
         let files = BootFiles {
             disks: vec![tmp.path().join("disk.raw")],
@@ -628,7 +649,7 @@ mod tests {
             uefi_vars: None,
             host_ports: BTreeMap::from([(22, 40022)]),
         };
-        let a = qemu::args(&spec, Arch::X86_64, Firmware::Bios, "tcg", &files).unwrap().join(" ");
+        let a = qemu::args(&spec, Arch::Amd64, Firmware::Bios, "tcg", &files).unwrap().join(" ");
         assert!(
             a.contains(&format!(
                 "-fw_cfg name=opt/org.flatcar-linux/config,file={}",

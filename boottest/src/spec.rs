@@ -48,22 +48,10 @@ use std::path::{Path, PathBuf};
 /// The file name beside `platform.json`.
 pub const FILE: &str = "boot-test.json";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Arch {
-    #[serde(rename = "x86-64")]
-    X86_64,
-    #[serde(rename = "arm64")]
-    Arm64,
-}
-
-impl Arch {
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86-64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-}
+/// The architectures, as forge knows them: a file may name one by Debian's
+/// name (`amd64`, `arm64`) or systemd's (`x86-64`); reports, logs and file
+/// names use Debian's.
+pub use forge::arch::Arch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -77,6 +65,14 @@ impl Firmware {
         match self {
             Firmware::Bios => "bios",
             Firmware::Uefi => "uefi",
+        }
+    }
+
+    /// Whether `arch` has this firmware (PC BIOS is x86's; UEFI every one's).
+    pub fn on(self, arch: Arch) -> bool {
+        match self {
+            Firmware::Bios => arch.has_bios(),
+            Firmware::Uefi => true,
         }
     }
 }
@@ -666,7 +662,7 @@ impl BootTest {
 
     fn validate(&self) -> Result<()> {
         if self.arch.is_empty() {
-            bail!("arch: name at least one architecture (x86-64, arm64)");
+            bail!("arch: name at least one architecture (amd64, arm64)");
         }
         if self.firmware.is_empty() {
             bail!("firmware: name at least one firmware (bios, uefi)");
@@ -851,7 +847,7 @@ impl BootTest {
             // Every template renders and every pattern compiles, with stand-in values.
             let ctx = self
                 .context(
-                    Arch::X86_64,
+                    Arch::Amd64,
                     Firmware::Bios,
                     "probe",
                     b,
@@ -1148,7 +1144,7 @@ mod tests {
     fn qemu_carries_the_example_config_with_the_key_in_fw_cfg() {
         let t = load_for(Path::new(REPO_OEM), "qemu").unwrap().unwrap();
         let key = "ssh-ed25519 AAAAtestkey forge-boot-test";
-        let ctx = t.context(Arch::X86_64, Firmware::Uefi, "qemu", &t.boots[0], key).unwrap();
+        let ctx = t.context(Arch::Amd64, Firmware::Uefi, "qemu", &t.boots[0], key).unwrap();
         assert!(t.served(&ctx, &t.boots[0]).unwrap().is_empty());
         let tmp = tempfile::tempdir().unwrap();
         let files = t.fw_cfg_files(&ctx, tmp.path()).unwrap();
@@ -1165,7 +1161,7 @@ mod tests {
     fn hetzner_serves_the_reference_paths_with_the_key() {
         let t = load_for(Path::new(REPO_OEM), "hetzner").unwrap().unwrap();
         let key = "ssh-ed25519 AAAAtestkey forge-boot-test\n";
-        let ctx = t.context(Arch::X86_64, Firmware::Bios, "hetzner", &t.boots[0], key).unwrap();
+        let ctx = t.context(Arch::Amd64, Firmware::Bios, "hetzner", &t.boots[0], key).unwrap();
         let s = t.served(&ctx, &t.boots[0]).unwrap();
         for p in [
             "/hetzner/v1/metadata",
@@ -1197,16 +1193,16 @@ mod tests {
         assert_eq!(config["ignition"]["version"], "3.3.0");
         // No user-data: the path is not served (404); empty: served empty.
         let by = |v: &str| t.boots.iter().find(|b| b.variant == v).unwrap();
-        let none = t.context(Arch::X86_64, Firmware::Bios, "hetzner", by("no-userdata"), key);
+        let none = t.context(Arch::Amd64, Firmware::Bios, "hetzner", by("no-userdata"), key);
         let none = t.served(&none.unwrap(), by("no-userdata")).unwrap();
         assert!(!none.contains_key("/hetzner/v1/userdata"));
         assert!(none.contains_key("/hetzner/v1/metadata/hostname"));
-        let empty = t.context(Arch::X86_64, Firmware::Bios, "hetzner", by("empty-userdata"), key);
+        let empty = t.context(Arch::Amd64, Firmware::Bios, "hetzner", by("empty-userdata"), key);
         assert_eq!(
             t.served(&empty.unwrap(), by("empty-userdata")).unwrap()["/hetzner/v1/userdata"].body,
             ""
         );
-        let cc = t.context(Arch::X86_64, Firmware::Bios, "hetzner", by("cloud-config"), key);
+        let cc = t.context(Arch::Amd64, Firmware::Bios, "hetzner", by("cloud-config"), key);
         assert!(t.served(&cc.unwrap(), by("cloud-config")).unwrap()["/hetzner/v1/userdata"]
             .body
             .starts_with("#cloud-config\n"));
@@ -1216,8 +1212,8 @@ mod tests {
     fn userdata_is_per_boot_and_rendered() {
         let t = parse_value(&minimal()).unwrap();
         let key = "ssh-ed25519 AAAAk c";
-        let one = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
-        let two = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
+        let one = t.context(Arch::Amd64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
+        let two = t.context(Arch::Amd64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
         assert_eq!(t.served(&one, &t.boots[0]).unwrap()["/user-data"].body, "default for h1");
         assert_eq!(t.served(&two, &t.boots[1]).unwrap()["/user-data"].body, "custom");
         assert_eq!(t.served(&one, &t.boots[0]).unwrap()["/keys"].body, "[\"ssh-ed25519 AAAAk c\"]");
@@ -1255,13 +1251,13 @@ mod tests {
         });
         let t = t.unwrap();
         let key = "ssh-ed25519 AAAAk c";
-        let one = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
+        let one = t.context(Arch::Amd64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
         assert_eq!(
             t.served(&one, &t.boots[0]).unwrap()["/user-data"].body,
             "{\"keys\": [\"ssh-ed25519 AAAAk c on h1\", \"ssh-ed25519 AAAAk c on h1\"], \"unit\": \"x={{ not a template }} ${HOST}\"}\n"
         );
         // The boot's own inline user-data wins over the file.
-        let two = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
+        let two = t.context(Arch::Amd64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
         assert_eq!(t.served(&two, &t.boots[1]).unwrap()["/user-data"].body, "custom");
     }
 
@@ -1301,7 +1297,7 @@ mod tests {
         let t = parse_value(&v).unwrap();
         let key = "ssh-ed25519 AAAAk c";
         let tmp = tempfile::tempdir().unwrap();
-        let one = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
+        let one = t.context(Arch::Amd64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
         let s = t.served(&one, &t.boots[0]).unwrap();
         assert_eq!(s["/user-data"].body, "default for h1");
         assert_eq!(s["/user-data"].content_type, "text/plain");
@@ -1312,7 +1308,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&files[0].1).unwrap(), "default for h1");
         assert_eq!(std::fs::read_to_string(&files[1].1).unwrap(), "one absent=False");
 
-        let two = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
+        let two = t.context(Arch::Amd64, Firmware::Bios, "x", &t.boots[1], key).unwrap();
         let s = t.served(&two, &t.boots[1]).unwrap();
         assert!(!s.contains_key("/user-data") && !s.contains_key("/typed"));
         assert!(s.contains_key("/hostname"));
@@ -1401,12 +1397,12 @@ mod tests {
         assert_eq!(t.artifacts["rootfs"], Artifact::RootfsTar("src".into()));
         // Served: the boot's own paths next to the file's, the artifact as a body naming it.
         let key = "ssh-ed25519 AAAAk c";
-        let ctx = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[2], key).unwrap();
+        let ctx = t.context(Arch::Amd64, Firmware::Bios, "x", &t.boots[2], key).unwrap();
         let s = t.served(&ctx, &t.boots[2]).unwrap();
         assert_eq!(s["/files/ext.raw"].artifact.as_deref(), Some("ext"));
         assert_eq!(s["/files/ext.raw"].content_type, "application/octet-stream");
         assert!(s.contains_key("/hostname"));
-        let ctx = t.context(Arch::X86_64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
+        let ctx = t.context(Arch::Amd64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
         assert!(!t.served(&ctx, &t.boots[0]).unwrap().contains_key("/files/ext.raw"));
         // A boot of the previous disk cannot run with a firmware its predecessor does not.
         let mut bad = v.clone();

@@ -28,6 +28,12 @@ impl Arch {
         }
     }
 
+    /// The name reports, logs and file names use (Debian's), as
+    /// `Firmware::name` of the boot tests.
+    pub fn name(self) -> &'static str {
+        self.debian()
+    }
+
     /// systemd's name (`ARCHITECTURE=` in os-release and extension-release).
     pub fn systemd(self) -> &'static str {
         match self {

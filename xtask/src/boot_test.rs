@@ -38,9 +38,10 @@ pub struct Args {
     /// Firmware to boot with (repeatable; default: every one the boot test declares).
     #[arg(long, value_enum)]
     pub firmware: Vec<Firmware>,
-    /// Architecture (repeatable; default: every one the boot test declares).
-    #[arg(long, value_enum)]
-    pub arch: Vec<Arch>,
+    /// Architecture: amd64 or arm64 (also x86-64, x86_64, aarch64);
+    /// repeatable; default: every one the boot test declares.
+    #[arg(long)]
+    pub arch: Vec<forge::arch::Arch>,
     /// Disk size the image is grown to, in GiB (default: the boot test's machine.disk_bytes).
     #[arg(long)]
     pub disk_gib: Option<u64>,
@@ -95,22 +96,6 @@ impl From<Firmware> for forge_boottest::Firmware {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Arch {
-    #[value(name = "x86-64")]
-    X86_64,
-    Arm64,
-}
-
-impl From<Arch> for forge_boottest::Arch {
-    fn from(a: Arch) -> Self {
-        match a {
-            Arch::X86_64 => forge_boottest::Arch::X86_64,
-            Arch::Arm64 => forge_boottest::Arch::Arm64,
-        }
-    }
-}
-
 pub fn run(a: Args) -> Result<()> {
     let oem = a.oem_dir.clone().unwrap_or_else(|| repo_root().join("oem"));
     let platform = forge::oem::load(&oem, &a.platform)?;
@@ -124,11 +109,8 @@ pub fn run(a: Args) -> Result<()> {
     let spec = spec
         .select(&a.variant)
         .with_context(|| format!("{}", forge_boottest::spec::path(&oem, &a.platform).display()))?;
-    let arches: Vec<forge_boottest::Arch> = if a.arch.is_empty() {
-        spec.arch.clone()
-    } else {
-        a.arch.iter().map(|x| (*x).into()).collect()
-    };
+    let arches: Vec<forge_boottest::Arch> =
+        if a.arch.is_empty() { spec.arch.clone() } else { a.arch.clone() };
     let mut firmwares: Vec<forge_boottest::Firmware> = if a.firmware.is_empty() {
         spec.firmware.clone()
     } else {
