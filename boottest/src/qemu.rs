@@ -57,7 +57,7 @@ pub fn args(
     files: &BootFiles,
 ) -> Result<Vec<String>> {
     program(arch)?;
-    let m = &t.machine;
+    let m = t.machine_for(arch);
     let mut a: Vec<String> = vec![
         "-machine".into(),
         "q35".into(),

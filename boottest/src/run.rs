@@ -82,19 +82,22 @@ pub struct Options {
 }
 
 /// The boot test reduced to trying one user-data file: the file's first
-/// boot that is not negative and has no mutation (as variant "userdata"), serving `userdata`
-/// byte for byte wherever the file serves user-data, with one check: the
-/// boot reaches its first `until` marker.
-pub fn try_userdata(spec: &BootTest, userdata: &Path) -> Result<BootTest> {
+/// boot on `arch` that is not negative and has no mutation (as variant
+/// "userdata"), serving `userdata` byte for byte wherever the file serves
+/// user-data, with one check: the boot reaches its first `until` marker.
+pub fn try_userdata(spec: &BootTest, arch: Arch, userdata: &Path) -> Result<BootTest> {
     let text = std::fs::read_to_string(userdata)
         .with_context(|| format!("{}: cannot read", userdata.display()))?;
     let mut t = spec.clone();
+    let fws = spec.firmwares(arch);
     let first = t
         .boots
         .iter()
-        .find(|b| !b.negative && b.mutation.is_none())
+        .find(|b| !b.negative && b.mutation.is_none() && fws.iter().any(|f| b.runs_on(arch, *f)))
         .cloned()
-        .ok_or_else(|| anyhow!("{}: no boot of the image as built", spec.file.display()))?;
+        .ok_or_else(|| {
+            anyhow!("{}: no boot of the image as built on {arch}", spec.file.display())
+        })?;
     t.boots = vec![first];
     t.override_userdata(UserData::File {
         path: userdata.to_path_buf(),
@@ -133,17 +136,12 @@ pub fn stem(image: &Path) -> String {
 /// up; a boot that fails (QEMU exits early, a probe errors) is recorded as a
 /// failed check in the report.
 pub fn run(spec: &BootTest, opts: &Options, log: &dyn Fn(&str)) -> Result<Report> {
-    if !spec.arch.contains(&opts.arch) || !spec.firmware.contains(&opts.firmware) {
-        return Err(anyhow!(
-            "{}: {} {} is not declared (arch {:?}, firmware {:?})",
-            spec.file.display(),
-            opts.arch.name(),
-            opts.firmware.name(),
-            spec.arch.iter().map(|a| a.name()).collect::<Vec<_>>(),
-            spec.firmware.iter().map(|f| f.name()).collect::<Vec<_>>()
-        ));
-    }
+    check_declared(spec, opts.arch, opts.firmware)?;
+    // The architecture's machine, as the only one: what reads
+    // `spec.machine` from here on sees it.
     let mut spec = spec.clone();
+    spec.machine = spec.machine_for(opts.arch);
+    spec.machine_arch.clear();
     if let Some(b) = opts.disk_bytes {
         spec.machine.disk_bytes = b;
     }
@@ -197,7 +195,7 @@ pub fn run(spec: &BootTest, opts: &Options, log: &dyn Fn(&str)) -> Result<Report
         spec.machine.disk_bytes,
         t.elapsed().as_secs_f64()
     ));
-    let steps = crate::spec::plan(spec, opts.negative, opts.firmware);
+    let steps = crate::spec::plan_arch(spec, opts.negative, opts.arch, opts.firmware);
     let mut report = Report {
         platform: opts.platform.clone(),
         firmware: opts.firmware,
@@ -256,6 +254,25 @@ pub fn run(spec: &BootTest, opts: &Options, log: &dyn Fn(&str)) -> Result<Report
         report.boots.push(br);
     }
     Ok(report)
+}
+
+/// The boot test declares `arch` and boots it with `firmware`; the error
+/// names the file and what it declares.
+pub fn check_declared(spec: &BootTest, arch: Arch, firmware: Firmware) -> Result<()> {
+    let file = spec.file.display();
+    let arches = spec.arch.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ");
+    if !spec.arch.contains(&arch) {
+        return Err(anyhow!("{file}: does not declare {arch} (arch: {arches})"));
+    }
+    let fws = spec.firmwares(arch);
+    if !fws.contains(&firmware) {
+        let fws = fws.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ");
+        return Err(anyhow!(
+            "{file}: {arch} does not boot with {} (its firmwares: {fws})",
+            firmware.name()
+        ));
+    }
+    Ok(())
 }
 
 /// What happens to a VM after its checks.
@@ -613,7 +630,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mine = tmp.path().join("mine.ign");
         std::fs::write(&mine, "{\"ignition\":{\"version\":\"3.3.0\"}} {{ssh_public_key}}").unwrap();
-        let t = try_userdata(&spec, &mine).unwrap();
+        let t = try_userdata(&spec, Arch::Amd64, &mine).unwrap();
         assert_eq!(t.boots.len(), 1);
         let b = &t.boots[0];
         assert_eq!(b.variant, "userdata");
@@ -630,7 +647,9 @@ mod tests {
         assert_eq!(steps.len(), 1);
         assert_eq!(steps[0].disk, DiskUse::Fresh);
         assert!(!steps[0].hand_on);
-        let e = try_userdata(&spec, &tmp.path().join("missing.ign")).unwrap_err().to_string();
+        let e = try_userdata(&spec, Arch::Amd64, &tmp.path().join("missing.ign"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing.ign: cannot read"), "{e}");
     }
 

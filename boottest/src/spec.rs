@@ -5,8 +5,23 @@
 //! the code only knows how to turn it into QEMU arguments and how to
 //! evaluate checks.
 //!
+//! Architectures and firmwares: `arch` names the architectures the image
+//! boots on (any of forge's names: `amd64` or `x86-64`, `arm64` or
+//! `aarch64`), `firmware` the firmwares; each architecture boots with those
+//! of them it has ([`BootTest::firmwares`]: arm64 has no BIOS; a file whose
+//! architecture has none of its firmwares is refused). `machine` is every
+//! architecture's machine but for what `machine_arch` sets per architecture
+//! (`{"arm64": {"disk_bytes": …, "memory_mib": …, "cpus": …,
+//! "timeout_seconds": …}}`, each field optional). A boot may run with some
+//! of the firmwares (`"firmware": ["bios"]`) and on some of the
+//! architectures (`"arch": ["amd64"]`) only; a boot whose firmwares an
+//! architecture it runs on lacks must leave that architecture out of its
+//! `arch`. How QEMU boots each architecture (binary, machine, CPU, UEFI
+//! files) is not data of the file: see the `qemu` module.
+//!
 //! Strings are MiniJinja templates rendered per boot with: `platform`,
-//! `arch`, `firmware`, `variant`, `disk_bytes`, `disk_gib`,
+//! `arch` (Debian's name: `amd64`, `arm64`), `firmware`, `variant`,
+//! `disk_bytes`, `disk_gib` (the architecture's machine),
 //! `ssh_public_key` (the test's generated key, one line),
 //! `ssh_public_key_body` (its base64 part), `userdata` (the boot's, itself
 //! rendered first; "" when the boot serves none), `userdata_absent` and
@@ -34,9 +49,10 @@
 //! earlier VM cleanly first (over SSH as `poweroff_ssh_user`: `sync`, then
 //! `systemctl poweroff`, waiting for QEMU to exit; killed after a timeout or
 //! if the guest refuses). The first boot cannot be "previous", a "previous"
-//! boot takes no mutation, and a boot that is not negative cannot follow a
+//! boot takes no mutation, a boot that is not negative cannot follow a
 //! negative one on the previous disk (skipping negative boots would break
-//! the chain).
+//! the chain), and a "previous" boot runs on no architecture and with no
+//! firmware its predecessor does not.
 
 use crate::check::{Check, Cond, Probe};
 use anyhow::{anyhow, bail, Context, Result};
@@ -83,10 +99,16 @@ impl Firmware {
 pub struct BootTest {
     #[serde(rename = "_comment", default)]
     _comment: Option<serde_json::Value>,
-    /// Architectures the image boots on (each with every firmware it supports).
+    /// Architectures the image boots on, each with the firmwares of
+    /// `firmware` it has (see [`BootTest::firmwares`]).
     pub arch: Vec<Arch>,
     pub firmware: Vec<Firmware>,
     pub machine: Machine,
+    /// Per architecture, what differs from `machine` (each field optional):
+    /// `{"arm64": {"disk_bytes": 42949672960, "timeout_seconds": 1500}}`.
+    /// See [`BootTest::machine_for`].
+    #[serde(default, deserialize_with = "arch_keys")]
+    pub machine_arch: BTreeMap<Arch, MachineArch>,
     /// The fake metadata service, reached by the NICs that say `"metadata": true`.
     #[serde(default)]
     pub metadata: Option<MetadataService>,
@@ -130,6 +152,49 @@ pub struct Machine {
     /// Seconds each boot may take to reach one of its `until` markers.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
+}
+
+/// A map keyed by any of an architecture's names (read with string keys,
+/// so that an error inside an entry names its place, e.g.
+/// `machine_arch.arm64.disk_gib`).
+fn arch_keys<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<Arch, MachineArch>, D::Error> {
+    use serde::de::Error;
+    let mut out = BTreeMap::new();
+    for (k, v) in BTreeMap::<String, MachineArch>::deserialize(d)? {
+        let a = Arch::parse(&k).map_err(D::Error::custom)?;
+        if out.insert(a, v).is_some() {
+            return Err(D::Error::custom(format!("{a} is named twice")));
+        }
+    }
+    Ok(out)
+}
+
+/// One architecture's changes to the file's `machine`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineArch {
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+impl Machine {
+    /// This machine with what `o` sets.
+    fn with(&self, o: &MachineArch) -> Machine {
+        Machine {
+            memory_mib: o.memory_mib.unwrap_or(self.memory_mib),
+            cpus: o.cpus.unwrap_or(self.cpus),
+            disk_bytes: o.disk_bytes.unwrap_or(self.disk_bytes),
+            timeout_seconds: o.timeout_seconds.unwrap_or(self.timeout_seconds),
+        }
+    }
 }
 
 fn core() -> String {
@@ -340,6 +405,11 @@ pub struct Boot {
     /// to keep the test short.
     #[serde(default)]
     pub firmware: Option<Vec<Firmware>>,
+    /// The architectures this boot runs on (default: all the file
+    /// declares); as `firmware`, for what does not depend on the
+    /// architecture (booted on one only: TCG makes the other slow).
+    #[serde(default)]
+    pub arch: Option<Vec<Arch>>,
     /// Paths the metadata service serves during this boot only, next to
     /// the file's `metadata.paths` (e.g. an artifact a config fetches).
     #[serde(default)]
@@ -357,6 +427,16 @@ impl Boot {
     /// The boot runs with this firmware (its `firmware`, if it names any).
     pub fn runs_with(&self, f: Firmware) -> bool {
         self.firmware.as_ref().is_none_or(|fs| fs.contains(&f))
+    }
+
+    /// The boot runs on this architecture (its `arch`, if it names any).
+    pub fn runs_on_arch(&self, a: Arch) -> bool {
+        self.arch.as_ref().is_none_or(|xs| xs.contains(&a))
+    }
+
+    /// The boot runs on `arch` with `f` (which `arch` must have).
+    pub fn runs_on(&self, arch: Arch, f: Firmware) -> bool {
+        self.runs_on_arch(arch) && self.runs_with(f) && f.on(arch)
     }
 }
 
@@ -472,12 +552,13 @@ pub struct Step<'a> {
     pub hand_on: bool,
 }
 
-/// The boots a run with `firmware` makes (negative ones only with
-/// `negative`, and those the boot's `firmware` allows), each with its disk. Validation guarantees a "previous" boot follows a boot that is
-/// run whenever it is.
-pub fn plan(t: &BootTest, negative: bool, firmware: Firmware) -> Vec<Step<'_>> {
+/// The boots a run on `arch` with `firmware` makes (negative ones only
+/// with `negative`, and those the boot's `arch` and `firmware` allow), each
+/// with its disk. Validation guarantees a "previous" boot follows a boot
+/// that is run whenever it is.
+pub fn plan_arch(t: &BootTest, negative: bool, arch: Arch, firmware: Firmware) -> Vec<Step<'_>> {
     let boots: Vec<&Boot> =
-        t.boots.iter().filter(|b| (negative || !b.negative) && b.runs_with(firmware)).collect();
+        t.boots.iter().filter(|b| (negative || !b.negative) && b.runs_on(arch, firmware)).collect();
     boots
         .iter()
         .enumerate()
@@ -491,6 +572,16 @@ pub fn plan(t: &BootTest, negative: bool, firmware: Firmware) -> Vec<Step<'_>> {
             hand_on: boots.get(i + 1).is_some_and(|n| n.disk == BootDisk::Previous),
         })
         .collect()
+}
+
+/// [`plan_arch`] on the first of the file's architectures that has
+/// `firmware` (what `boot-test` boots an image of that architecture with).
+/// For callers that plan per firmware only; new code plans per architecture.
+pub fn plan(t: &BootTest, negative: bool, firmware: Firmware) -> Vec<Step<'_>> {
+    match t.arch.iter().find(|a| firmware.on(**a)) {
+        Some(a) => plan_arch(t, negative, *a, firmware),
+        None => Vec::new(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -548,6 +639,28 @@ pub fn parse(text: &str, file: &Path) -> Result<BootTest> {
     Ok(t)
 }
 
+/// `bios, uefi`
+fn names(fs: &[Firmware]) -> String {
+    fs.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// The limits of a machine; `at` is where it is in the file.
+fn check_machine(at: &str, m: &Machine) -> Result<()> {
+    if m.memory_mib < 128 {
+        bail!("{at}.memory_mib: {} is below 128", m.memory_mib);
+    }
+    if m.cpus == 0 {
+        bail!("{at}.cpus: must be at least 1");
+    }
+    if m.disk_bytes == 0 || !m.disk_bytes.is_multiple_of(512) {
+        bail!("{at}.disk_bytes: {} is not a positive multiple of 512", m.disk_bytes);
+    }
+    if m.timeout_seconds == 0 {
+        bail!("{at}.timeout_seconds: must be positive");
+    }
+    Ok(())
+}
+
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
@@ -591,6 +704,25 @@ impl BootTest {
             keep[i - 1]
         });
         Ok(self)
+    }
+
+    /// The firmwares `arch` boots with: the file's `firmware` that the
+    /// architecture has (arm64: no BIOS), in the file's order.
+    pub fn firmwares(&self, arch: Arch) -> Vec<Firmware> {
+        self.firmware.iter().copied().filter(|f| f.on(arch)).collect()
+    }
+
+    /// Every (architecture, firmware) the file boots, in its order.
+    pub fn runs(&self) -> Vec<(Arch, Firmware)> {
+        self.arch.iter().flat_map(|a| self.firmwares(*a).into_iter().map(|f| (*a, f))).collect()
+    }
+
+    /// The machine of `arch`: `machine`, with what `machine_arch` sets for it.
+    pub fn machine_for(&self, arch: Arch) -> Machine {
+        match self.machine_arch.get(&arch) {
+            Some(o) => self.machine.with(o),
+            None => self.machine.clone(),
+        }
     }
 
     /// The repository root: the folder holding the `oem/` folder this file is in.
@@ -664,24 +796,31 @@ impl BootTest {
         if self.arch.is_empty() {
             bail!("arch: name at least one architecture (amd64, arm64)");
         }
+        if let Some(a) =
+            self.arch.iter().enumerate().find_map(|(i, a)| self.arch[..i].contains(a).then_some(a))
+        {
+            bail!("arch: {a} is named twice");
+        }
         if self.firmware.is_empty() {
             bail!("firmware: name at least one firmware (bios, uefi)");
         }
-        if self.arch.contains(&Arch::Arm64) && self.firmware.contains(&Firmware::Bios) {
-            bail!("firmware: arm64 boots only with uefi");
+        for a in &self.arch {
+            if self.firmwares(*a).is_empty() {
+                bail!(
+                    "firmware: {a} has none of the file's firmwares ({}): add one it has (uefi), or leave {a} out of arch",
+                    names(&self.firmware)
+                );
+            }
         }
-        let m = &self.machine;
-        if m.memory_mib < 128 {
-            bail!("machine.memory_mib: {} is below 128", m.memory_mib);
-        }
-        if m.cpus == 0 {
-            bail!("machine.cpus: must be at least 1");
-        }
-        if m.disk_bytes == 0 || !m.disk_bytes.is_multiple_of(512) {
-            bail!("machine.disk_bytes: {} is not a positive multiple of 512", m.disk_bytes);
-        }
-        if m.timeout_seconds == 0 {
-            bail!("machine.timeout_seconds: must be positive");
+        check_machine("machine", &self.machine)?;
+        for (a, o) in &self.machine_arch {
+            if !self.arch.contains(a) {
+                bail!("machine_arch.{a}: {a} is not among the file's architectures");
+            }
+            if *o == MachineArch::default() {
+                bail!("machine_arch.{a}: sets nothing (give memory_mib, cpus, disk_bytes or timeout_seconds)");
+            }
+            check_machine(&format!("machine_arch.{a}"), &self.machine.with(o))?;
         }
         let mut forwarded = BTreeSet::new();
         for (i, n) in self.nics.iter().enumerate() {
@@ -802,6 +941,25 @@ impl BootTest {
                     bail!("{at}.firmware: {} is not among the file's firmwares", f.name());
                 }
             }
+            if let Some(xs) = &b.arch {
+                if xs.is_empty() {
+                    bail!("{at}.arch: name at least one architecture, or leave it out");
+                }
+                if let Some(a) = xs.iter().find(|a| !self.arch.contains(a)) {
+                    bail!("{at}.arch: {a} is not among the file's architectures");
+                }
+            }
+            // Every architecture the boot runs on has one of its firmwares:
+            // a BIOS-only boot names the architectures it runs on.
+            for a in self.arch.iter().filter(|a| b.runs_on_arch(**a)) {
+                if !self.firmwares(*a).iter().any(|f| b.runs_with(*f)) {
+                    let fs = b.firmware.as_deref().unwrap_or(&self.firmware);
+                    bail!(
+                        "{at}: runs on {a}, which has none of its firmwares ({}): give \"arch\" without {a}, or a firmware {a} has",
+                        names(fs)
+                    );
+                }
+            }
             for (p, body) in &b.serve {
                 let Some(md) = &self.metadata else {
                     bail!("{at}.serve: there is no metadata service to serve {p:?}");
@@ -834,21 +992,33 @@ impl BootTest {
                     bail!("{at}.disk: \"previous\" follows a negative boot, which --no-negative skips; mark this boot negative too or reorder");
                 }
                 let before = &self.boots[i - 1];
-                if let Some(f) =
-                    self.firmware.iter().find(|f| b.runs_with(**f) && !before.runs_with(**f))
+                let runs = self.runs();
+                if let Some(a) = self.arch.iter().find(|a| {
+                    runs.iter().any(|(x, f)| x == *a && b.runs_on(*x, *f))
+                        && !runs.iter().any(|(x, f)| x == *a && before.runs_on(*x, *f))
+                }) {
+                    bail!(
+                        "{at}.arch: \"previous\" boots on {a}, which '{}' does not",
+                        before.variant
+                    );
+                }
+                if let Some((a, f)) =
+                    runs.iter().find(|(a, f)| b.runs_on(*a, *f) && !before.runs_on(*a, *f))
                 {
                     bail!(
-                        "{at}.firmware: \"previous\" boots with {}, which '{}' does not",
+                        "{at}.firmware: \"previous\" boots with {} on {a}, which '{}' does not",
                         f.name(),
                         before.variant
                     );
                 }
             }
-            // Every template renders and every pattern compiles, with stand-in values.
+            // Every template renders and every pattern compiles, with stand-in
+            // values (the file's first run: templates do not depend on it).
+            let (arch, firmware) = self.runs()[0];
             let ctx = self
                 .context(
-                    Arch::Amd64,
-                    Firmware::Bios,
+                    arch,
+                    firmware,
                     "probe",
                     b,
                     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIstandin forge-boot-test",
@@ -890,8 +1060,8 @@ impl BootTest {
             "arch": arch.name(),
             "firmware": firmware.name(),
             "variant": boot.variant,
-            "disk_bytes": self.machine.disk_bytes,
-            "disk_gib": self.machine.disk_bytes >> 30,
+            "disk_bytes": self.machine_for(arch).disk_bytes,
+            "disk_gib": self.machine_for(arch).disk_bytes >> 30,
             "ssh_public_key": key,
             "ssh_public_key_body": key.split_whitespace().nth(1).unwrap_or(""),
             "metadata": self.metadata.as_ref().map(|m| m.values.clone()).unwrap_or_default(),
@@ -934,18 +1104,32 @@ impl BootTest {
         Ok(out)
     }
 
-    /// The artifacts the boots a run with these firmwares makes serve
-    /// (negative boots only with `negative`): what the caller must build.
-    pub fn artifacts_needed(&self, firmwares: &[Firmware], negative: bool) -> BTreeSet<String> {
+    /// The artifacts the boots of runs on `arch` with these firmwares serve
+    /// (negative boots only with `negative`): what the caller must build,
+    /// for that architecture (an extension is built against the payload of
+    /// the image it is served to).
+    pub fn artifacts_for(
+        &self,
+        arch: Arch,
+        firmwares: &[Firmware],
+        negative: bool,
+    ) -> BTreeSet<String> {
         let top = self.metadata.iter().flat_map(|m| m.paths.values());
         let mut out: BTreeSet<String> = BTreeSet::new();
         for b in &self.boots {
-            if (negative || !b.negative) && firmwares.iter().any(|f| b.runs_with(*f)) {
+            if (negative || !b.negative) && firmwares.iter().any(|f| b.runs_on(arch, *f)) {
                 let bodies = top.clone().chain(b.serve.values());
                 out.extend(bodies.filter_map(|body| body.artifact.clone()));
             }
         }
         out
+    }
+
+    /// [`BootTest::artifacts_for`] every architecture of the file, together.
+    /// For callers that do not tell architectures apart; new code asks per
+    /// architecture.
+    pub fn artifacts_needed(&self, firmwares: &[Firmware], negative: bool) -> BTreeSet<String> {
+        self.arch.iter().flat_map(|a| self.artifacts_for(*a, firmwares, negative)).collect()
     }
 
     /// The guest port → NIC index map of `hostfwd`s.
@@ -1409,11 +1593,154 @@ mod tests {
         bad["boots"][0]["firmware"] = serde_json::json!(["bios"]);
         let e = format!("{:#}", parse(&bad).unwrap_err());
         assert!(
-            e.contains("boots[1] (b).firmware: \"previous\" boots with uefi, which 'a' does not"),
+            e.contains(
+                "boots[1] (b).firmware: \"previous\" boots with uefi on amd64, which 'a' does not"
+            ),
             "{e}"
         );
         bad["boots"][1]["firmware"] = serde_json::json!(["bios"]);
         parse(&bad).unwrap();
+    }
+
+    /// The minimal file on amd64 and arm64 (named as systemd and the GNU
+    /// triplet do), BIOS and UEFI, arm64's machine larger and slower.
+    fn two_arches() -> serde_json::Value {
+        let mut v = minimal();
+        v["arch"] = serde_json::json!(["x86-64", "aarch64"]);
+        v["firmware"] = serde_json::json!(["bios", "uefi"]);
+        v["machine"]["cpus"] = 2.into();
+        v["machine_arch"] = serde_json::json!({
+            "arm64": { "disk_bytes": 42949672960u64, "memory_mib": 3072, "timeout_seconds": 1500 }
+        });
+        v
+    }
+
+    #[test]
+    fn each_arch_boots_the_firmwares_it_has_on_its_own_machine() {
+        let t = parse_value(&two_arches()).unwrap();
+        assert_eq!(t.arch, [Arch::Amd64, Arch::Arm64]);
+        assert_eq!(t.firmwares(Arch::Amd64), [Firmware::Bios, Firmware::Uefi]);
+        assert_eq!(t.firmwares(Arch::Arm64), [Firmware::Uefi]);
+        assert_eq!(
+            t.runs(),
+            [
+                (Arch::Amd64, Firmware::Bios),
+                (Arch::Amd64, Firmware::Uefi),
+                (Arch::Arm64, Firmware::Uefi)
+            ]
+        );
+        let amd = t.machine_for(Arch::Amd64);
+        assert_eq!(
+            (amd.memory_mib, amd.cpus, amd.disk_bytes, amd.timeout_seconds),
+            (1024, 2, 1 << 30, 900)
+        );
+        let arm = t.machine_for(Arch::Arm64);
+        assert_eq!(
+            (arm.memory_mib, arm.cpus, arm.disk_bytes, arm.timeout_seconds),
+            (3072, 2, 40 << 30, 1500),
+            "set fields from machine_arch, the rest (cpus) from machine"
+        );
+        // Templates see the architecture's name and disk.
+        let key = "ssh-ed25519 AAAAk c";
+        let ctx = t.context(Arch::Arm64, Firmware::Uefi, "x", &t.boots[0], key).unwrap();
+        assert_eq!(render("{{arch}} {{disk_gib}} {{firmware}}", &ctx).unwrap(), "arm64 40 uefi");
+        let ctx = t.context(Arch::Amd64, Firmware::Bios, "x", &t.boots[0], key).unwrap();
+        assert_eq!(render("{{arch}} {{disk_gib}} {{firmware}}", &ctx).unwrap(), "amd64 1 bios");
+        // Any of an architecture's names, one machine_arch key only.
+        let mut v = two_arches();
+        v["arch"] = serde_json::json!(["amd64", "arm64"]);
+        v["machine_arch"] = serde_json::json!({"aarch64": {"cpus": 1}});
+        let t = parse_value(&v).unwrap();
+        assert_eq!(t.machine_for(Arch::Arm64).cpus, 1);
+        assert_eq!(t.machine_for(Arch::Arm64).disk_bytes, 1 << 30);
+        assert_eq!(t.machine_for(Arch::Amd64).cpus, 2);
+        // The file's firmwares arm64 lacks are left out; UEFI only is UEFI only.
+        let mut v = two_arches();
+        v["firmware"] = serde_json::json!(["uefi"]);
+        let t = parse_value(&v).unwrap();
+        assert_eq!(t.runs(), [(Arch::Amd64, Firmware::Uefi), (Arch::Arm64, Firmware::Uefi)]);
+    }
+
+    #[test]
+    fn boots_may_run_on_some_arches_only() {
+        let mut v = two_arches();
+        let boot = |name: &str| serde_json::json!({"variant": name, "until": ["END"], "checks": [{"name": "s", "observe": "serial", "contains": "x"}]});
+        let mut boots = vec![boot("a"), boot("b"), boot("c"), boot("d"), boot("e")];
+        boots[1]["disk"] = "previous".into();
+        // What does not depend on the architecture: x86 only, BIOS only.
+        boots[2]["arch"] = serde_json::json!(["amd64"]);
+        boots[2]["firmware"] = serde_json::json!(["bios"]);
+        boots[2]["serve"] = serde_json::json!({"/ext.raw": {"artifact": "ext"}});
+        boots[3]["arch"] = serde_json::json!(["arm64"]);
+        boots[3]["serve"] = serde_json::json!({"/rootfs.tar": {"artifact": "rootfs"}});
+        boots[4]["arch"] = serde_json::json!(["x86-64"]);
+        boots[4]["negative"] = true.into();
+        v["boots"] = boots.into();
+        v["artifacts"] =
+            serde_json::json!({"ext": {"sysext": "src"}, "rootfs": {"rootfs_tar": "src"}});
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("oem/x/boot-test.json");
+        let parse = |v: &serde_json::Value| parse(&serde_json::to_string(v).unwrap(), &file);
+        let t = parse(&v).unwrap();
+        let names = |a: Arch, f: Firmware, negative: bool| -> Vec<String> {
+            plan_arch(&t, negative, a, f).iter().map(|s| s.boot.variant.clone()).collect()
+        };
+        assert_eq!(names(Arch::Amd64, Firmware::Bios, true), ["a", "b", "c", "e"]);
+        assert_eq!(names(Arch::Amd64, Firmware::Bios, false), ["a", "b", "c"]);
+        assert_eq!(names(Arch::Amd64, Firmware::Uefi, true), ["a", "b", "e"]);
+        assert_eq!(names(Arch::Arm64, Firmware::Uefi, true), ["a", "b", "d"]);
+        // arm64 has no BIOS: nothing runs with it there, whatever the boots say.
+        assert!(plan_arch(&t, true, Arch::Arm64, Firmware::Bios).is_empty());
+        let hand_on: Vec<bool> =
+            plan_arch(&t, true, Arch::Arm64, Firmware::Uefi).iter().map(|s| s.hand_on).collect();
+        assert_eq!(hand_on, [true, false, false]);
+        // The per-firmware plan is the first architecture's that has the firmware.
+        let old: Vec<String> =
+            plan(&t, true, Firmware::Uefi).iter().map(|s| s.boot.variant.clone()).collect();
+        assert_eq!(old, names(Arch::Amd64, Firmware::Uefi, true));
+        // Artifacts per architecture: the extension is built for amd64 only.
+        let set = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+        let both = [Firmware::Bios, Firmware::Uefi];
+        assert_eq!(t.artifacts_for(Arch::Amd64, &both, true), set(&["ext"]));
+        assert_eq!(t.artifacts_for(Arch::Amd64, &[Firmware::Uefi], true), set(&[]));
+        assert_eq!(t.artifacts_for(Arch::Arm64, &both, true), set(&["rootfs"]));
+        assert_eq!(t.artifacts_for(Arch::Arm64, &[Firmware::Bios], true), set(&[]));
+        assert_eq!(t.artifacts_needed(&both, true), set(&["ext", "rootfs"]));
+        // A "previous" boot cannot run on an architecture its predecessor does not.
+        let mut bad = v.clone();
+        bad["boots"][0]["arch"] = serde_json::json!(["amd64"]);
+        let e = format!("{:#}", parse(&bad).unwrap_err());
+        assert!(
+            e.contains("boots[1] (b).arch: \"previous\" boots on arm64, which 'a' does not"),
+            "{e}"
+        );
+        bad["boots"][1]["arch"] = serde_json::json!(["amd64"]);
+        parse(&bad).unwrap();
+        // ... nor with a firmware its predecessor does not have on that architecture.
+        let mut bad = v.clone();
+        bad["boots"][0]["firmware"] = serde_json::json!(["uefi"]);
+        let e = format!("{:#}", parse(&bad).unwrap_err());
+        assert!(
+            e.contains(
+                "boots[1] (b).firmware: \"previous\" boots with bios on amd64, which 'a' does not"
+            ),
+            "{e}"
+        );
+        // A BIOS-only boot on a file with arm64 says which architectures it runs on.
+        let mut bad = v.clone();
+        bad["boots"][2].as_object_mut().unwrap().remove("arch");
+        let e = format!("{:#}", parse(&bad).unwrap_err());
+        assert!(
+            e.contains("boots[2] (c): runs on arm64, which has none of its firmwares (bios): give \"arch\" without arm64"),
+            "{e}"
+        );
+        let mut bad = v.clone();
+        bad["boots"][3]["firmware"] = serde_json::json!(["bios"]);
+        let e = format!("{:#}", parse(&bad).unwrap_err());
+        assert!(
+            e.contains("boots[3] (d): runs on arm64, which has none of its firmwares (bios)"),
+            "{e}"
+        );
+        assert!(e.starts_with(&format!("{}: ", file.display())), "{e}");
     }
 
     #[test]
@@ -1430,9 +1757,56 @@ mod tests {
                 Box::new(|v| {
                     v["arch"] = serde_json::json!(["arm64"]);
                 }),
-                "arm64 boots only with uefi",
+                "oem/x/boot-test.json: firmware: arm64 has none of the file's firmwares (bios): add one it has (uefi), or leave arm64 out of arch",
             ),
             (Box::new(|v| v["machine"]["disk_bytes"] = 1000.into()), "machine.disk_bytes: 1000"),
+            (
+                Box::new(|v| v["arch"] = serde_json::json!(["amd64", "x86-64"])),
+                "arch: amd64 is named twice",
+            ),
+            (
+                Box::new(|v| v["arch"] = serde_json::json!(["arm64"])),
+                "oem/x/boot-test.json: firmware: arm64 has none of the file's firmwares (bios)",
+            ),
+            (
+                Box::new(|v| v["machine_arch"] = serde_json::json!({"arm64": {"cpus": 2}})),
+                "machine_arch.arm64: arm64 is not among the file's architectures",
+            ),
+            (
+                Box::new(|v| v["machine_arch"] = serde_json::json!({"amd64": {}})),
+                "machine_arch.amd64: sets nothing",
+            ),
+            (
+                Box::new(|v| {
+                    v["machine_arch"] = serde_json::json!({"x86-64": {"disk_bytes": 1000}})
+                }),
+                "machine_arch.amd64.disk_bytes: 1000 is not a positive multiple of 512",
+            ),
+            (
+                Box::new(|v| {
+                    v["machine_arch"] = serde_json::json!({"amd64": {"disk_gib": 40}})
+                }),
+                "machine_arch.amd64.disk_gib: unknown field `disk_gib`",
+            ),
+            (
+                Box::new(|v| {
+                    v["machine_arch"] =
+                        serde_json::json!({"amd64": {"cpus": 2}, "x86_64": {"cpus": 1}})
+                }),
+                "machine_arch: amd64 is named twice",
+            ),
+            (
+                Box::new(|v| v["machine_arch"] = serde_json::json!({"sparc": {"cpus": 2}})),
+                "machine_arch: unknown architecture 'sparc' (known: amd64, arm64)",
+            ),
+            (
+                Box::new(|v| v["boots"][0]["arch"] = serde_json::json!(["arm64"])),
+                "boots[0] (one).arch: arm64 is not among the file's architectures",
+            ),
+            (
+                Box::new(|v| v["boots"][0]["arch"] = serde_json::json!([])),
+                "boots[0] (one).arch: name at least one architecture, or leave it out",
+            ),
             (Box::new(|v| v["nics"][0]["mac"] = "52:54:00".into()), "nics[0].mac \"52:54:00\""),
             (
                 Box::new(|v| v["nics"][0]["metadata"] = false.into()),

@@ -119,12 +119,13 @@ pub fn run(a: Args) -> Result<()> {
     let spec = match &a.userdata {
         Some(u) => {
             firmwares.truncate(1);
-            forge_boottest::run::try_userdata(&spec, u)?
+            forge_boottest::run::try_userdata(&spec, arches[0], u)?
         }
         None => spec,
     };
     let log = logger();
-    let needed = spec.artifacts_needed(&firmwares, !a.no_negative);
+    let needed: std::collections::BTreeSet<String> =
+        arches.iter().flat_map(|x| spec.artifacts_for(*x, &firmwares, !a.no_negative)).collect();
     let artifacts = build_artifacts(&spec, &needed, a.cache_dir.as_deref(), &log)?;
     if a.artifacts_only {
         for (name, path) in &artifacts {
