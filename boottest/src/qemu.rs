@@ -3,7 +3,14 @@
 //! Safety, enforced here and not left to the data: every NIC is QEMU user
 //! networking with `restrict=on` (the guest reaches nothing outside the
 //! machine), the metadata service is a local command (`guestfwd=…-cmd:`),
-//! and every `hostfwd` listens on 127.0.0.1 only.
+//! and every `hostfwd` listens on 127.0.0.1 only, whatever the
+//! architecture.
+//!
+//! What differs between architectures is the table [`TARGETS`]: the QEMU
+//! binary, machine and CPU, the UEFI firmware's code and variables files
+//! (Debian's OVMF and AAVMF). The rest of a command line (disks, NICs,
+//! fw_cfg, serial) is the same for all: virtio-scsi/virtio-blk and
+//! virtio-net are PCI devices on q35 and on arm64's `virt` alike.
 
 use crate::spec::{Arch, BootTest, DiskDevice, DiskSource, Firmware};
 use anyhow::{bail, Context, Result};
@@ -12,17 +19,52 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// How QEMU boots one architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub arch: Arch,
+    pub qemu: Tool,
+    /// `-machine`.
+    pub machine: &'static str,
+    /// `-cpu` (None: the machine's default).
+    pub cpu: Option<&'static str>,
+    /// The UEFI firmware, read-only (pflash unit 0).
+    pub uefi_code: Tool,
+    /// The UEFI variables as shipped: each boot gets a writable copy (unit 1).
+    pub uefi_vars: &'static str,
+}
+
+/// Every architecture's [`Target`].
+pub const TARGETS: [Target; 2] = [
+    Target {
+        arch: Arch::Amd64,
+        qemu: Tool { program: "qemu-system-x86_64", package: "qemu-system-x86" },
+        machine: "q35",
+        cpu: None,
+        uefi_code: Tool { program: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf" },
+        uefi_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    },
+    Target {
+        arch: Arch::Arm64,
+        qemu: Tool { program: "qemu-system-aarch64", package: "qemu-system-arm" },
+        machine: "virt",
+        // TCG computes pointer authentication with the Arm-defined QARMA
+        // cipher unless told to use its cheap implementation-defined one;
+        // the guest cannot tell (it signs and checks with the same one).
+        cpu: Some("max,pauth-impdef=on"),
+        uefi_code: Tool { program: "/usr/share/AAVMF/AAVMF_CODE.fd", package: "qemu-efi-aarch64" },
+        uefi_vars: "/usr/share/AAVMF/AAVMF_VARS.fd",
+    },
+];
+
+/// How QEMU boots `arch`.
+pub fn target(arch: Arch) -> &'static Target {
+    TARGETS.iter().find(|t| t.arch == arch).expect("every architecture has a qemu::Target")
+}
 
 /// The QEMU binary for an architecture.
-pub fn program(arch: Arch) -> Result<Tool> {
-    match arch {
-        Arch::Amd64 => Ok(Tool { program: "qemu-system-x86_64", package: "qemu-system-x86" }),
-        Arch::Arm64 => bail!(
-            "arm64 boot tests are not implemented yet (qemu-system-aarch64 -M virt with AAVMF)"
-        ),
-    }
+pub fn program(arch: Arch) -> Tool {
+    target(arch).qemu
 }
 
 /// Files and ports of one boot.
@@ -56,11 +98,16 @@ pub fn args(
     accel: &str,
     files: &BootFiles,
 ) -> Result<Vec<String>> {
-    program(arch)?;
+    let target = target(arch);
+    if !fw.on(arch) {
+        bail!("{arch} has no {} firmware", fw.name());
+    }
     let m = t.machine_for(arch);
-    let mut a: Vec<String> = vec![
-        "-machine".into(),
-        "q35".into(),
+    let mut a: Vec<String> = vec!["-machine".into(), target.machine.into()];
+    if let Some(cpu) = target.cpu {
+        a.extend(["-cpu".into(), cpu.into()]);
+    }
+    a.extend([
         "-accel".into(),
         accel.into(),
         "-m".into(),
@@ -74,7 +121,7 @@ pub fn args(
         "-no-reboot".into(),
         "-serial".into(),
         format!("file:{}", files.serial.display()),
-    ];
+    ]);
     no_commas("the serial log path", &files.serial.display().to_string())?;
     if t.disks.iter().any(|d| d.device == DiskDevice::ScsiHd) {
         a.extend(["-device".into(), "virtio-scsi-pci,id=scsi0".into()]);
@@ -138,7 +185,7 @@ pub fn args(
         no_commas("the UEFI variables path", &vars.display().to_string())?;
         a.extend([
             "-drive".into(),
-            format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+            format!("if=pflash,format=raw,unit=0,readonly=on,file={}", target.uefi_code.program),
             "-drive".into(),
             format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
         ]);
@@ -251,9 +298,10 @@ mod tests {
             nics.push(serde_json::json!({ "mac": "52:54:00:12:34:57", "model": "e1000" }));
         }
         let v = serde_json::json!({
-            "arch": ["x86-64"],
+            "arch": ["x86-64", "arm64"],
             "firmware": ["bios", "uefi"],
             "machine": { "memory_mib": 2048, "disk_bytes": 21474836480u64 },
+            "machine_arch": { "arm64": { "memory_mib": 3072, "cpus": 2 } },
             "metadata": { "listen": "169.254.169.254:80", "paths": { "/x": "y" } },
             "nics": nics,
             "disks": [
@@ -277,52 +325,177 @@ mod tests {
         }
     }
 
+    /// The value after each occurrence of `key`.
+    fn values<'a>(a: &'a [String], key: &str) -> Vec<&'a str> {
+        a.iter().zip(a.iter().skip(1)).filter(|(k, _)| *k == key).map(|(_, v)| v.as_str()).collect()
+    }
+
     #[test]
-    fn every_nic_is_restricted_and_forwards_only_to_loopback() {
-        let a = args(&spec(true), Arch::Amd64, Firmware::Uefi, "tcg", &files()).unwrap();
-        let netdevs: Vec<&String> = a
-            .iter()
-            .zip(a.iter().skip(1))
-            .filter(|(k, _)| *k == "-netdev")
-            .map(|(_, v)| v)
-            .collect();
-        assert_eq!(netdevs.len(), 2);
-        for n in &netdevs {
-            assert!(n.starts_with("user,") && n.contains(",restrict=on"), "{n}");
-            for part in n.split(',').filter(|p| p.starts_with("hostfwd=")) {
-                assert!(part.starts_with("hostfwd=tcp:127.0.0.1:"), "{part}");
+    fn every_nic_is_restricted_and_forwards_only_to_loopback_on_every_arch() {
+        for arch in Arch::ALL {
+            let a = args(&spec(true), arch, Firmware::Uefi, "tcg", &files()).unwrap();
+            let netdevs = values(&a, "-netdev");
+            assert_eq!(netdevs.len(), 2, "{arch}");
+            for n in &netdevs {
+                assert!(n.starts_with("user,") && n.contains(",restrict=on"), "{arch}: {n}");
+                for part in n.split(',').filter(|p| p.starts_with("hostfwd=")) {
+                    assert!(part.starts_with("hostfwd=tcp:127.0.0.1:"), "{arch}: {part}");
+                }
             }
+            assert_eq!(
+                netdevs[0],
+                "user,id=n0,restrict=on,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,hostfwd=tcp:127.0.0.1:40080-:80,hostfwd=tcp:127.0.0.1:40022-:22,guestfwd=tcp:169.254.169.254:80-cmd:/bin/xtask metadata-respond --served /w/s.json --log /w/l",
+                "{arch}"
+            );
+            assert_eq!(netdevs[1], "user,id=n1,restrict=on", "{arch}");
+            let joined = a.join(" ");
+            assert!(joined.contains("-device e1000,netdev=n1,mac=52:54:00:12:34:57"), "{joined}");
+            assert!(
+                joined.contains("-device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"),
+                "{joined}"
+            );
+            assert!(joined.contains("-device virtio-scsi-pci,id=scsi0"), "{joined}");
+            assert!(joined.contains("scsi-hd,drive=d0,bus=scsi0.0,bootindex=0"), "{joined}");
+            assert!(
+                joined.contains("scsi-hd,drive=d1,bus=scsi0.0,vendor=ACME,product=Disk,serial=S1"),
+                "{joined}"
+            );
+            assert!(joined.contains("-fw_cfg name=opt/org.flatcar-linux/config,file=/w/fw0"));
+            assert!(joined.contains("if=pflash,format=raw,unit=1,file=/w/VARS.fd"), "{joined}");
         }
+    }
+
+    #[test]
+    fn amd64_boots_q35_with_ovmf() {
+        let a = args(&spec(false), Arch::Amd64, Firmware::Uefi, "tcg", &files()).unwrap();
+        assert_eq!(a[..6], ["-machine", "q35", "-accel", "tcg", "-m", "2048"]);
+        assert!(values(&a, "-cpu").is_empty());
+        assert_eq!(values(&a, "-smp"), ["1"]);
         assert_eq!(
-            netdevs[0].as_str(),
-            "user,id=n0,restrict=on,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,hostfwd=tcp:127.0.0.1:40080-:80,hostfwd=tcp:127.0.0.1:40022-:22,guestfwd=tcp:169.254.169.254:80-cmd:/bin/xtask metadata-respond --served /w/s.json --log /w/l"
+            values(&a, "-drive").iter().filter(|d| d.contains("pflash")).collect::<Vec<_>>(),
+            [
+                &"if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+                &"if=pflash,format=raw,unit=1,file=/w/VARS.fd"
+            ]
         );
-        assert_eq!(netdevs[1].as_str(), "user,id=n1,restrict=on");
-        let joined = a.join(" ");
-        assert!(joined.contains("-device e1000,netdev=n1,mac=52:54:00:12:34:57"), "{joined}");
-        assert!(joined.contains("scsi-hd,drive=d0,bus=scsi0.0,bootindex=0"), "{joined}");
-        assert!(
-            joined.contains("scsi-hd,drive=d1,bus=scsi0.0,vendor=ACME,product=Disk,serial=S1"),
-            "{joined}"
+        assert_eq!(program(Arch::Amd64).program, "qemu-system-x86_64");
+    }
+
+    #[test]
+    fn arm64_boots_virt_with_the_max_cpu_and_aavmf() {
+        let a = args(&spec(false), Arch::Arm64, Firmware::Uefi, "tcg", &files()).unwrap();
+        assert_eq!(
+            a[..12],
+            [
+                "-machine",
+                "virt",
+                "-cpu",
+                "max,pauth-impdef=on",
+                "-accel",
+                "tcg",
+                "-m",
+                "3072",
+                "-smp",
+                "2",
+                "-display",
+                "none"
+            ],
+            "the machine, CPU and arm64's machine_arch"
         );
-        assert!(joined.contains("-fw_cfg name=opt/org.flatcar-linux/config,file=/w/fw0"));
-        assert!(joined.contains(&format!("readonly=on,file={OVMF_CODE}")));
-        assert!(joined.contains("if=pflash,format=raw,unit=1,file=/w/VARS.fd"));
-        assert!(joined.contains("-m 2048 -smp 1"));
+        assert!(!a.iter().any(|x| x.contains("q35") || x.contains("OVMF")), "{a:?}");
+        assert_eq!(
+            values(&a, "-drive").iter().filter(|d| d.contains("pflash")).collect::<Vec<_>>(),
+            [
+                &"if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd",
+                &"if=pflash,format=raw,unit=1,file=/w/VARS.fd"
+            ]
+        );
+        assert_eq!(values(&a, "-serial"), ["file:/w/serial.log"]);
+        assert!(a.iter().any(|x| x == "-no-reboot"));
+        assert_eq!(program(Arch::Arm64).program, "qemu-system-aarch64");
+        assert_eq!(target(Arch::Arm64).uefi_vars, "/usr/share/AAVMF/AAVMF_VARS.fd");
+        // arm64 has no BIOS; UEFI needs its variables.
+        let e = args(&spec(false), Arch::Arm64, Firmware::Bios, "tcg", &files()).unwrap_err();
+        assert_eq!(e.to_string(), "arm64 has no bios firmware");
+        let mut f = files();
+        f.uefi_vars = None;
+        let e = args(&spec(false), Arch::Arm64, Firmware::Uefi, "tcg", &f).unwrap_err();
+        assert!(e.to_string().contains("UEFI boot without a variables file"), "{e}");
+    }
+
+    #[test]
+    fn every_arch_has_one_target_named_consistently() {
+        for arch in Arch::ALL {
+            let t = target(arch);
+            assert_eq!(t.arch, arch);
+            assert_eq!(TARGETS.iter().filter(|x| x.arch == arch).count(), 1, "{arch}");
+            // qemu-system-<the GNU triplet's CPU>: x86_64, aarch64.
+            let cpu = arch.gnu_triplet().split('-').next().unwrap();
+            assert_eq!(t.qemu.program, format!("qemu-system-{cpu}"), "{arch}");
+            assert!(
+                t.uefi_code.program.starts_with("/usr/share/")
+                    && t.uefi_vars.starts_with("/usr/share/")
+            );
+        }
     }
 
     #[test]
     fn bios_has_no_pflash_and_commas_in_paths_are_refused() {
         let a = args(&spec(false), Arch::Amd64, Firmware::Bios, "tcg", &files()).unwrap();
         assert!(!a.join(" ").contains("pflash"));
-        let mut f = files();
-        f.responder = Some("/bin/x metadata-respond --served /w,x/s.json".into());
-        let e = args(&spec(false), Arch::Amd64, Firmware::Bios, "tcg", &f).unwrap_err();
-        assert!(e.to_string().contains("must not contain commas"), "{e}");
-        let mut f = files();
-        f.disks[0] = "/w,1/disk.raw".into();
-        assert!(args(&spec(false), Arch::Amd64, Firmware::Bios, "tcg", &f).is_err());
-        let e = args(&spec(false), Arch::Arm64, Firmware::Uefi, "tcg", &files()).unwrap_err();
-        assert!(e.to_string().contains("arm64 boot tests are not implemented yet"), "{e}");
+        assert!(a.join(" ").contains("-m 2048 -smp 1"));
+        for arch in Arch::ALL {
+            let mut f = files();
+            f.responder = Some("/bin/x metadata-respond --served /w,x/s.json".into());
+            let e = args(&spec(false), arch, Firmware::Uefi, "tcg", &f).unwrap_err();
+            assert!(e.to_string().contains("must not contain commas"), "{e}");
+            let mut f = files();
+            f.disks[0] = "/w,1/disk.raw".into();
+            assert!(args(&spec(false), arch, Firmware::Uefi, "tcg", &f).is_err());
+            let mut f = files();
+            f.uefi_vars = Some("/w,x/VARS.fd".into());
+            assert!(args(&spec(false), arch, Firmware::Uefi, "tcg", &f).is_err());
+        }
+    }
+
+    /// Each architecture's whole command line, as the harness makes it,
+    /// is accepted by its QEMU: started paused (`-S`), it is still up after
+    /// a few seconds, then killed. Skipped for a QEMU or firmware that is
+    /// not installed.
+    #[test]
+    fn qemu_accepts_every_arch_command_line() {
+        for arch in Arch::ALL {
+            let t = target(arch);
+            let (Some(qemu), Some(_)) =
+                (forge::tools::find(t.qemu.program), forge::tools::find(t.uefi_code.program))
+            else {
+                println!("skipped {arch}: needs {} and {}", t.qemu.program, t.uefi_code.program);
+                continue;
+            };
+            let tmp = tempfile::tempdir().unwrap();
+            let p = |n: &str| tmp.path().join(n);
+            forge::io::sparse::create(&p("disk.raw"), 1 << 20).unwrap();
+            forge::io::sparse::create(&p("blank.raw"), 1 << 20).unwrap();
+            std::fs::write(p("fw0"), "{}").unwrap();
+            std::fs::copy(t.uefi_vars, p("VARS.fd")).unwrap();
+            let files = BootFiles {
+                disks: vec![p("disk.raw"), p("blank.raw")],
+                serial: p("serial.log"),
+                responder: Some("/bin/true".into()),
+                fw_cfg: vec![("opt/org.flatcar-linux/config".into(), p("fw0"))],
+                uefi_vars: Some(p("VARS.fd")),
+                host_ports: BTreeMap::from([
+                    (80, free_port().unwrap()),
+                    (22, free_port().unwrap()),
+                ]),
+            };
+            let mut a = args(&spec(true), arch, Firmware::Uefi, "tcg", &files).unwrap();
+            a.push("-S".into());
+            let mut vm = Vm::start(&qemu, &a, &p("serial.log"), &p("stderr")).unwrap();
+            let exited = vm.wait_exit(Duration::from_secs(3)).unwrap();
+            vm.kill();
+            let stderr = std::fs::read_to_string(p("stderr")).unwrap_or_default();
+            assert!(!exited, "{arch}: {} exited: {stderr}", t.qemu.program);
+        }
     }
 }

@@ -146,9 +146,10 @@ pub fn run(spec: &BootTest, opts: &Options, log: &dyn Fn(&str)) -> Result<Report
         spec.machine.disk_bytes = b;
     }
     let spec = &spec;
-    let qemu = forge::tools::path(qemu::program(opts.arch)?)?;
+    let target = qemu::target(opts.arch);
+    let qemu = forge::tools::path(target.qemu)?;
     if opts.firmware == Firmware::Uefi {
-        forge::tools::require(&[forge::tools::Tool { program: qemu::OVMF_CODE, package: "ovmf" }])?;
+        forge::tools::require(&[target.uefi_code])?;
     }
     let tag = format!("{}-{}", opts.arch.name(), opts.firmware.name());
     let image = opts
@@ -330,9 +331,10 @@ fn boot_once(
         }
     }
     let uefi_vars = if opts.firmware == Firmware::Uefi {
-        let v = bw.join("OVMF_VARS.fd");
-        std::fs::copy(qemu::OVMF_VARS, &v)
-            .with_context(|| format!("copying {} to {}", qemu::OVMF_VARS, v.display()))?;
+        let shipped = Path::new(qemu::target(opts.arch).uefi_vars);
+        let v = bw.join(shipped.file_name().unwrap_or("UEFI_VARS.fd".as_ref()));
+        std::fs::copy(shipped, &v)
+            .with_context(|| format!("copying {} to {}", shipped.display(), v.display()))?;
         Some(v)
     } else {
         None
