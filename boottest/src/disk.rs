@@ -1,9 +1,11 @@
 //! The test disk: the image (raw or compressed) written to a sparse disk of
-//! the platform's size, and the named mutations of the negative boots.
+//! the platform's size, the named mutations of the negative boots, and the
+//! architecture an image is for, read from its ESP.
 
-use crate::spec::Mutation;
+use crate::spec::{Arch, Mutation};
 use anyhow::{anyhow, bail, Context, Result};
 use forge::io::sparse;
+use std::fs::File;
 use std::path::Path;
 
 /// The first bytes of a qcow2 file.
@@ -27,12 +29,7 @@ pub fn prepare(image: &Path, dest: &Path, disk_bytes: u64) -> Result<()> {
     let f =
         std::fs::File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
     if forge::io::codec::Codec::from_path(image).is_none() && is_qcow2(image)? {
-        let qemu_img =
-            forge::tools::path(forge::tools::Tool { program: "qemu-img", package: "qemu-utils" })?;
-        forge::fs::run(
-            forge::cmd!(&qemu_img, "convert", "-f", "qcow2", "-O", "raw", image, dest),
-            &format!("qemu-img convert {} to raw", image.display()),
-        )?;
+        qcow2_to_raw(image, dest)?;
         let out = std::fs::OpenOptions::new()
             .write(true)
             .open(dest)
@@ -65,6 +62,17 @@ pub fn prepare(image: &Path, dest: &Path, disk_bytes: u64) -> Result<()> {
         );
     }
     out.set_len(disk_bytes).with_context(|| format!("{}: set_len", dest.display()))?;
+    Ok(())
+}
+
+/// `qemu-img convert` of a qcow2 image to a raw file.
+fn qcow2_to_raw(image: &Path, dest: &Path) -> Result<()> {
+    let qemu_img =
+        forge::tools::path(forge::tools::Tool { program: "qemu-img", package: "qemu-utils" })?;
+    forge::fs::run(
+        forge::cmd!(&qemu_img, "convert", "-f", "qcow2", "-O", "raw", image, dest),
+        &format!("qemu-img convert {} to raw", image.display()),
+    )?;
     Ok(())
 }
 
@@ -150,9 +158,249 @@ pub fn flip_byte(disk: &Path, label: &str) -> Result<u64> {
     Ok(at)
 }
 
+/// The architectures whose removable-media EFI loader
+/// ([`Arch::efi_loader`]: `EFI/boot/bootx64.efi`, `EFI/boot/bootaa64.efi`)
+/// is on the ESP (the first partition of the EFI System type) of a raw
+/// disk, each a PE program for its architecture. None: the disk cannot
+/// tell (no GPT, no ESP, or no loader on it). A loader built for another
+/// architecture than its name says, or an ESP that is not FAT, is an error.
+pub fn esp_arches(disk: &File) -> Result<Option<Vec<Arch>>> {
+    let Ok(t) = forge::table::read_primary(disk) else { return Ok(None) };
+    let efi = forge::layout::type_guid("efi").expect("the EFI System type is known");
+    let Some(e) = t.entries.iter().find(|e| e.type_guid == efi) else { return Ok(None) };
+    let (off, len) = (e.first_lba * 512, e.sectors() * 512);
+    let fat = forge::fs::fat::FatReader::open(disk, off, len)
+        .with_context(|| format!("the ESP (partition {})", e.number))?;
+    let mut found = Vec::new();
+    for a in Arch::ALL {
+        let Ok(bytes) = fat.read(a.efi_loader()) else { continue };
+        let machine = forge_formats::kernel::pe_machine(&bytes)
+            .and_then(forge_formats::kernel::pe_to_elf_machine)
+            .and_then(Arch::from_elf_machine);
+        match machine {
+            Some(m) if m == a => found.push(a),
+            Some(m) => bail!("the ESP's {} is a program for {m}, not {a}", a.efi_loader()),
+            None => bail!("the ESP's {} is not a PE program of a known machine", a.efi_loader()),
+        }
+    }
+    Ok((!found.is_empty()).then_some(found))
+}
+
+/// The one architecture `found` (from [`esp_arches`]) names, and how.
+fn one_arch(found: Option<Vec<Arch>>) -> Result<Arch> {
+    match found.as_deref() {
+        Some([a]) => Ok(*a),
+        Some(several) => bail!(
+            "its ESP holds the EFI loaders of {}: pass --arch",
+            several.iter().map(|a| a.efi_loader()).collect::<Vec<_>>().join(" and ")
+        ),
+        None => bail!(
+            "no GPT with an ESP holding an EFI loader ({}) to tell its architecture by: pass --arch",
+            Arch::ALL.iter().map(|a| a.efi_loader()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// The architecture of an image (raw, qcow2, .bz2, .gz, .zst or .xz), from
+/// the EFI loader on its ESP (see [`esp_arches`]). A compressed image is
+/// decompressed only up to its ESP's end, a qcow2 converted, into a
+/// scratch directory beside it.
+pub fn image_arch(image: &Path) -> Result<Arch> {
+    let what = || format!("{}: the image's architecture", image.display());
+    let open = |p: &Path| File::open(p).with_context(|| format!("{}: cannot open", p.display()));
+    let codec = forge::io::codec::Codec::from_path(image);
+    if codec.is_none() && !is_qcow2(image)? {
+        return esp_arches(&open(image)?).and_then(one_arch).with_context(what);
+    }
+    let dir = image.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let scratch = tempfile::Builder::new()
+        .prefix(".boot-test-arch-")
+        .tempdir_in(dir)
+        .with_context(|| format!("{}: cannot create a scratch directory", dir.display()))?;
+    let raw = scratch.path().join("head.raw");
+    match codec {
+        Some(c) => decompress_through_esp(image, c, &raw).with_context(what)?,
+        None => qcow2_to_raw(image, &raw)?,
+    }
+    esp_arches(&open(&raw)?).and_then(one_arch).with_context(what)
+}
+
+/// Writes the start of a compressed image to `dest` (sparse): its GPT,
+/// then on to the end of its ESP (or what there is of the image).
+fn decompress_through_esp(image: &Path, codec: forge::io::codec::Codec, dest: &Path) -> Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let f = File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
+    let mut r = codec.reader(std::io::BufReader::new(f))?;
+    let out = sparse::create(dest, 0)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    // The GPT is in the first MiB; the ESP's end is known once it is read.
+    let mut end: Option<u64> = None;
+    loop {
+        let want = end.map_or(1 << 20, |e| e.saturating_sub(pos)).min(buf.len() as u64) as usize;
+        if want == 0 {
+            break;
+        }
+        let mut got = 0;
+        while got < want {
+            match r.read(&mut buf[got..want]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).with_context(|| format!("decoding {}", image.display())),
+            }
+        }
+        if !sparse::is_zero(&buf[..got]) {
+            out.write_all_at(&buf[..got], pos)
+                .with_context(|| format!("{}: cannot write", dest.display()))?;
+        }
+        pos += got as u64;
+        out.set_len(pos).with_context(|| format!("{}: set_len", dest.display()))?;
+        if got < want {
+            break; // the image's end
+        }
+        if end.is_none() {
+            let efi = forge::layout::type_guid("efi").expect("the EFI System type is known");
+            end = Some(match forge::table::read_primary(&out) {
+                Ok(t) => t
+                    .entries
+                    .iter()
+                    .find(|e| e.type_guid == efi)
+                    .map_or(pos, |e| e.last_lba.saturating_add(1).saturating_mul(512)),
+                Err(_) => pos, // no GPT: esp_arches says so
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PE header for the machine (what `pe_machine` reads).
+    fn pe(machine: u16) -> Vec<u8> {
+        let mut b = vec![0u8; 0x80];
+        b[..2].copy_from_slice(b"MZ");
+        b[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
+        b[0x40..0x44].copy_from_slice(b"PE\0\0");
+        b[0x44..0x46].copy_from_slice(&machine.to_le_bytes());
+        b
+    }
+
+    const ESP_START: u64 = 1 << 20;
+    const ESP_BYTES: u64 = 64 << 20;
+
+    /// A GPT disk (sfdisk) with a 64 MiB partition of `type_guid` at 1 MiB
+    /// holding a FAT with `files`, and non-zero bytes after it; None
+    /// without sfdisk.
+    fn disk(dir: &Path, type_guid: &str, files: &[(&str, Vec<u8>)]) -> Option<std::path::PathBuf> {
+        let Some(sfdisk) = forge::tools::find("sfdisk") else {
+            println!("skipped: needs sfdisk (fdisk)");
+            return None;
+        };
+        let path = dir.join("disk.raw");
+        let f = sparse::create(&path, ESP_START + ESP_BYTES + (4 << 20)).unwrap();
+        let script = format!(
+            "label: gpt\nstart={}, size={}, type={type_guid}\n",
+            ESP_START / 512,
+            ESP_BYTES / 512
+        );
+        forge::cmd!(sfdisk, "--quiet", &path).stdin_bytes(script).run().unwrap();
+        let mut t = forge::fs::tree::Dir::new();
+        for (name, bytes) in files {
+            t.add_file(name, forge::fs::tree::Source::Bytes(bytes.clone())).unwrap();
+        }
+        let params = forge::fs::fat::FatParams {
+            label: Some("EFI-SYSTEM".into()),
+            volume_id: 1,
+            size_bytes: ESP_BYTES,
+            hidden_sectors: ESP_START / 512,
+            epoch: 0,
+        };
+        forge::fs::fat::build(&t, &params, &f, ESP_START).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[0x5a; 4096], ESP_START + ESP_BYTES + (1 << 20)).unwrap();
+        Some(path)
+    }
+
+    const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+    const LINUX_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
+    #[test]
+    fn the_esp_loader_tells_the_architecture() {
+        let tmp = tempfile::tempdir().unwrap();
+        let Some(d) = disk(tmp.path(), ESP_TYPE, &[("EFI/boot/bootaa64.efi", pe(0xaa64))]) else {
+            return;
+        };
+        let open = |p: &Path| File::open(p).unwrap();
+        assert_eq!(esp_arches(&open(&d)).unwrap(), Some(vec![Arch::Arm64]));
+        assert_eq!(image_arch(&d).unwrap(), Arch::Arm64);
+        // Compressed: decoded only through the ESP (not the bytes after it).
+        let zst = tmp.path().join("image.bin.zst");
+        let c = forge::io::codec::Codec::Zst;
+        std::fs::write(&zst, c.encode(&std::fs::read(&d).unwrap(), 3).unwrap()).unwrap();
+        let head = tmp.path().join("head.raw");
+        decompress_through_esp(&zst, c, &head).unwrap();
+        assert_eq!(std::fs::metadata(&head).unwrap().len(), ESP_START + ESP_BYTES);
+        assert_eq!(image_arch(&zst).unwrap(), Arch::Arm64);
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".boot-test-arch-"))
+            .collect();
+        assert!(left.is_empty(), "scratch left behind: {left:?}");
+        // amd64's loader.
+        let tmp = tempfile::tempdir().unwrap();
+        let d = disk(tmp.path(), ESP_TYPE, &[("EFI/boot/bootx64.efi", pe(0x8664))]).unwrap();
+        assert_eq!(image_arch(&d).unwrap(), Arch::Amd64);
+    }
+
+    #[test]
+    fn an_esp_that_cannot_tell_is_an_error_naming_the_image() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The loader's name and its machine disagree.
+        let Some(d) = disk(tmp.path(), ESP_TYPE, &[("EFI/boot/bootaa64.efi", pe(0x8664))]) else {
+            return;
+        };
+        let e = format!("{:#}", image_arch(&d).unwrap_err());
+        assert!(
+            e.contains(&format!("{}: the image's architecture", d.display()))
+                && e.contains("EFI/boot/bootaa64.efi is a program for amd64, not arm64"),
+            "{e}"
+        );
+        // Not a PE program.
+        let tmp = tempfile::tempdir().unwrap();
+        let d = disk(tmp.path(), ESP_TYPE, &[("EFI/boot/bootx64.efi", b"efi".to_vec())]).unwrap();
+        let e = format!("{:#}", image_arch(&d).unwrap_err());
+        assert!(e.contains("bootx64.efi is not a PE program"), "{e}");
+        // Both loaders.
+        let tmp = tempfile::tempdir().unwrap();
+        let both = [("EFI/boot/bootx64.efi", pe(0x8664)), ("EFI/boot/bootaa64.efi", pe(0xaa64))];
+        let d = disk(tmp.path(), ESP_TYPE, &both).unwrap();
+        assert_eq!(
+            esp_arches(&File::open(&d).unwrap()).unwrap(),
+            Some(vec![Arch::Amd64, Arch::Arm64])
+        );
+        let e = format!("{:#}", image_arch(&d).unwrap_err());
+        assert!(e.contains("EFI/boot/bootx64.efi and EFI/boot/bootaa64.efi: pass --arch"), "{e}");
+        // No loader; no ESP at all (the FAT is in a Linux partition).
+        let tmp = tempfile::tempdir().unwrap();
+        let d = disk(tmp.path(), ESP_TYPE, &[("EFI/other.efi", pe(0x8664))]).unwrap();
+        assert_eq!(esp_arches(&File::open(&d).unwrap()).unwrap(), None);
+        let tmp = tempfile::tempdir().unwrap();
+        let d = disk(tmp.path(), LINUX_TYPE, &[("EFI/boot/bootx64.efi", pe(0x8664))]).unwrap();
+        assert_eq!(esp_arches(&File::open(&d).unwrap()).unwrap(), None);
+        let e = format!("{:#}", image_arch(&d).unwrap_err());
+        assert!(
+            e.contains("no GPT with an ESP holding an EFI loader") && e.contains("pass --arch"),
+            "{e}"
+        );
+        let blank = tmp.path().join("blank.raw");
+        std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
+        assert_eq!(esp_arches(&File::open(&blank).unwrap()).unwrap(), None);
+    }
 
     #[test]
     fn qcow2_images_become_sparse_raw_disks() {

@@ -193,9 +193,13 @@ pub fn args(
     Ok(a)
 }
 
-/// A loopback port free right now.
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` different loopback ports free right now (all bound at once: one
+/// released before the next is asked for may be handed out again).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// A running QEMU; killed when dropped.
@@ -424,6 +428,12 @@ mod tests {
     }
 
     #[test]
+    fn free_ports_are_distinct() {
+        let p = free_ports(64).unwrap();
+        assert_eq!(p.iter().collect::<std::collections::BTreeSet<_>>().len(), 64);
+    }
+
+    #[test]
     fn every_arch_has_one_target_named_consistently() {
         for arch in Arch::ALL {
             let t = target(arch);
@@ -484,10 +494,7 @@ mod tests {
                 responder: Some("/bin/true".into()),
                 fw_cfg: vec![("opt/org.flatcar-linux/config".into(), p("fw0"))],
                 uefi_vars: Some(p("VARS.fd")),
-                host_ports: BTreeMap::from([
-                    (80, free_port().unwrap()),
-                    (22, free_port().unwrap()),
-                ]),
+                host_ports: [80, 22].into_iter().zip(free_ports(2).unwrap()).collect(),
             };
             let mut a = args(&spec(true), arch, Firmware::Uefi, "tcg", &files).unwrap();
             a.push("-S".into());

@@ -196,6 +196,28 @@ pub fn run(spec: &BootTest, opts: &Options, log: &dyn Fn(&str)) -> Result<Report
         spec.machine.disk_bytes,
         t.elapsed().as_secs_f64()
     ));
+    // An image of another architecture would only time out in QEMU.
+    let disk = std::fs::File::open(&pristine)
+        .with_context(|| format!("{}: cannot open", pristine.display()))?;
+    match crate::disk::esp_arches(&disk)
+        .with_context(|| format!("{}: the image's architecture", image.display()))?
+    {
+        Some(found) if !found.contains(&opts.arch) => {
+            return Err(anyhow!(
+                "{}: an image for {} (its ESP holds {}), not for {}",
+                image.display(),
+                found.iter().map(|a| a.name()).collect::<Vec<_>>().join(", "),
+                found.iter().map(|a| a.efi_loader()).collect::<Vec<_>>().join(", "),
+                opts.arch
+            ))
+        }
+        Some(_) => {}
+        None => log(&format!(
+            "{tag}: the image has no GPT with an ESP holding an EFI loader: it is taken to be for {}",
+            opts.arch
+        )),
+    }
+    drop(disk);
     let steps = crate::spec::plan_arch(spec, opts.negative, opts.arch, opts.firmware);
     let mut report = Report {
         platform: opts.platform.clone(),
@@ -339,10 +361,9 @@ fn boot_once(
     } else {
         None
     };
-    let mut host_ports = BTreeMap::new();
-    for p in spec.forwarded_ports().keys() {
-        host_ports.insert(*p, qemu::free_port()?);
-    }
+    let guest_ports = spec.forwarded_ports();
+    let host_ports: BTreeMap<u16, u16> =
+        guest_ports.keys().copied().zip(qemu::free_ports(guest_ports.len())?).collect();
     let files = BootFiles {
         disks: disk_files,
         serial: serial.to_path_buf(),
