@@ -77,7 +77,7 @@ pub struct Options {
     /// pressed on stdin (or QEMU exits), printing how to reach it.
     pub keep: bool,
     /// The files built for the boot test's `artifacts` (name → file): at
-    /// least those [`BootTest::artifacts_needed`] names for this run.
+    /// least those [`BootTest::artifacts_for`] names for this run.
     pub artifacts: BTreeMap<String, PathBuf>,
 }
 
@@ -666,7 +666,7 @@ mod tests {
             t.served(&ctx, b).unwrap()["/hetzner/v1/userdata"].body,
             "{\"ignition\":{\"version\":\"3.3.0\"}} {{ssh_public_key}}"
         );
-        let steps = crate::spec::plan(&t, true, Firmware::Bios);
+        let steps = crate::spec::plan_arch(&t, true, Arch::Amd64, Firmware::Bios);
         assert_eq!(steps.len(), 1);
         assert_eq!(steps[0].disk, DiskUse::Fresh);
         assert!(!steps[0].hand_on);

@@ -17,7 +17,7 @@
 //! architectures (`"arch": ["amd64"]`) only; a boot whose firmwares an
 //! architecture it runs on lacks must leave that architecture out of its
 //! `arch`. How QEMU boots each architecture (binary, machine, CPU, UEFI
-//! files) is not data of the file: see the `qemu` module.
+//! files) is not data of the file: see `qemu::TARGETS`.
 //!
 //! Strings are MiniJinja templates rendered per boot with: `platform`,
 //! `arch` (Debian's name: `amd64`, `arm64`), `firmware`, `variant`,
