@@ -399,12 +399,14 @@ pub struct Boot {
     /// the disk the boot before this one left behind.
     #[serde(default)]
     pub disk: BootDisk,
-    /// The firmwares this boot runs with (default: all the file declares).
-    /// What does not depend on the firmware (how forge-init treats
-    /// user-data, the containers a config starts) is booted with one only,
-    /// to keep the test short.
+    /// The firmwares this boot runs with (default: all the file declares):
+    /// a list (`["bios"]`), or `"one"`: one per architecture, the first of
+    /// the file's firmwares it has (amd64 BIOS, arm64 UEFI). What does not
+    /// depend on the firmware (how forge-init treats user-data, the
+    /// containers a config starts, the negative boots) is booted with one
+    /// only, to keep the test short.
     #[serde(default)]
-    pub firmware: Option<Vec<Firmware>>,
+    pub firmware: Option<BootFirmware>,
     /// The architectures this boot runs on (default: all the file
     /// declares); as `firmware`, for what does not depend on the
     /// architecture (booted on one only: TCG makes the other slow).
@@ -417,18 +419,32 @@ pub struct Boot {
     /// The user-data this boot serves, resolved when the file is read.
     #[serde(skip)]
     pub resolved_userdata: UserData,
+    /// The firmwares it runs with on each architecture it runs on (its
+    /// `arch` and `firmware` applied to the file's), set when the file is read.
+    #[serde(skip)]
+    pub firmware_on: BTreeMap<Arch, Vec<Firmware>>,
     /// Serial console markers; the boot is observed when one appears (the
     /// first of this list that is present is the `stopped_at` observation).
     pub until: Vec<String>,
     pub checks: Vec<Check>,
 }
 
-impl Boot {
-    /// The boot runs with this firmware (its `firmware`, if it names any).
-    pub fn runs_with(&self, f: Firmware) -> bool {
-        self.firmware.as_ref().is_none_or(|fs| fs.contains(&f))
-    }
+/// A boot's `firmware`: a list, or `"one"` (see [`Boot::firmware`]).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum BootFirmware {
+    List(Vec<Firmware>),
+    One(OneFirmware),
+}
 
+/// `"one"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OneFirmware {
+    One,
+}
+
+impl Boot {
     /// The boot runs on this architecture (its `arch`, if it names any).
     pub fn runs_on_arch(&self, a: Arch) -> bool {
         self.arch.as_ref().is_none_or(|xs| xs.contains(&a))
@@ -436,7 +452,7 @@ impl Boot {
 
     /// The boot runs on `arch` with `f` (which `arch` must have).
     pub fn runs_on(&self, arch: Arch, f: Firmware) -> bool {
-        self.runs_on_arch(arch) && self.runs_with(f) && f.on(arch)
+        self.firmware_on.get(&arch).is_some_and(|fs| fs.contains(&f))
     }
 }
 
@@ -635,6 +651,7 @@ pub fn parse(text: &str, file: &Path) -> Result<BootTest> {
     })?;
     t.file = file.to_path_buf();
     t.resolve_userdata().map_err(|e| anyhow!("{}: {e:#}", file.display()))?;
+    t.resolve_firmware();
     t.validate().map_err(|e| anyhow!("{}: {e}", file.display()))?;
     Ok(t)
 }
@@ -758,6 +775,30 @@ impl BootTest {
             .unwrap_or_else(|| top.clone());
         }
         Ok(())
+    }
+
+    /// Sets every boot's `firmware_on` from its `arch` and `firmware` and
+    /// the file's (validation then refuses what leaves an architecture
+    /// without firmware).
+    fn resolve_firmware(&mut self) {
+        let per_arch: Vec<(Arch, Vec<Firmware>)> =
+            self.arch.iter().map(|a| (*a, self.firmwares(*a))).collect();
+        for b in &mut self.boots {
+            b.firmware_on = per_arch
+                .iter()
+                .filter(|(a, _)| b.runs_on_arch(*a))
+                .map(|(a, fs)| {
+                    let on: Vec<Firmware> = match &b.firmware {
+                        None => fs.clone(),
+                        Some(BootFirmware::List(l)) => {
+                            fs.iter().copied().filter(|f| l.contains(f)).collect()
+                        }
+                        Some(BootFirmware::One(_)) => fs.iter().copied().take(1).collect(),
+                    };
+                    (*a, on)
+                })
+                .collect();
+        }
     }
 
     /// Replaces every boot's user-data (e.g. a file given on the command line).
@@ -933,7 +974,7 @@ impl BootTest {
             if b.checks.is_empty() {
                 bail!("{at}.checks: declare at least one check");
             }
-            if let Some(fs) = &b.firmware {
+            if let Some(BootFirmware::List(fs)) = &b.firmware {
                 if fs.is_empty() {
                     bail!("{at}.firmware: name at least one firmware, or leave it out");
                 }
@@ -952,8 +993,11 @@ impl BootTest {
             // Every architecture the boot runs on has one of its firmwares:
             // a BIOS-only boot names the architectures it runs on.
             for a in self.arch.iter().filter(|a| b.runs_on_arch(**a)) {
-                if !self.firmwares(*a).iter().any(|f| b.runs_with(*f)) {
-                    let fs = b.firmware.as_deref().unwrap_or(&self.firmware);
+                if b.firmware_on.get(a).is_none_or(|fs| fs.is_empty()) {
+                    let fs = match &b.firmware {
+                        Some(BootFirmware::List(l)) => l.as_slice(),
+                        _ => &self.firmware,
+                    };
                     bail!(
                         "{at}: runs on {a}, which has none of its firmwares ({}): give \"arch\" without {a}, or a firmware {a} has",
                         names(fs)
@@ -1613,6 +1657,30 @@ mod tests {
             "arm64": { "disk_bytes": 42949672960u64, "memory_mib": 3072, "timeout_seconds": 1500 }
         });
         v
+    }
+
+    #[test]
+    fn a_boot_with_one_firmware_takes_each_archs_first() {
+        let mut v = two_arches();
+        let b = v["boots"][0].clone();
+        let mut one = b.clone();
+        one["variant"] = "once".into();
+        one["firmware"] = "one".into();
+        v["boots"] = serde_json::json!([b, one]);
+        let t = parse_value(&v).unwrap();
+        let one = &t.boots[1];
+        assert_eq!(one.firmware_on[&Arch::Amd64], [Firmware::Bios]);
+        assert_eq!(one.firmware_on[&Arch::Arm64], [Firmware::Uefi]);
+        let names = |a, f| -> Vec<String> {
+            plan_arch(&t, true, a, f).iter().map(|s| s.boot.variant.clone()).collect()
+        };
+        assert_eq!(names(Arch::Amd64, Firmware::Bios), [t.boots[0].variant.clone(), "once".into()]);
+        assert_eq!(names(Arch::Amd64, Firmware::Uefi), [t.boots[0].variant.clone()]);
+        assert_eq!(names(Arch::Arm64, Firmware::Uefi), [t.boots[0].variant.clone(), "once".into()]);
+        // Anything else than a list or "one" is an error naming the place.
+        v["boots"][1]["firmware"] = "two".into();
+        let e = format!("{:#}", parse_value(&v).unwrap_err());
+        assert!(e.contains("boots[1].firmware"), "{e}");
     }
 
     #[test]
