@@ -349,7 +349,7 @@ fn a_recipes_local_packages_land_in_the_payload() {
     assert!(out.status.success(), "dpkg-deb --build: {}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(recipe_dir.join("kind"), "rootfs\n").unwrap();
 
-    let recipe = forge::recipe::Recipe::load(&recipe_dir).unwrap();
+    let recipe = forge::recipe::Recipe::load(&recipe_dir, forge::arch::Arch::Amd64).unwrap();
     assert!(recipe.packages.is_empty());
     assert_eq!(recipe.local_debs, vec![recipe_dir.join("debs/local.deb")]);
     let cache = forge::recipe::Cache { root: tmp.path().join("cache") };

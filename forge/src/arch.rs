@@ -128,6 +128,30 @@ impl std::str::FromStr for Arch {
     }
 }
 
+/// The firmware a machine starts the image with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// PC BIOS (GRUB's i386-pc: boot.img in the MBR, core.img in BIOS-BOOT).
+    Bios,
+    /// UEFI (GRUB as the removable-media loader on the ESP).
+    Uefi,
+}
+
+impl Firmware {
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+
+    /// Whether `arch` has this firmware.
+    pub fn on(self, arch: Arch) -> bool {
+        self == Firmware::Uefi || arch.has_bios()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

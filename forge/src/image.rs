@@ -213,8 +213,8 @@ pub fn table(
         .with_context(|| format!("{}: cannot size the image", image_path.display()))?;
     table::write(image, plan)
         .with_context(|| format!("{}: writing the GPT", image_path.display()))?;
-    if let Some(b) = boot {
-        let bios = crate::boot::grub::install_bios(image, plan, &b.grub.boot_img, &b.grub.core_img)
+    if let Some(g) = boot.and_then(|b| b.grub.bios.as_ref()) {
+        let bios = crate::boot::grub::install_bios(image, plan, &g.boot_img, &g.core_img)
             .with_context(|| format!("{}: installing GRUB", image_path.display()))?;
         log(&format!("boot: GRUB boot.img in the MBR, core.img in {}", bios.label));
     }

@@ -1,10 +1,12 @@
 //! Platforms as data: `oem/<id>/platform.json` declares a platform (ID,
-//! name, layout, disk format, compression, GRUB settings, oem-release
+//! name, the architectures it is built for and the firmware each boots
+//! with, layout, disk format, compression, GRUB settings, oem-release
 //! fields) and `oem/<id>/sysext/` holds its OEM system extension's files.
 //! This module turns one into the OEM partition's contents:
 //! `/sysext/oem-<id>-<version>.raw` (an erofs systemd-sysext image),
 //! `/sysext/active-oem-<id>`, `/oem-release` and `/grub.cfg`.
 
+use crate::arch::{Arch, Firmware};
 use crate::fs::tree::{Dir, Source};
 use crate::payload::OsRelease;
 use anyhow::{anyhow, bail, Context, Result};
@@ -54,6 +56,19 @@ pub struct SysextSettings {
     pub name: Option<String>,
 }
 
+/// What a platform says about one architecture.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ArchSettings {
+    /// The firmware the platform's machines of this architecture boot with:
+    /// the image carries the boot code of each (and only of those).
+    pub firmware: Vec<Firmware>,
+}
+
+fn default_architectures() -> BTreeMap<Arch, ArchSettings> {
+    BTreeMap::from([(Arch::Amd64, ArchSettings { firmware: vec![Firmware::Bios, Firmware::Uefi] })])
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Platform {
@@ -68,8 +83,10 @@ pub struct Platform {
     /// Defaults to the stock tool's level (bzip2 9, gzip 6, zstd 3, xz 6).
     pub compression_level: Option<u32>,
     pub image_name: String,
-    #[serde(default)]
-    pub firmware: Vec<String>,
+    /// The architectures the platform is built for, each with the firmware
+    /// its machines start the image with (absent: amd64, BIOS and UEFI).
+    #[serde(default = "default_architectures")]
+    pub architectures: BTreeMap<Arch, ArchSettings>,
     pub max_disk_bytes: Option<u64>,
     #[serde(default)]
     pub grub: GrubSettings,
@@ -155,6 +172,24 @@ pub fn load(oem_root: &Path, id: &str) -> Result<Platform> {
         }
         if p.extensions[..i].contains(e) {
             bail!("{}: extensions[{i}]: '{e}' is listed twice", file.display());
+        }
+    }
+    if p.architectures.is_empty() {
+        bail!("{}: architectures: name at least one (amd64, arm64)", file.display());
+    }
+    for (arch, a) in &p.architectures {
+        if a.firmware.is_empty() {
+            bail!(
+                "{}: architectures.{arch}.firmware: name at least one (bios, uefi)",
+                file.display()
+            );
+        }
+        if let Some(f) = a.firmware.iter().find(|f| !f.on(*arch)) {
+            bail!(
+                "{}: architectures.{arch}.firmware: {arch} machines have no {} firmware",
+                file.display(),
+                f.name()
+            );
         }
     }
     if let Some(level) = p.compression_level {
@@ -248,6 +283,19 @@ impl Platform {
         )
     }
 
+    /// The platform's settings for `arch`; an architecture it is not built
+    /// for is an error naming the platform.json and what it lists.
+    pub fn arch(&self, arch: Arch) -> Result<&ArchSettings> {
+        self.architectures.get(&arch).ok_or_else(|| {
+            anyhow!(
+                "platform {} has no {arch} build ({}: architectures lists {})",
+                self.id,
+                self.file().display(),
+                self.architectures.keys().map(|a| a.debian()).collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+
     pub fn oem_id(&self) -> &str {
         self.grub.oem_id.as_deref().unwrap_or(&self.id)
     }
@@ -273,7 +321,7 @@ impl Platform {
 
 /// `extension-release.oem-<id>`: matches the payload's os-release so
 /// systemd-sysext accepts the image on that OS.
-pub fn extension_release(p: &Platform, os: &OsRelease) -> String {
+pub fn extension_release(p: &Platform, os: &OsRelease, arch: Arch) -> String {
     let version = os.version_id().unwrap_or("0");
     let mut s = format!("ID={}\n", os.id());
     match os.version_id() {
@@ -281,7 +329,8 @@ pub fn extension_release(p: &Platform, os: &OsRelease) -> String {
         None => s.push_str(&format!("SYSEXT_LEVEL={}\n", os.get("SYSEXT_LEVEL").unwrap_or("1.0"))),
     }
     s.push_str(&format!(
-        "ARCHITECTURE=x86-64\nSYSEXT_ID=oem-{}\nSYSEXT_NAME=\"{}\"\nSYSEXT_VERSION_ID={version}\nEXTENSION_RELOAD_MANAGER=1\n",
+        "ARCHITECTURE={}\nSYSEXT_ID=oem-{}\nSYSEXT_NAME=\"{}\"\nSYSEXT_VERSION_ID={version}\nEXTENSION_RELOAD_MANAGER=1\n",
+        arch.systemd(),
         p.id,
         p.sysext.name.as_deref().unwrap_or(&p.name)
     ));
@@ -299,6 +348,7 @@ pub struct OemTree {
 pub fn build_tree(
     p: &Platform,
     os: &OsRelease,
+    arch: Arch,
     scratch: &Path,
     epoch: i64,
     uuid: uuid::Uuid,
@@ -311,7 +361,7 @@ pub fn build_tree(
     };
     content.add_file(
         &format!("usr/lib/extension-release.d/extension-release.oem-{}", p.id),
-        Source::Bytes(extension_release(p, os).into_bytes()),
+        Source::Bytes(extension_release(p, os, arch).into_bytes()),
     )?;
     let staged = tmp.path().join("sysext-root");
     content.materialize(&staged, epoch)?;
@@ -487,6 +537,47 @@ mod tests {
             let e = load_json(with("extensions", v.clone())).unwrap_err().to_string();
             assert!(e.contains("platform.json: ") && e.contains(want), "{v}: {e}");
         }
+    }
+
+    #[test]
+    fn architectures_and_their_firmware() {
+        let p = load_json(with("id", "t".into())).unwrap();
+        assert_eq!(p.arch(Arch::Amd64).unwrap().firmware, [Firmware::Bios, Firmware::Uefi]);
+        let e = p.arch(Arch::Arm64).unwrap_err().to_string();
+        assert!(
+            e.contains("platform t has no arm64 build") && e.contains("architectures lists amd64"),
+            "{e}"
+        );
+        let both = serde_json::json!({"amd64": {"firmware": ["bios", "uefi"]}, "arm64": {"firmware": ["uefi"]}});
+        let p = load_json(with("architectures", both)).unwrap();
+        assert_eq!(p.arch(Arch::Arm64).unwrap().firmware, [Firmware::Uefi]);
+        for (v, want) in [
+            (
+                serde_json::json!({"arm64": {"firmware": ["bios"]}}),
+                "architectures.arm64.firmware: arm64 machines have no bios firmware",
+            ),
+            (
+                serde_json::json!({"arm64": {"firmware": []}}),
+                "architectures.arm64.firmware: name at least one",
+            ),
+            (serde_json::json!({}), "architectures: name at least one"),
+            (serde_json::json!({"sparc": {"firmware": ["uefi"]}}), "unknown variant `sparc`"),
+            (
+                serde_json::json!({"amd64": {"firmware": ["coreboot"]}}),
+                "unknown variant `coreboot`",
+            ),
+        ] {
+            let e = load_json(with("architectures", v.clone())).unwrap_err().to_string();
+            assert!(e.contains("platform.json: ") && e.contains(want), "{v}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_oem_extension_names_the_architecture() {
+        let p = load_json(with("id", "t".into())).unwrap();
+        let os = OsRelease::parse("ID=flatcar\nVERSION_ID=1.2.3\n");
+        assert!(extension_release(&p, &os, Arch::Amd64).contains("\nARCHITECTURE=x86-64\n"));
+        assert!(extension_release(&p, &os, Arch::Arm64).contains("\nARCHITECTURE=arm64\n"));
     }
 
     #[test]

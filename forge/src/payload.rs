@@ -85,6 +85,54 @@ pub fn os_release_mtime(dir: &Path) -> Result<i64> {
 }
 
 impl Payload {
+    /// The kernel's architecture, from its header (`usr/boot/vmlinuz`: an
+    /// x86 bzImage or an arm64 Image).
+    pub fn kernel_image(&self) -> Result<forge_formats::kernel::KernelImage> {
+        forge_formats::kernel::parse(&self.kernel)
+            .map_err(|e| anyhow::anyhow!("payload {}: {KERNEL}: {e}", self.root.display()))
+    }
+
+    /// The payload's architecture: its kernel's, which its init
+    /// (`usr/lib/systemd/systemd`, when it has one) must share.
+    pub fn arch(&self) -> Result<crate::arch::Arch> {
+        let k = self.kernel_image()?;
+        let arch = crate::arch::Arch::from_elf_machine(k.machine).ok_or_else(|| {
+            anyhow::anyhow!(
+                "payload {}: {KERNEL} is for machine {} (not amd64 or arm64)",
+                self.root.display(),
+                k.machine
+            )
+        })?;
+        let init = "usr/lib/systemd/systemd";
+        if let Ok(b) = crate::unpack::Root::open(&self.root)?.read(Path::new(init)) {
+            if let Some(m) = forge_formats::kernel::elf_machine(&b) {
+                if m != arch.elf_machine() {
+                    let other = crate::arch::Arch::from_elf_machine(m)
+                        .map_or(format!("machine {m}"), |a| a.to_string());
+                    bail!(
+                        "payload {}: its kernel ({KERNEL}, {}) is {arch} but {init} is {other}",
+                        self.root.display(),
+                        k.format
+                    );
+                }
+            }
+        }
+        Ok(arch)
+    }
+
+    /// Fails unless the payload is for `want`, naming what it is for.
+    pub fn check_arch(&self, want: crate::arch::Arch) -> Result<()> {
+        let have = self.arch()?;
+        if have != want {
+            bail!(
+                "payload {}: it is an {have} payload (its kernel {KERNEL} is an {}), but this build is for {want} (--arch {want}; build the payload for {want}, or pass --arch {have})",
+                self.root.display(),
+                self.kernel_image()?.format
+            );
+        }
+        Ok(())
+    }
+
     /// Opens and checks a payload directory; every breach of the contract is
     /// an error naming the path and what is wrong.
     pub fn open(dir: &Path) -> Result<Payload> {

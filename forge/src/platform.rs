@@ -18,6 +18,11 @@ use std::time::Instant;
 
 pub struct PlatformRequest {
     pub platform: Platform,
+    /// The architecture built (the platform must list it, the payload be for it).
+    pub arch: crate::arch::Arch,
+    /// Downloads of other architectures' tools (GRUB modules) and, for the
+    /// platform's extensions, their trees and images.
+    pub cache: crate::recipe::Cache,
     pub payload: PathBuf,
     pub layout_file: PathBuf,
     /// Overrides the platform's layout.
@@ -48,8 +53,6 @@ pub struct PlatformRequest {
 pub struct SysextInputs {
     /// The folder of extension recipes (`sysext/` of the checkout).
     pub sysext_dir: PathBuf,
-    /// Downloads, assembled trees, and the built images (`<cache>/sysext/`).
-    pub cache: crate::recipe::Cache,
     /// The epoch recipe trees are stamped with.
     pub recipe_epoch: i64,
 }
@@ -72,7 +75,8 @@ fn base_extensions(
             sysext_dir: inputs.sysext_dir.clone(),
             name: name.clone(),
             base: payload.root.clone(),
-            cache: &inputs.cache,
+            cache: &req.cache,
+            arch: req.arch,
             recipe_epoch: inputs.recipe_epoch,
             epoch: req.epoch,
             seed: req.ids.seed.clone(),
@@ -118,6 +122,8 @@ pub fn kept_raw_name(p: &crate::oem::Platform) -> Option<String> {
 pub fn build(req: &PlatformRequest, out: &OutputDir, log: &dyn Fn(&str)) -> Result<PlatformOutput> {
     let t = Instant::now();
     let p = &req.platform;
+    // First: the platform is built for this architecture.
+    let firmware = p.arch(req.arch)?.firmware.clone();
     // Plan first: a layout the platform cannot take fails before anything is built.
     let layout = req.layout.as_deref().unwrap_or(&p.layout);
     p.check_layout(&crate::layout::LayoutFile::load(&req.layout_file)?, req.layout.as_deref())?;
@@ -130,9 +136,10 @@ pub fn build(req: &PlatformRequest, out: &OutputDir, log: &dyn Fn(&str)) -> Resu
                 p.file().display()
             )
         })?;
-        crate::sysext::check_listed(&inputs.sysext_dir, &p.extensions, &p.file())?;
+        crate::sysext::check_listed(&inputs.sysext_dir, &p.extensions, &p.file(), req.arch)?;
     }
     let payload = Payload::open(&req.payload)?;
+    payload.check_arch(req.arch)?;
     let mut stages = vec![Stage { name: "plan".into(), elapsed: t.elapsed() }];
 
     let t = Instant::now();
@@ -149,16 +156,22 @@ pub fn build(req: &PlatformRequest, out: &OutputDir, log: &dyn Fn(&str)) -> Resu
         initramfs.len(),
         req.initramfs_modules.len()
     ));
-    let grub = boot::grub::make_images(plan.fs_label("/boot")?, scratch.path())?;
-    log(&format!(
-        "boot: GRUB core.img {} B, bootx64.efi {} B",
-        grub.core_img.len(),
-        grub.efi.len()
-    ));
+    let dirs = boot::grub::module_dirs(req.arch, &firmware, &req.cache, log)?;
+    for d in &dirs.downloaded {
+        log(&format!("boot: GRUB modules for {} from {d}", req.arch));
+    }
+    let grub = boot::grub::make_images(&dirs, plan.fs_label("/boot")?, scratch.path())?;
+    if let Some(b) = &grub.bios {
+        log(&format!("boot: GRUB core.img {} B (BIOS)", b.core_img.len()));
+    }
+    if let Some(e) = &grub.efi {
+        log(&format!("boot: GRUB {} {} B (UEFI)", e.path, e.bytes.len()));
+    }
     // The sysext image lives in `_oem_scratch` until the image is built.
     let crate::oem::OemTree { tree: oem_tree, scratch: _oem_scratch } = crate::oem::build_tree(
         p,
         &payload.os_release,
+        req.arch,
         scratch.path(),
         req.epoch,
         req.ids.seed.uuid("oem-sysext"),
@@ -301,6 +314,8 @@ mod tests {
     fn request_without_inputs(platform: Platform, root: &Path, d: &Path) -> PlatformRequest {
         PlatformRequest {
             platform,
+            arch: crate::arch::Arch::Amd64,
+            cache: crate::recipe::Cache { root: d.join("cache") },
             payload: d.join("no-payload"),
             layout_file: root.join("layouts/disk_layout.json"),
             layout: None,

@@ -4,7 +4,14 @@
 //! crate registry, and an overlay of files. The result is a payload directory
 //! (see `payload.rs`), cached by a hash of everything that goes into it.
 //!
-//! A recipe directory holds `packages.txt` (one package per line),
+//! A recipe is built for one architecture (`arch::Arch`): apt resolves and
+//! downloads that architecture's packages (no emulation: nothing of the
+//! payload runs at build time), and crate binaries are built for it (see
+//! `rustbuild`).
+//!
+//! A recipe directory holds `packages.txt` (one package per line; a line
+//! may end in Debian's architecture restriction, `[arm64]` or `[!arm64]`,
+//! for a package of some architectures only, e.g. the kernel's flavour),
 //! optionally `crates.txt` (`crate version binary destination`),
 //! optionally `debs/*.deb` (local packages, e.g. a site's own agent), and
 //! `overlay/` (copied over the unpacked packages).
@@ -19,6 +26,7 @@
 //! Unpacking never writes outside the payload directory: see `unpack.rs`
 //! for how symlinks, `..`, absolute paths and hard links are handled.
 
+use crate::arch::Arch;
 use crate::fs::tree::set_times;
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -39,6 +47,9 @@ pub struct Recipe {
     /// `payload` (an OS payload: kernel, modules, the payload contract) or
     /// `rootfs` (a plain root tree, e.g. the SDK container), from the file `kind`.
     pub kind: String,
+    /// The architecture the tree is for.
+    pub arch: Arch,
+    /// The packages for `arch` (restrictions applied).
     pub packages: Vec<String>,
     pub crates: Vec<CrateBin>,
     /// The recipe's own packages, `debs/*.deb`, in file-name order.
@@ -54,8 +65,46 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
     text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
+/// One line of `packages.txt` for `arch`: the package, or None when the
+/// line's restriction (`name [amd64 arm64]`, `name [!arm64]`) leaves it out.
+fn package_for(line: &str, arch: Arch) -> Result<Option<String>> {
+    let Some((name, rest)) = line.split_once('[') else {
+        if line.split_whitespace().count() != 1 {
+            bail!(
+                "'{line}': one package per line (an architecture restriction is `name [arch ...]`)"
+            );
+        }
+        return Ok(Some(line.to_string()));
+    };
+    let name = name.trim();
+    let list = rest
+        .strip_suffix(']')
+        .ok_or_else(|| anyhow!("'{line}': an architecture restriction ends with ']'"))?;
+    if name.is_empty() || name.split_whitespace().count() != 1 {
+        bail!("'{line}': one package name before the architecture restriction");
+    }
+    let words: Vec<&str> = list.split_whitespace().collect();
+    if words.is_empty() {
+        bail!("'{line}': an empty architecture restriction");
+    }
+    let negated = words[0].starts_with('!');
+    let mut hit = false;
+    for w in &words {
+        let (neg, a) = match w.strip_prefix('!') {
+            Some(a) => (true, a),
+            None => (false, *w),
+        };
+        if neg != negated {
+            bail!("'{line}': a restriction lists architectures or excludes them (`!`), not both");
+        }
+        hit |= Arch::parse(a).with_context(|| format!("'{line}'"))? == arch;
+    }
+    Ok((hit != negated).then(|| name.to_string()))
+}
+
 impl Recipe {
-    pub fn load(dir: &Path) -> Result<Recipe> {
+    /// Loads the recipe in `dir` for `arch`.
+    pub fn load(dir: &Path, arch: Arch) -> Result<Recipe> {
         let local_debs = local_debs(dir)?;
         let p = dir.join("packages.txt");
         let text = match std::fs::read_to_string(&p) {
@@ -66,9 +115,14 @@ impl Recipe {
                 format!("{}: cannot read the recipe's package list", p.display())
             })?,
         };
-        let packages: Vec<String> = lines(&text).map(str::to_string).collect();
+        let mut packages = Vec::new();
+        for l in lines(&text) {
+            if let Some(name) = package_for(l, arch).with_context(|| p.display().to_string())? {
+                packages.push(name);
+            }
+        }
         if packages.is_empty() && local_debs.is_empty() {
-            bail!("{}: no packages (and no local packages in debs/)", p.display());
+            bail!("{}: no packages for {arch} (and no local packages in debs/)", p.display());
         }
         let mut crates = Vec::new();
         if let Ok(t) = std::fs::read_to_string(dir.join("crates.txt")) {
@@ -102,6 +156,7 @@ impl Recipe {
             dir: dir.to_path_buf(),
             name,
             kind,
+            arch,
             packages,
             crates,
             local_debs,
@@ -204,8 +259,9 @@ pub struct Cache {
 }
 
 impl Cache {
-    fn apt(&self) -> PathBuf {
-        self.root.join("apt")
+    /// apt's lists and state for one architecture.
+    fn apt(&self, arch: Arch) -> PathBuf {
+        self.root.join(format!("apt-{arch}"))
     }
     fn debs(&self) -> PathBuf {
         self.root.join("debs")
@@ -225,11 +281,12 @@ pub fn build(
     let bins: Vec<(CrateBin, PathBuf)> = recipe
         .crates
         .iter()
-        .map(|c| Ok((c.clone(), cargo_install(c, cache, log)?)))
+        .map(|c| Ok((c.clone(), cargo_install(c, recipe.arch, cache, log)?)))
         .collect::<Result<_>>()?;
     let mut h = Sha256::new();
     h.update(PAYLOAD_SCHEME.as_bytes());
     h.update(recipe.hash()?.as_bytes());
+    h.update(format!("arch\0{}\0", recipe.arch).as_bytes());
     h.update(epoch.to_le_bytes());
     // Only when there is one, so payloads keep their keys.
     if !recipe.exclude.is_empty() {
@@ -244,7 +301,8 @@ pub fn build(
         h.update(std::fs::read(p)?);
     }
     let key = hex::encode(h.finalize());
-    let out = cache.root.join("payloads").join(format!("{}-{}", recipe.name, &key[..16]));
+    let out =
+        cache.root.join("payloads").join(format!("{}-{}-{}", recipe.name, recipe.arch, &key[..16]));
     let root = out.join("root");
     if out.join(".complete").exists() {
         log(&format!("payload '{}': cached at {}", recipe.name, root.display()));
@@ -380,72 +438,72 @@ const PROFILE: [(&str, &str); 4] = [
 ];
 
 /// `cargo install <crate> --version <v> --locked` into the cache (once per
-/// toolchain), with every build path remapped (see `rustbuild`): the binary
-/// is the same whoever builds it, from whichever cargo home and cache.
-fn cargo_install(c: &CrateBin, cache: &Cache, log: &dyn Fn(&str)) -> Result<PathBuf> {
-    let toolchain = crate::rustbuild::toolchain_id()?;
+/// toolchain and architecture), with every build path remapped (see
+/// `rustbuild`): the binary is the same whoever builds it, from whichever
+/// cargo home and cache. Another architecture's binaries are cross-built
+/// (`rustbuild::Toolchain::for_arch`).
+fn cargo_install(c: &CrateBin, arch: Arch, cache: &Cache, log: &dyn Fn(&str)) -> Result<PathBuf> {
+    let tc = crate::rustbuild::Toolchain::for_arch(arch, cache, log)?;
     let crates = cache.root.join("crates");
-    let dir = crates.join(format!("{}-{}-{toolchain}-{CRATE_BUILD_SCHEME}", c.krate, c.version));
+    // The native build keeps its old name, so its cache stays valid.
+    let arch_part = if tc.cross { format!("-{arch}") } else { String::new() };
+    let dir =
+        crates.join(format!("{}-{}{arch_part}-{}-{CRATE_BUILD_SCHEME}", c.krate, c.version, tc.id));
     let bin = dir.join("bin").join(&c.binary);
     if bin.exists() {
         return Ok(bin);
     }
     log(&format!(
-        "building {} {} from the crate registry (cargo install; a few minutes, once)",
-        c.krate, c.version
+        "building {} {} for {arch} from the crate registry (cargo install{}; a few minutes, once)",
+        c.krate,
+        c.version,
+        if tc.cross { ", cross-compiled" } else { "" }
     ));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target = crates.join("target");
+    let target = crates.join(if tc.cross { format!("target-{arch}") } else { "target".into() });
     std::fs::create_dir_all(&target)
         .with_context(|| format!("{}: cannot create", target.display()))?;
     let maps: [(&Path, &str); 2] = [(&target, "/target"), (&dir, "/install")];
-    let flags = crate::rustbuild::remap_flags(&maps);
-    let (cflags, unmapped) = crate::rustbuild::cflags(&maps);
+    let (cflags, unmapped) = tc.cflags(&maps);
     if !unmapped.is_empty() {
         log(&format!(
             "warning: build paths with spaces cannot be remapped for C code: {unmapped:?}; {} {} may embed them",
             c.krate, c.version
         ));
     }
-    let out = crate::cmd!(
-        cargo,
-        "install",
-        &c.krate,
-        "--version",
-        &c.version,
-        "--locked",
-        "--root",
-        &dir
-    )
-    .env("CARGO_TARGET_DIR", &target)
-    .env("CARGO_ENCODED_RUSTFLAGS", crate::rustbuild::encode(&flags))
-    .env(PROFILE[0].0, PROFILE[0].1)
-    .env(PROFILE[1].0, PROFILE[1].1)
-    .env(PROFILE[2].0, PROFILE[2].1)
-    .env(PROFILE[3].0, PROFILE[3].1)
-    .env("CFLAGS", &cflags)
-    .env("CXXFLAGS", &cflags)
-    .env_remove("RUSTFLAGS")
-    .stderr_to_stdout()
-    .stdout_capture()
-    .unchecked()
-    .run()
-    .context("running cargo install")?;
+    let mut cmd = tc.cargo(["install", &c.krate, "--version", &c.version, "--locked", "--root"]);
+    cmd.arg(&dir).args(tc.target_args());
+    cmd.env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_ENCODED_RUSTFLAGS", tc.rustflags(&maps, &[]))
+        .env("CFLAGS", &cflags)
+        .env("CXXFLAGS", &cflags);
+    if tc.cross {
+        // The cc crate takes the target's own flags first.
+        let t = arch.rust_target().replace('-', "_");
+        cmd.env(format!("CFLAGS_{t}"), &cflags).env(format!("CXXFLAGS_{t}"), &cflags);
+    }
+    for (k, v) in PROFILE {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().context("running cargo install")?;
     if !out.status.success() || !bin.exists() {
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = text.lines().rev().take(15).collect();
         bail!(
-            "cargo install {} {} failed (it needs the crate registry, gcc, pkg-config and libssl-dev):\n{}",
+            "cargo install {} {} for {arch} failed (it needs the crate registry, gcc, pkg-config and libssl-dev{}):\n{}",
             c.krate,
             c.version,
+            if tc.cross { ", and for a cross build rustc-web, cargo-web and the target's gcc" } else { "" },
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
     Ok(bin)
 }
 
-fn apt_cmd(cache: &Cache, args: &[&str]) -> Result<duct::Expression> {
-    let apt = cache.apt();
+/// apt-get on the cache's own state for `arch` (its lists, an empty dpkg
+/// status: resolution as if nothing were installed), downloading into the
+/// cache's `debs/`.
+fn apt_cmd(cache: &Cache, arch: Arch, args: &[&str]) -> Result<duct::Expression> {
+    let apt = cache.apt(arch);
     for d in ["state/lists/partial", "cache/archives/partial"] {
         std::fs::create_dir_all(apt.join(d))?;
     }
@@ -467,6 +525,8 @@ fn apt_cmd(cache: &Cache, args: &[&str]) -> Result<duct::Expression> {
         format!("-oDir::Cache::archives={}", cache.debs().display()),
         "-oDebug::NoLocking=1".into(),
         format!("-oAPT::Sandbox::User={user}"),
+        format!("-oAPT::Architecture={arch}"),
+        format!("-oAPT::Architectures={arch}"),
         "-oAcquire::Languages=none".into(),
         "-oAPT::Install-Recommends=false".into(),
         "-oAPT::Get::AllowUnauthenticated=false".into(),
@@ -488,23 +548,8 @@ fn download(
     log: &dyn Fn(&str),
     progress: &dyn Fn(&str, u64, u64),
 ) -> Result<Vec<(String, String, PathBuf)>> {
-    let lists = cache.apt().join("state/lists");
-    let have_lists = std::fs::read_dir(&lists)
-        .map(|d| {
-            d.filter_map(|e| e.ok()).any(|e| {
-                e.file_name().to_string_lossy().ends_with("Packages")
-                    || e.file_name().to_string_lossy().contains("Packages.")
-            })
-        })
-        .unwrap_or(false);
-    if !have_lists {
-        log("apt: fetching package lists into the cache");
-        let out =
-            apt_cmd(cache, &["update"])?.stderr_to_stdout().stdout_capture().unchecked().run()?;
-        if !out.status.success() {
-            bail!("apt-get update failed: {}", String::from_utf8_lossy(&out.stdout).trim());
-        }
-    }
+    let arch = recipe.arch;
+    update_lists(cache, arch, log)?;
     // Debian's archive keeps one version of a package per suite, so a pin
     // (`name=version`) goes stale when the package is updated. Such a pin
     // is dropped, loudly, and the archive's version taken instead.
@@ -512,7 +557,8 @@ fn download(
     let text = loop {
         let mut args = vec!["install", "-s", "-y"];
         args.extend(wanted.iter().map(String::as_str));
-        let sim = apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().run()?;
+        let sim =
+            apt_cmd(cache, arch, &args)?.stderr_to_stdout().stdout_capture().unchecked().run()?;
         let text = String::from_utf8_lossy(&sim.stdout).into_owned();
         if sim.status.success() {
             break text;
@@ -562,7 +608,8 @@ fn download(
         // followed by watching the cache fill.
         let mut args = vec!["install", "--print-uris", "-qq", "-y"];
         args.extend(wanted.iter().map(String::as_str));
-        let uris = apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().run()?;
+        let uris =
+            apt_cmd(cache, arch, &args)?.stderr_to_stdout().stdout_capture().unchecked().run()?;
         let want: Vec<(PathBuf, u64)> = String::from_utf8_lossy(&uris.stdout)
             .lines()
             .filter_map(|l| {
@@ -577,7 +624,7 @@ fn download(
         let mut args = vec!["install", "--download-only", "-y"];
         args.extend(wanted.iter().map(String::as_str));
         let handle =
-            apt_cmd(cache, &args)?.stderr_to_stdout().stdout_capture().unchecked().start()?;
+            apt_cmd(cache, arch, &args)?.stderr_to_stdout().stdout_capture().unchecked().start()?;
         let partial = cache.debs().join("partial");
         let out = loop {
             if let Some(out) = handle.try_wait()? {
@@ -608,6 +655,139 @@ fn download(
             Ok((n, v, p))
         })
         .collect()
+}
+
+/// Fetches the cache's package lists for `arch` once.
+fn update_lists(cache: &Cache, arch: Arch, log: &dyn Fn(&str)) -> Result<()> {
+    let lists = cache.apt(arch).join("state/lists");
+    let have_lists = std::fs::read_dir(&lists)
+        .map(|d| {
+            d.filter_map(|e| e.ok()).any(|e| {
+                e.file_name().to_string_lossy().ends_with("Packages")
+                    || e.file_name().to_string_lossy().contains("Packages.")
+            })
+        })
+        .unwrap_or(false);
+    if !have_lists {
+        log(&format!("apt: fetching the {arch} package lists into the cache"));
+        let out = apt_cmd(cache, arch, &["update"])?
+            .stderr_to_stdout()
+            .stdout_capture()
+            .unchecked()
+            .run()?;
+        if !out.status.success() {
+            bail!("apt-get update failed: {}", String::from_utf8_lossy(&out.stdout).trim());
+        }
+    }
+    Ok(())
+}
+
+/// A downloaded Debian package.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deb {
+    pub name: String,
+    pub version: String,
+    pub path: PathBuf,
+}
+
+/// Downloads exactly the named packages of `arch` (`name` or
+/// `name=version`), without their dependencies (apt-get download, hashes
+/// checked by apt against the signed lists), into the cache; already
+/// downloaded files are reused. For tools of another architecture the
+/// build needs as files, not as a root tree: GRUB's modules, Rust's
+/// standard library, libraries to link against.
+pub fn fetch_exact(
+    cache: &Cache,
+    arch: Arch,
+    wanted: &[&str],
+    log: &dyn Fn(&str),
+) -> Result<Vec<Deb>> {
+    update_lists(cache, arch, log)?;
+    let mut args = vec!["download", "--print-uris"];
+    args.extend(wanted);
+    let out = apt_cmd(cache, arch, &args)?.stderr_to_stdout().stdout_capture().unchecked().run()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("apt cannot find {} for {arch}: {}", wanted.join(" "), text.trim());
+    }
+    // 'URI' name_version_arch.deb size SHA256:…
+    let files: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.starts_with('\'').then(|| l.split_whitespace().nth(1)).flatten())
+        .map(str::to_string)
+        .collect();
+    if files.len() != wanted.len() {
+        bail!(
+            "apt named {} files for {} packages ({}): {}",
+            files.len(),
+            wanted.len(),
+            wanted.join(" "),
+            text.trim()
+        );
+    }
+    let debs = cache.debs();
+    let missing: Vec<&String> = files.iter().filter(|f| !debs.join(f).exists()).collect();
+    if !missing.is_empty() {
+        log(&format!("apt: downloading {} ({arch})", wanted.join(" ")));
+        let mut args = vec!["download"];
+        args.extend(wanted);
+        let out = apt_cmd(cache, arch, &args)?
+            .dir(&debs)
+            .stderr_to_stdout()
+            .stdout_capture()
+            .unchecked()
+            .run()?;
+        if !out.status.success() {
+            bail!("apt-get download failed: {}", String::from_utf8_lossy(&out.stdout).trim());
+        }
+    }
+    files
+        .iter()
+        .map(|f| {
+            let path = debs.join(f);
+            if !path.exists() {
+                bail!("{}: not downloaded", path.display());
+            }
+            let (name, version) = deb_identity(&path)?;
+            Ok(Deb { name, version, path })
+        })
+        .collect()
+}
+
+/// The files of the named packages of `arch` (see [`fetch_exact`]),
+/// unpacked with the contained unpacker into a directory of the cache named
+/// after the exact packages and versions (reused when complete). Returns
+/// the directory and the packages.
+pub fn unpacked(
+    cache: &Cache,
+    arch: Arch,
+    purpose: &str,
+    wanted: &[&str],
+    log: &dyn Fn(&str),
+) -> Result<(PathBuf, Vec<Deb>)> {
+    let debs = fetch_exact(cache, arch, wanted, log)?;
+    let mut h = Sha256::new();
+    for d in &debs {
+        h.update(format!("{} {}\n", d.name, d.version).as_bytes());
+    }
+    let key = hex::encode(h.finalize());
+    let dir = cache.root.join("tools").join(format!("{purpose}-{arch}-{}", &key[..16]));
+    if dir.join(".complete").exists() {
+        return Ok((dir.join("root"), debs));
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("{}: cannot clear a stale tree", dir.display()))?;
+    }
+    let staging = dir.join("root");
+    std::fs::create_dir_all(&staging)
+        .with_context(|| format!("{}: cannot create", staging.display()))?;
+    let tree = crate::unpack::Root::open(&staging)?;
+    for d in &debs {
+        tree.unpack_deb(&d.path, log)?;
+    }
+    std::fs::write(dir.join(".complete"), "")?;
+    Ok((staging, debs))
 }
 
 /// The pins apt reports as gone: `E: Version 'V' for 'N' was not found`
@@ -818,6 +998,51 @@ pub fn pack_tar(root: &Path, tar: &Path, epoch: i64) -> Result<()> {
     }
     std::fs::rename(&partial, tar)
         .with_context(|| format!("{}: cannot rename to {}", partial.display(), tar.display()))
+}
+
+#[cfg(test)]
+mod package_line_tests {
+    use super::*;
+
+    #[test]
+    fn architecture_restrictions() {
+        let a = |l: &str, arch| package_for(l, arch).map_err(|e| format!("{e:#}"));
+        assert_eq!(a("bash", Arch::Arm64).unwrap().as_deref(), Some("bash"));
+        let k = "linux-image-cloud-amd64 [amd64]";
+        assert_eq!(a(k, Arch::Amd64).unwrap().as_deref(), Some("linux-image-cloud-amd64"));
+        assert_eq!(a(k, Arch::Arm64).unwrap(), None);
+        assert_eq!(a("grub-pc-bin [!arm64]", Arch::Arm64).unwrap(), None);
+        assert_eq!(a("grub-pc-bin [!arm64]", Arch::Amd64).unwrap().as_deref(), Some("grub-pc-bin"));
+        assert_eq!(a("x [amd64 arm64]", Arch::Arm64).unwrap().as_deref(), Some("x"));
+        for (bad, want) in [
+            ("x [riscv64]", "unknown architecture 'riscv64'"),
+            ("x [amd64 !arm64]", "not both"),
+            ("x [amd64", "ends with ']'"),
+            ("x []", "empty architecture restriction"),
+            ("x y", "one package per line"),
+            ("[amd64]", "one package name"),
+        ] {
+            let e = a(bad, Arch::Amd64).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_recipe_is_loaded_for_its_architecture() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("packages.txt"), "bash\nlinux-image-cloud-arm64 [arm64]\n")
+            .unwrap();
+        let r = Recipe::load(d.path(), Arch::Arm64).unwrap();
+        assert_eq!(r.packages, ["bash", "linux-image-cloud-arm64"]);
+        assert_eq!(r.arch, Arch::Arm64);
+        assert_eq!(Recipe::load(d.path(), Arch::Amd64).unwrap().packages, ["bash"]);
+        std::fs::write(d.path().join("packages.txt"), "k [arm64]\n").unwrap();
+        let e = format!("{:#}", Recipe::load(d.path(), Arch::Amd64).unwrap_err());
+        assert!(e.contains("packages.txt: no packages for amd64"), "{e}");
+        std::fs::write(d.path().join("packages.txt"), "k [sparc]\n").unwrap();
+        let e = format!("{:#}", Recipe::load(d.path(), Arch::Amd64).unwrap_err());
+        assert!(e.contains("packages.txt: 'k [sparc]'") && e.contains("sparc"), "{e}");
+    }
 }
 
 #[cfg(test)]

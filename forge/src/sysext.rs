@@ -34,8 +34,9 @@
 //! timestamp the epoch and the UUID from the seed, so two builds give the
 //! same bytes. It carries `usr/lib/extension-release.d/extension-release.NAME`
 //! with the base's `ID` and `VERSION_ID` (or `SYSEXT_LEVEL`),
-//! `ARCHITECTURE=x86-64`, `SYSEXT_ID=NAME` and `EXTENSION_RELOAD_MANAGER=1`.
+//! `ARCHITECTURE=` (the payload's, systemd's name: `x86-64`, `arm64`), `SYSEXT_ID=NAME` and `EXTENSION_RELOAD_MANAGER=1`.
 
+use crate::arch::Arch;
 use crate::fs::source::{self, SourceDir};
 use crate::meta::Meta;
 use crate::outdir::{OutputDir, Staged};
@@ -204,7 +205,7 @@ pub struct Extension {
 
 impl Extension {
     /// Loads `<sysext_dir>/<name>/`.
-    pub fn load(sysext_dir: &Path, name: &str) -> Result<Extension> {
+    pub fn load(sysext_dir: &Path, name: &str, arch: Arch) -> Result<Extension> {
         if !is_name(name) {
             bail!("extension name {name:?}: must be a-z, 0-9, '-' and '_'");
         }
@@ -220,7 +221,7 @@ impl Extension {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("{}: cannot read", file.display()))?;
         let descriptor = Descriptor::parse(&text, &file, name)?;
-        let mut recipe = Recipe::load(&dir)?;
+        let mut recipe = Recipe::load(&dir, arch)?;
         // An extension's tree is a plain tree: no kernel, no depmod.
         recipe.kind = "rootfs".into();
         Ok(Extension { dir, descriptor, recipe })
@@ -257,7 +258,7 @@ fn check_release_value(key: &str, v: &str, from: &Path) -> Result<()> {
 }
 
 /// The extension-release file of `name` for a base with `os`.
-pub fn extension_release(name: &str, os: &OsRelease, os_file: &Path) -> Result<String> {
+pub fn extension_release(name: &str, os: &OsRelease, os_file: &Path, arch: Arch) -> Result<String> {
     check_release_value("ID", os.id(), os_file)?;
     let mut s = format!("ID={}\n", os.id());
     match os.version_id() {
@@ -276,7 +277,10 @@ pub fn extension_release(name: &str, os: &OsRelease, os_file: &Path) -> Result<S
             s.push_str(&format!("SYSEXT_LEVEL={level}\n"));
         }
     }
-    s.push_str(&format!("ARCHITECTURE=x86-64\nSYSEXT_ID={name}\nEXTENSION_RELOAD_MANAGER=1\n"));
+    s.push_str(&format!(
+        "ARCHITECTURE={}\nSYSEXT_ID={name}\nEXTENSION_RELOAD_MANAGER=1\n",
+        arch.systemd()
+    ));
     Ok(s)
 }
 
@@ -297,6 +301,9 @@ pub struct Request<'a> {
     /// The base payload's root directory (its `packages.lock` beside it).
     pub base: PathBuf,
     pub cache: &'a Cache,
+    /// The base payload's architecture (the extension's packages and
+    /// `ARCHITECTURE=` follow it).
+    pub arch: Arch,
     /// The epoch recipe trees are stamped with (part of their cache key).
     pub recipe_epoch: i64,
     /// The image's timestamps.
@@ -358,7 +365,7 @@ fn build_trees(
     if trees.iter().any(|t| t.ext.descriptor.name == name) {
         return Ok(());
     }
-    let ext = Extension::load(&req.sysext_dir, name).with_context(|| {
+    let ext = Extension::load(&req.sysext_dir, name, req.arch).with_context(|| {
         if chain.is_empty() {
             format!("extension '{name}'")
         } else {
@@ -408,6 +415,7 @@ pub fn build(
     progress: &dyn Fn(&str, u64, u64),
 ) -> Result<Built> {
     let base = Payload::open(&req.base)?;
+    base.check_arch(req.arch)?;
     let os_file = req.base.join(crate::payload::OS_RELEASE);
     let base_lock = lock_lines(&lock_of(&req.base))?;
     let base_packages = names(&base_lock);
@@ -416,7 +424,7 @@ pub fn build(
     let this = trees.pop().expect("the extension's own tree is built last");
     let deps = closure(&this.ext, &trees);
     let d = &this.ext.descriptor;
-    let release = extension_release(&d.name, &base.os_release, &os_file)?;
+    let release = extension_release(&d.name, &base.os_release, &os_file, req.arch)?;
 
     check_overlay_paths(&this.ext)?;
     let scratch = crate::outdir::scratch_dir(out.path())?;
@@ -550,7 +558,7 @@ pub struct Cached {
 pub fn cache_key(req: &Request, name: &str) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(b"forge-sysext-v1\0x86-64\0");
+    h.update(format!("forge-sysext-v1\0{}\0", req.arch.systemd()).as_bytes());
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     let mut todo = vec![name.to_string()];
     let mut done = BTreeSet::new();
@@ -558,7 +566,7 @@ pub fn cache_key(req: &Request, name: &str) -> Result<String> {
         if !done.insert(n.clone()) {
             continue;
         }
-        let ext = Extension::load(&req.sysext_dir, &n)
+        let ext = Extension::load(&req.sysext_dir, &n, req.arch)
             .with_context(|| format!("extension '{n}' (cache key of '{name}')"))?;
         h.update(format!("\0ext {n} {}", ext.recipe.hash()?).as_bytes());
         todo.extend(ext.descriptor.depends.iter().cloned());
@@ -611,9 +619,9 @@ pub fn build_cached(
 /// another: each one's `depends` must be listed too (the image would
 /// otherwise merge an extension without what it runs on). Errors name
 /// `from` (the file that lists them).
-pub fn check_listed(sysext_dir: &Path, names: &[String], from: &Path) -> Result<()> {
+pub fn check_listed(sysext_dir: &Path, names: &[String], from: &Path, arch: Arch) -> Result<()> {
     for n in names {
-        let ext = Extension::load(sysext_dir, n)
+        let ext = Extension::load(sysext_dir, n, arch)
             .with_context(|| format!("{}: extensions: '{n}'", from.display()))?;
         for d in &ext.descriptor.depends {
             if !names.contains(d) {
@@ -924,16 +932,23 @@ mod tests {
         let f = Path::new("usr/lib/os-release");
         let os = OsRelease::parse("ID=flatcar\nVERSION_ID=4012.0.0\n");
         assert_eq!(
-            extension_release("docker-flatcar", &os, f).unwrap(),
+            extension_release("docker-flatcar", &os, f, Arch::Amd64).unwrap(),
             "ID=flatcar\nVERSION_ID=4012.0.0\nARCHITECTURE=x86-64\nSYSEXT_ID=docker-flatcar\nEXTENSION_RELOAD_MANAGER=1\n"
         );
+        assert!(extension_release("a", &os, f, Arch::Arm64)
+            .unwrap()
+            .contains("\nARCHITECTURE=arm64\n"));
         let os = OsRelease::parse("ID=debian\nSYSEXT_LEVEL=1.0\n");
-        assert!(extension_release("a", &os, f).unwrap().contains("\nSYSEXT_LEVEL=1.0\n"));
-        let e = extension_release("a", &OsRelease::parse("ID=debian\n"), f).unwrap_err();
+        assert!(extension_release("a", &os, f, Arch::Amd64)
+            .unwrap()
+            .contains("\nSYSEXT_LEVEL=1.0\n"));
+        let e =
+            extension_release("a", &OsRelease::parse("ID=debian\n"), f, Arch::Amd64).unwrap_err();
         assert!(e.to_string().contains("neither VERSION_ID nor SYSEXT_LEVEL"), "{e}");
-        let e = extension_release("a", &OsRelease::parse("ID=x\nVERSION_ID=\"1 2\"\n"), f)
-            .unwrap_err()
-            .to_string();
+        let e =
+            extension_release("a", &OsRelease::parse("ID=x\nVERSION_ID=\"1 2\"\n"), f, Arch::Amd64)
+                .unwrap_err()
+                .to_string();
         assert!(e.starts_with("usr/lib/os-release: VERSION_ID="), "{e}");
     }
 
@@ -946,14 +961,16 @@ mod tests {
             std::fs::write(d.path().join(n).join("packages.txt"), "hello\n").unwrap();
         }
         let from = Path::new("oem/t/platform.json");
-        check_listed(d.path(), &["a".into(), "b".into()], from).unwrap();
-        let e = format!("{:#}", check_listed(d.path(), &["b".into()], from).unwrap_err());
+        check_listed(d.path(), &["a".into(), "b".into()], from, Arch::Amd64).unwrap();
+        let e =
+            format!("{:#}", check_listed(d.path(), &["b".into()], from, Arch::Amd64).unwrap_err());
         assert!(
             e.starts_with("oem/t/platform.json: extensions: 'b' depends on 'a'")
                 && e.contains("which is not listed"),
             "{e}"
         );
-        let e = format!("{:#}", check_listed(d.path(), &["c".into()], from).unwrap_err());
+        let e =
+            format!("{:#}", check_listed(d.path(), &["c".into()], from, Arch::Amd64).unwrap_err());
         assert!(e.contains("extensions: 'c'") && e.contains("unknown extension 'c'"), "{e}");
     }
 

@@ -522,7 +522,7 @@ fn build(work_dir: Option<PathBuf>) -> Result<()> {
     let work = work_dir.unwrap_or_else(|| crate::util::repo_root().join(".cache/bench"));
     std::fs::create_dir_all(&work)?;
     // Make sure the payload is cached, so the measured run is the image build.
-    crate::payload::build(None, None)?;
+    crate::payload::build(None, None, forge::arch::Arch::Amd64)?;
     let out = work.join("build");
     let _ = std::fs::remove_dir_all(&out);
     let log = work.join("build.log");

@@ -264,14 +264,6 @@ fn build_artifacts(
         let a = &spec.artifacts[name];
         let dir = spec.root().join(a.recipe());
         let what = || format!("{}: artifact {name} ({})", spec.file.display(), dir.display());
-        // Payloads are built for amd64 only so far (crate::payload::build
-        // takes no architecture): an artifact for another would not run.
-        if arch != forge::arch::Arch::Amd64 {
-            bail!(
-                "{}: cannot be built for {arch} yet (payloads are built for amd64); give the boots that serve it \"arch\": [\"amd64\"]",
-                what()
-            );
-        }
         let path = match a {
             Artifact::Sysext(_) => {
                 let (Some(parent), Some(ext)) =
@@ -279,7 +271,7 @@ fn build_artifacts(
                 else {
                     bail!("{}: not an extension folder", what());
                 };
-                let base = crate::payload::build(None, cache).with_context(what)?;
+                let base = crate::payload::build(None, cache, arch).with_context(what)?;
                 let c = forge::recipe::Cache { root: crate::util::cache_dir(cache) };
                 let req = forge::sysext::Request {
                     sysext_dir: parent.to_path_buf(),
@@ -287,13 +279,14 @@ fn build_artifacts(
                     epoch: crate::build_image::default_epoch(&base)?,
                     base,
                     cache: &c,
+                    arch,
                     recipe_epoch: crate::util::recipe_epoch()?,
                     seed: forge::seed::Seed::new(forge::seed::DEFAULT_SEED.to_string()),
                 };
                 forge::sysext::build_cached(&req, log, &|_, _, _| {}).with_context(what)?.path
             }
             Artifact::RootfsTar(_) => {
-                let recipe = forge::recipe::Recipe::load(&dir).with_context(what)?;
+                let recipe = forge::recipe::Recipe::load(&dir, arch).with_context(what)?;
                 if recipe.kind != "rootfs" {
                     bail!(
                         "{}: the recipe is a {}, not a rootfs (its file `kind`)",
@@ -301,7 +294,7 @@ fn build_artifacts(
                         recipe.kind
                     );
                 }
-                let root = crate::payload::build(Some(&dir), cache).with_context(what)?;
+                let root = crate::payload::build(Some(&dir), cache, arch).with_context(what)?;
                 let tar = root.parent().unwrap_or(&root).join("rootfs.tar");
                 if !tar.is_file() {
                     forge::recipe::pack_tar(&root, &tar, crate::util::recipe_epoch()?)
@@ -466,9 +459,10 @@ mod tests {
         let img = tmp.path().join("image.bin");
         std::fs::write(&img, b"").unwrap();
         let img = img.to_str().unwrap();
-        // The repository's Hetzner boot test declares amd64 only.
-        let e = run(args(&[img, "--arch", "aarch64", "--artifacts-only"])).unwrap_err();
-        let file = repo_root().join("oem/hetzner/boot-test.json");
+        // The repository's QEMU boot test declares amd64 only.
+        let e = run(args(&[img, "--platform", "qemu", "--arch", "aarch64", "--artifacts-only"]))
+            .unwrap_err();
+        let file = repo_root().join("oem/qemu/boot-test.json");
         assert_eq!(
             format!("{e:#}"),
             format!("{}: does not declare arm64 (arch: amd64)", file.display())
@@ -495,9 +489,12 @@ mod tests {
         };
         let amd = image(tmp.path(), Arch::Amd64).unwrap();
         let (arm, amd) = (arm.to_str().unwrap(), amd.to_str().unwrap());
-        // Not declared by the repository's Hetzner boot test: an error naming it.
-        let e = format!("{:#}", run(args(&[arm, "--artifacts-only"])).unwrap_err());
-        let file = repo_root().join("oem/hetzner/boot-test.json");
+        // Not declared by the repository's QEMU boot test: an error naming it.
+        let e = format!(
+            "{:#}",
+            run(args(&[arm, "--platform", "qemu", "--artifacts-only"])).unwrap_err()
+        );
+        let file = repo_root().join("oem/qemu/boot-test.json");
         assert_eq!(
             e,
             format!(

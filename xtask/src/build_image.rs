@@ -16,6 +16,10 @@ pub struct Args {
     /// Platform: `generic`, or a folder under the OEM directory.
     #[arg(long, default_value = "generic")]
     pub platform: String,
+    /// Architecture: amd64 or arm64 (also x86-64, aarch64). The platform
+    /// must list it; the payload (built for it by default) must be for it.
+    #[arg(long, default_value = "amd64")]
+    pub arch: forge::arch::Arch,
     /// Where platform folders live (default: oem/ in the checkout).
     #[arg(long)]
     pub oem_dir: Option<PathBuf>,
@@ -150,8 +154,9 @@ pub fn run(a: Args) -> Result<()> {
     let left_out =
         if a.no_extensions { std::mem::take(&mut platform.extensions) } else { Vec::new() };
     // Before any work: the layout the platform (or --layout) names exists,
-    // and no other build is writing to the output directory.
+    // the platform is built for the architecture, and no other build is writing to the output directory.
     platform.check_layout(&forge::layout::LayoutFile::load(&layout_file)?, a.layout.as_deref())?;
+    platform.arch(a.arch)?;
     let out_dir = lock_output(&a, &log)?;
     if !left_out.is_empty() {
         log(&format!(
@@ -160,18 +165,22 @@ pub fn run(a: Args) -> Result<()> {
             platform.file().display()
         ));
     }
-    crate::deps::ensure_build()?;
+    crate::deps::ensure_build(a.arch)?;
     let base = match &a.base {
         Some(b) => b.clone(),
-        None => crate::payload::build(None, a.cache_dir.as_deref())?,
+        None => crate::payload::build(None, a.cache_dir.as_deref(), a.arch)?,
     };
     let epoch = match a.epoch {
         Some(e) => e,
         None => default_epoch(&base)?,
     };
-    let init = init_binary(&log)?;
+    // A payload for another architecture fails here, before anything is built.
+    forge::payload::Payload::open(&base)?.check_arch(a.arch)?;
+    let init = init_binary(a.arch, a.cache_dir.as_deref(), &log)?;
     let req = forge::platform::PlatformRequest {
         platform,
+        arch: a.arch,
+        cache: forge::recipe::Cache { root: crate::util::cache_dir(a.cache_dir.as_deref()) },
         payload: base,
         layout_file,
         layout: a.layout.clone(),
@@ -191,7 +200,6 @@ pub fn run(a: Args) -> Result<()> {
         progress: progress_bars(),
         sysext: Some(forge::platform::SysextInputs {
             sysext_dir: a.sysext_dir.clone().unwrap_or_else(|| repo_root().join("sysext")),
-            cache: forge::recipe::Cache { root: crate::util::cache_dir(a.cache_dir.as_deref()) },
             recipe_epoch: crate::util::recipe_epoch()?,
         }),
     };

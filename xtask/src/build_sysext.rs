@@ -34,6 +34,9 @@ pub struct Args {
     /// When another build is writing to the output directory, wait for it.
     #[arg(long)]
     pub wait: bool,
+    /// The architecture (the base payload's; the demo payload is built for it).
+    #[arg(long, default_value = "amd64")]
+    pub arch: forge::arch::Arch,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -41,7 +44,7 @@ pub fn run(a: Args) -> Result<()> {
     let log = logger();
     let base = match &a.base {
         Some(b) => b.clone(),
-        None => crate::payload::build(None, a.cache_dir.as_deref())?,
+        None => crate::payload::build(None, a.cache_dir.as_deref(), a.arch)?,
     };
     let epoch = match a.epoch {
         Some(e) => e,
@@ -55,6 +58,7 @@ pub fn run(a: Args) -> Result<()> {
         name: a.name.clone(),
         base,
         cache: &cache,
+        arch: a.arch,
         recipe_epoch: recipe_epoch()?,
         epoch,
         seed: forge::seed::Seed::new(a.seed.clone()),

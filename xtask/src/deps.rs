@@ -52,6 +52,9 @@ pub const TEST_TOOLS: &[Tool] = &[
     Tool { program: "qemu-system-x86_64", package: "qemu-system-x86" },
     Tool { program: "qemu-img", package: "qemu-utils" },
     Tool { program: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf" },
+    // arm64 boot tests: qemu-system-aarch64 -M virt with the AAVMF firmware
+    Tool { program: "qemu-system-aarch64", package: "qemu-system-arm" },
+    Tool { program: "/usr/share/AAVMF/AAVMF_CODE.fd", package: "qemu-efi-aarch64" },
     Tool { program: "ssh", package: "openssh-client" },
     Tool { program: "ssh-keygen", package: "openssh-client" },
     Tool { program: "lbzip2", package: "lbzip2" },
@@ -75,18 +78,32 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The build's host tools: as root, installs the missing ones (and says so);
-/// otherwise fails naming the exact `apt-get install` command.
-pub fn ensure_build() -> Result<()> {
-    ensure_set(BUILD_TOOLS, true)
+/// The host tools of a build for `arch`: the build's, and for another
+/// architecture than this machine's the cross toolchain's (Debian's rustc
+/// and cargo, the target's gcc and C library). As root, installs the
+/// missing ones (and says so); otherwise fails naming the exact
+/// `apt-get install` command.
+pub fn ensure_build(arch: forge::arch::Arch) -> Result<()> {
+    ensure_set(&build_tools(arch), true)
+}
+
+fn build_tools(arch: forge::arch::Arch) -> Vec<Tool> {
+    let mut v = BUILD_TOOLS.to_vec();
+    if forge::arch::Arch::host() != Some(arch) {
+        v.extend(forge::rustbuild::cross_tools(arch));
+    }
+    v
 }
 
 /// Makes sure every host tool (build and tests) is present: installs the
 /// missing packages when `install` is set and we are root, otherwise names
 /// the command to run.
 pub fn ensure(install: bool) -> Result<()> {
-    let mut all = BUILD_TOOLS.to_vec();
+    // The tests build and boot every architecture.
+    let mut all: Vec<Tool> = forge::arch::Arch::ALL.iter().flat_map(|a| build_tools(*a)).collect();
     all.extend_from_slice(TEST_TOOLS);
+    all.sort_by_key(|t| t.program);
+    all.dedup_by_key(|t| t.program);
     ensure_set(&all, install)
 }
 

@@ -7,7 +7,10 @@
 //! the Debian downloads (so the payload is unpacked, afterburn compiled and
 //! forge-init compiled by that user), and its own copy of the toolchain at
 //! another path (rustup's home is under /root, which other users cannot
-//! read). Every path that differs is one a binary could embed.
+//! read). Every path that differs is one a binary could embed. Each
+//! architecture is built in turn in that one set-up (arm64's forge-init and
+//! afterburn cross-compiled by Debian's rustc-web, against the standard
+//! library and libraries that user's cache downloads and unpacks).
 
 use crate::util::{cache_dir, repo_root};
 use anyhow::{bail, Context, Result};
@@ -18,15 +21,16 @@ pub const UID: u32 = 65534;
 
 /// Where the other user's build ran, and what it produced.
 pub struct OtherBuild {
+    pub arch: forge::arch::Arch,
     pub out_dir: PathBuf,
     pub log: PathBuf,
     pub ok: bool,
     pub secs: f64,
 }
 
-/// Builds the Hetzner image as [`UID`] from a fresh copy of the checkout
-/// under `target/ci-other-user/`. Needs root (to switch users).
-pub fn build(log: &dyn Fn(&str)) -> Result<OtherBuild> {
+/// Builds the Hetzner image for each of `arches` as [`UID`] from a fresh
+/// copy of the checkout under `target/ci-other-user/`. Needs root (to switch users).
+pub fn build(arches: &[forge::arch::Arch], log: &dyn Fn(&str)) -> Result<Vec<OtherBuild>> {
     let base = repo_root().join("target/ci-other-user");
     if base.exists() {
         std::fs::remove_dir_all(&base)
@@ -73,46 +77,72 @@ pub fn build(log: &dyn Fn(&str)) -> Result<OtherBuild> {
     let cache = base.join("cache");
     std::fs::create_dir_all(&cache)?;
     let root_cache = cache_dir(None);
-    for d in ["apt", "debs"] {
-        if root_cache.join(d).exists() {
-            run(forge::tools::command("cp").arg("-a").arg(root_cache.join(d)).arg(&cache))?;
+    // (`debs` and each architecture's apt lists, `apt-<arch>`.)
+    let downloads = std::fs::read_dir(&root_cache)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for d in downloads {
+        let n = d.to_string_lossy();
+        if n == "debs" || n.starts_with("apt-") {
+            run(forge::tools::command("cp").arg("-a").arg(root_cache.join(&d)).arg(&cache))?;
         }
     }
-    let (home, cargo_home, out) = (base.join("home"), base.join("cargo-home"), base.join("out"));
+    let (home, cargo_home) = (base.join("home"), base.join("cargo-home"));
     for d in [&home, &cargo_home] {
         std::fs::create_dir_all(d)?;
     }
     run(forge::tools::command("chown").args(["-R", &format!("{UID}:{UID}")]).arg(&base))?;
 
-    let logfile = base.join("build.log");
-    log(&format!(
-        "test: cold Hetzner build as uid {UID} in {} (own clone, cargo home, cache; log {})",
-        src.display(),
-        logfile.display()
-    ));
-    let t = std::time::Instant::now();
     let path = format!(
         "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         toolchain.join("bin").display()
     );
-    let logf = std::fs::File::create(&logfile)
-        .with_context(|| format!("{}: cannot create", logfile.display()))?;
-    let st = forge::tools::command("setpriv")
-        .args(["--reuid", &UID.to_string(), "--regid", &UID.to_string(), "--clear-groups"])
-        .args(["env", "-i"])
-        .arg(format!("HOME={}", home.display()))
-        .arg(format!("PATH={path}"))
-        .arg(format!("CARGO_HOME={}", cargo_home.display()))
-        .arg(format!("FORGE_CACHE={}", cache.display()))
-        .arg("USER=nobody")
-        .args(["cargo", "xtask", "build-image", "--platform", "hetzner", "--output-dir"])
-        .arg(&out)
-        .current_dir(&src)
-        .stdout(logf.try_clone()?)
-        .stderr(logf)
-        .status()
-        .context("running setpriv")?;
-    Ok(OtherBuild { out_dir: out, log: logfile, ok: st.success(), secs: t.elapsed().as_secs_f64() })
+    let mut built = Vec::new();
+    for arch in arches {
+        let out = base.join(format!("out-{arch}"));
+        let logfile = base.join(format!("build-{arch}.log"));
+        log(&format!(
+            "test: cold {arch} Hetzner build as uid {UID} in {} (own clone, cargo home, cache; log {})",
+            src.display(),
+            logfile.display()
+        ));
+        let t = std::time::Instant::now();
+        let logf = std::fs::File::create(&logfile)
+            .with_context(|| format!("{}: cannot create", logfile.display()))?;
+        run(forge::tools::command("chown").arg(format!("{UID}:{UID}")).arg(&logfile))?;
+        let st = forge::tools::command("setpriv")
+            .args(["--reuid", &UID.to_string(), "--regid", &UID.to_string(), "--clear-groups"])
+            .args(["env", "-i"])
+            .arg(format!("HOME={}", home.display()))
+            .arg(format!("PATH={path}"))
+            .arg(format!("CARGO_HOME={}", cargo_home.display()))
+            .arg(format!("FORGE_CACHE={}", cache.display()))
+            .arg("USER=nobody")
+            .args([
+                "cargo",
+                "xtask",
+                "build-image",
+                "--platform",
+                "hetzner",
+                "--arch",
+                arch.debian(),
+            ])
+            .arg("--output-dir")
+            .arg(&out)
+            .current_dir(&src)
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            .status()
+            .context("running setpriv")?;
+        built.push(OtherBuild {
+            arch: *arch,
+            out_dir: out,
+            log: logfile,
+            ok: st.success(),
+            secs: t.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(built)
 }
 
 fn run(c: &mut Command) -> Result<()> {

@@ -29,7 +29,10 @@ pub fn run(a: Args) -> Result<()> {
                 anyhow!("neither podman nor docker is installed (apt-get install podman runc)")
             })?,
     };
-    let recipe = forge::recipe::Recipe::load(&repo_root().join("sdk"))?;
+    // The container runs on this machine: its packages are this machine's architecture.
+    let host = forge::arch::Arch::host()
+        .ok_or_else(|| anyhow!("the SDK container is built for amd64 or arm64 machines only"))?;
+    let recipe = forge::recipe::Recipe::load(&repo_root().join("sdk"), host)?;
     let c = forge::recipe::Cache { root: cache_dir(a.cache_dir.as_deref()) };
     let log = logger();
     let epoch = recipe_epoch()?;

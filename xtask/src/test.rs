@@ -9,9 +9,10 @@
 //! as skipped.
 
 use crate::progress::logger;
-use crate::util::{init_binary, repo_root};
+use crate::util::{init_binary, init_env, repo_root};
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use forge::arch::Arch;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,10 +24,43 @@ pub struct Args {
     pub cargo_args: Vec<String>,
 }
 
+/// Where `cargo xtask test` builds a platform's image for an architecture:
+/// `target/ci-<id>` (amd64, as always) or `target/ci-<id>-<arch>`.
+fn out_dir_of(id: &str, arch: Arch) -> PathBuf {
+    repo_root().join(match arch {
+        Arch::Amd64 => format!("target/ci-{id}"),
+        _ => format!("target/ci-{id}-{arch}"),
+    })
+}
+
+/// `build-image --platform id --arch arch --output-dir out`, with the
+/// prebuilt forge-init binaries; true on success.
+fn build_image(id: &str, arch: Arch, out: &Path, inits: &Inits) -> Result<bool> {
+    let mut c = forge::tools::command(std::env::current_exe()?);
+    c.args(["build-image", "--platform", id, "--arch", arch.debian(), "--output-dir"]).arg(out);
+    inits.apply(&mut c);
+    Ok(c.status()?.success())
+}
+
+/// forge-init for every architecture, built once; every child build takes them.
+struct Inits(Vec<(Arch, PathBuf)>);
+
+impl Inits {
+    fn apply(&self, c: &mut std::process::Command) {
+        for (arch, p) in &self.0 {
+            c.env(init_env(*arch), p);
+        }
+    }
+}
+
 pub fn run(a: Args) -> Result<()> {
     crate::deps::ensure(true)?;
     let log = logger();
-    let init = init_binary(&log)?;
+    let mut inits = Vec::new();
+    for arch in Arch::ALL {
+        inits.push((arch, init_binary(arch, None, &log)?));
+    }
+    let inits = Inits(inits);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut args = vec!["test".to_string(), "--workspace".into(), "--no-fail-fast".into()];
     args.extend(a.cargo_args.iter().cloned());
@@ -39,32 +73,32 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         println!("not root: the tests marked ignored (they need root) are skipped; cargo test lists them");
     }
-    let st = forge::tools::command(&cargo)
-        .args(&args)
+    let mut test = forge::tools::command(&cargo);
+    test.args(&args)
         .current_dir(repo_root())
-        .env("FORGE_INIT", &init)
         // deps::ensure above installed every test tool: a test finding one
         // missing fails instead of skipping (tests/examples.rs).
-        .env("FORGE_TEST_REQUIRE_TOOLS", "1")
-        .status()?;
-    let unit_ok = st.success();
+        .env("FORGE_TEST_REQUIRE_TOOLS", "1");
+    inits.apply(&mut test);
+    let unit_ok = test.status()?.success();
     if a.no_boot {
         if !unit_ok {
             bail!("tests failed");
         }
         return Ok(());
     }
-    // The main job, fresh, then both boot tests of its output.
-    let out_dir = repo_root().join("target/ci-hetzner");
-    let _ = std::fs::remove_dir_all(&out_dir);
-    log("test: building the Hetzner image from the demo payload");
-    let st = forge::tools::command(std::env::current_exe()?)
-        .args(["build-image", "--platform", "hetzner", "--output-dir"])
-        .arg(&out_dir)
-        .env("FORGE_INIT", &init)
-        .status()?;
-    if !st.success() {
-        bail!("building the Hetzner image failed");
+    // The main job, fresh, for every architecture Hetzner is built for;
+    // then the boot tests of their outputs.
+    let oem = repo_root().join("oem");
+    let hetzner = forge::oem::load(&oem, "hetzner")?;
+    let arches: Vec<Arch> = hetzner.architectures.keys().copied().collect();
+    for arch in &arches {
+        let out_dir = out_dir_of("hetzner", *arch);
+        let _ = std::fs::remove_dir_all(&out_dir);
+        log(&format!("test: building the {arch} Hetzner image from the demo payload"));
+        if !build_image("hetzner", *arch, &out_dir, &inits)? {
+            bail!("building the {arch} Hetzner image failed");
+        }
     }
     let (mut passed, mut failed) = (0usize, 0usize);
     let mut report = |name: &str, ok: bool, detail: String| {
@@ -95,54 +129,54 @@ pub fn run(a: Args) -> Result<()> {
         }
         Ok(true)
     };
+    let sha = |d: &Path| sha256_file(&d.join(artifacts[0])).unwrap_or_else(|e| format!("({e:#})"));
     // Rebuild elsewhere, later: identical bytes. As root the cold build by
     // another user below does that and more (another directory, user, cargo
     // home and cache), so this plain rebuild runs only for other users.
     if unsafe { libc::geteuid() } != 0 {
         std::thread::sleep(std::time::Duration::from_secs(1));
-        let again = repo_root().join("target/ci-hetzner-again");
-        let _ = std::fs::remove_dir_all(&again);
-        let st = forge::tools::command(std::env::current_exe()?)
-            .args(["build-image", "--platform", "hetzner", "--output-dir"])
-            .arg(&again)
-            .env("FORGE_INIT", &init)
-            .status()?;
-        report(
-            "rebuild in another directory gives byte-identical .bin.bz2, .DIGESTS and version.txt",
-            st.success() && same(&out_dir, &again)?,
-            String::new(),
-        );
+        for arch in &arches {
+            let again = repo_root().join(format!("target/ci-hetzner-again-{arch}"));
+            let _ = std::fs::remove_dir_all(&again);
+            let ok = build_image("hetzner", *arch, &again, &inits)?;
+            report(
+                &format!("{arch}: a rebuild in another directory gives byte-identical .bin.bz2, .DIGESTS and version.txt"),
+                ok && same(&out_dir_of("hetzner", *arch), &again)?,
+                String::new(),
+            );
+        }
     }
     // The same commit built cold by another user, in another directory, with
-    // its own cargo home and cache: the root build's bytes.
+    // its own cargo home and cache: the root build's bytes, for every
+    // architecture (arm64's forge-init and afterburn cross-compiled by that user).
     if unsafe { libc::geteuid() } == 0 {
-        let other = crate::other_user::build(&log)?;
-        let owner_ok = std::fs::metadata(other.out_dir.join(artifacts[0]))
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == crate::other_user::UID)
-            .unwrap_or(false);
-        let sha =
-            |d: &Path| sha256_file(&d.join(artifacts[0])).unwrap_or_else(|e| format!("({e:#})"));
-        let same_bytes = other.ok && owner_ok && same(&out_dir, &other.out_dir)?;
-        report(
-            "a cold build by another user (uid 65534; own clone, cargo home and cache; afterburn and forge-init compiled) gives the root build's bytes",
-            same_bytes,
-            format!(
-                "root {} / uid {} {} ({:.0}s{})",
-                sha(&out_dir),
-                crate::other_user::UID,
-                sha(&other.out_dir),
-                other.secs,
-                if other.ok { String::new() } else { format!(", failed: see {}", other.log.display()) }
-            ),
-        );
+        for other in crate::other_user::build(&arches, &log)? {
+            let root_out = out_dir_of("hetzner", other.arch);
+            let owner_ok = std::fs::metadata(other.out_dir.join(artifacts[0]))
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == crate::other_user::UID)
+                .unwrap_or(false);
+            let same_bytes = other.ok && owner_ok && same(&root_out, &other.out_dir)?;
+            report(
+                &format!("{}: a cold build by another user (uid 65534; own clone, cargo home and cache; afterburn and forge-init compiled) gives the root build's bytes", other.arch),
+                same_bytes,
+                format!(
+                    "root {} / uid {} {} ({:.0}s{})",
+                    sha(&root_out),
+                    crate::other_user::UID,
+                    sha(&other.out_dir),
+                    other.secs,
+                    if other.ok { String::new() } else { format!(", failed: see {}", other.log.display()) }
+                ),
+            );
+        }
     } else {
         println!("SKIPPED (needs root to switch users): the cold build by another user is not run");
     }
     // Boot tests: every platform that declares one in oem/<id>/boot-test.json,
-    // its image built from the demo payload (Hetzner's is the one above);
-    // each (platform, firmware) is one job, as many at a time as there are
-    // cores (a TCG guest keeps one core busy).
-    let oem = repo_root().join("oem");
+    // for each architecture the test and the platform both have, its image
+    // built from the demo payload (Hetzner's are the ones above); each
+    // (platform, arch, firmware) is split into jobs, as many at a time as
+    // there are cores (a TCG guest keeps one core busy).
     let mut skipped = 0usize;
     let mut jobs = Vec::new();
     for id in forge::oem::list(&oem) {
@@ -152,52 +186,64 @@ pub fn run(a: Args) -> Result<()> {
             skipped += 1;
             continue;
         };
-        let dir = if id == "hetzner" {
-            out_dir.clone()
-        } else {
-            let dir = repo_root().join(format!("target/ci-{id}"));
-            let _ = std::fs::remove_dir_all(&dir);
-            log(&format!("test: building the {id} image from the demo payload"));
-            let st = forge::tools::command(std::env::current_exe()?)
-                .args(["build-image", "--platform", &id, "--output-dir"])
-                .arg(&dir)
-                .env("FORGE_INIT", &init)
-                .status()?;
-            if !st.success() {
-                report(
-                    &format!("build-image --platform {id} for its boot test"),
-                    false,
-                    String::new(),
+        let platform = forge::oem::load(&oem, &id)?;
+        for arch in &spec.arch {
+            if !platform.architectures.contains_key(arch) {
+                println!(
+                    "[--] SKIP {arch} boot test of platform {id}: {} has no {arch} build",
+                    platform.file().display()
                 );
+                skipped += 1;
                 continue;
             }
-            dir
-        };
-        // Artifacts first, once, before jobs that serve them run in parallel.
-        if !spec.artifacts_needed(&spec.firmware, true).is_empty() {
-            log(&format!("test: building the artifacts of {id}'s boot test"));
-            let st = forge::tools::command(std::env::current_exe()?)
-                .args(["boot-test", "--platform", &id, "--artifacts-only"])
-                .arg(&dir)
-                .status()?;
-            if !st.success() {
-                report(
-                    &format!("the artifacts of {id}'s boot test are built"),
-                    false,
-                    String::new(),
-                );
-                continue;
+            let dir = out_dir_of(&id, *arch);
+            if !(id == "hetzner" && arches.contains(arch)) {
+                let _ = std::fs::remove_dir_all(&dir);
+                log(&format!("test: building the {arch} {id} image from the demo payload"));
+                if !build_image(&id, *arch, &dir, &inits)? {
+                    report(
+                        &format!("build-image --platform {id} --arch {arch} for its boot test"),
+                        false,
+                        String::new(),
+                    );
+                    continue;
+                }
             }
-        }
-        for fw in &spec.firmware {
-            for (k, variants) in boot_groups(&spec, *fw).into_iter().enumerate() {
-                jobs.push(BootJob {
-                    platform: id.clone(),
-                    firmware: fw.name().to_string(),
-                    tag: format!("{}.{}", fw.name(), k + 1),
-                    variants,
-                    dir: dir.clone(),
-                });
+            let firmwares = spec.firmwares(*arch);
+            // Artifacts first, once, before jobs that serve them run in parallel.
+            if !spec.artifacts_for(*arch, &firmwares, true).is_empty() {
+                log(&format!("test: building the {arch} artifacts of {id}'s boot test"));
+                let st = forge::tools::command(std::env::current_exe()?)
+                    .args([
+                        "boot-test",
+                        "--platform",
+                        &id,
+                        "--arch",
+                        arch.debian(),
+                        "--artifacts-only",
+                    ])
+                    .arg(&dir)
+                    .status()?;
+                if !st.success() {
+                    report(
+                        &format!("the {arch} artifacts of {id}'s boot test are built"),
+                        false,
+                        String::new(),
+                    );
+                    continue;
+                }
+            }
+            for fw in firmwares {
+                for (k, variants) in boot_groups(&spec, *arch, fw).into_iter().enumerate() {
+                    jobs.push(BootJob {
+                        platform: id.clone(),
+                        arch: *arch,
+                        firmware: fw.name().to_string(),
+                        tag: format!("{}-{}.{}", arch, fw.name(), k + 1),
+                        variants,
+                        dir: dir.clone(),
+                    });
+                }
             }
         }
     }
@@ -206,6 +252,7 @@ pub fn run(a: Args) -> Result<()> {
     let (p, f) = run_boot_jobs(&jobs, &log)?;
     passed += p;
     failed += f;
+    let out_dir = out_dir_of("hetzner", Arch::Amd64);
     // Parity: the same build in the SDK container gives the same bytes, and
     // the boot test passes when run inside the container too.
     if forge::tools::find("podman").is_some() || forge::tools::find("docker").is_some() {
@@ -269,8 +316,9 @@ fn sha256_file(p: &Path) -> Result<String> {
 /// output directory) with one firmware.
 struct BootJob {
     platform: String,
+    arch: Arch,
     firmware: String,
-    /// `<firmware>.<n>`: names the job's log and report.
+    /// `<arch>-<firmware>.<n>`: names the job's log and report.
     tag: String,
     variants: Vec<String>,
     dir: std::path::PathBuf,
@@ -281,11 +329,15 @@ struct BootJob {
 /// cores (each job pays one decompression of the image).
 const MAX_BOOTS_PER_JOB: usize = 6;
 
-/// The boots of `spec` with `fw` (negative ones included), in order, split
-/// into groups for [`MAX_BOOTS_PER_JOB`]; a boot of the previous boot's disk
-/// stays in its predecessor's group.
-fn boot_groups(spec: &forge_boottest::BootTest, fw: forge_boottest::Firmware) -> Vec<Vec<String>> {
-    let steps = forge_boottest::spec::plan(spec, true, fw);
+/// The boots of `spec` on `arch` with `fw` (negative ones included), in
+/// order, split into groups for [`MAX_BOOTS_PER_JOB`]; a boot of the
+/// previous boot's disk stays in its predecessor's group.
+fn boot_groups(
+    spec: &forge_boottest::BootTest,
+    arch: Arch,
+    fw: forge_boottest::Firmware,
+) -> Vec<Vec<String>> {
+    let steps = forge_boottest::spec::plan_arch(spec, true, arch, fw);
     let mut chains: Vec<Vec<String>> = Vec::new();
     for s in &steps {
         match (s.disk == forge_boottest::spec::DiskUse::Previous, chains.last_mut()) {
@@ -325,8 +377,9 @@ fn run_boot_jobs(jobs: &[BootJob], log: &(dyn Fn(&str) + Sync)) -> Result<(usize
                 let json = j.dir.join(format!("boot-test.{}.json", j.tag));
                 let out = j.dir.join(format!("boot-test.{}.log", j.tag));
                 log(&format!(
-                    "test: boot test of {} ({}: {}), output in {}",
+                    "test: boot test of {} ({} {}: {}), output in {}",
                     j.platform,
+                    j.arch,
                     j.firmware,
                     j.variants.join(", "),
                     out.display()
@@ -340,6 +393,8 @@ fn run_boot_jobs(jobs: &[BootJob], log: &(dyn Fn(&str) + Sync)) -> Result<(usize
                             "boot-test",
                             "--platform",
                             &j.platform,
+                            "--arch",
+                            j.arch.debian(),
                             "--firmware",
                             &j.firmware,
                         ])
@@ -436,14 +491,16 @@ mod tests {
         let mut seen = 0;
         for id in forge::oem::list(&oem) {
             let Some(spec) = forge_boottest::spec::load_for(&oem, &id).unwrap() else { continue };
-            for fw in &spec.firmware {
-                let groups = boot_groups(&spec, *fw);
+            for (arch, fw) in
+                spec.arch.iter().flat_map(|a| spec.firmwares(*a).into_iter().map(move |f| (*a, f)))
+            {
+                let groups = boot_groups(&spec, arch, fw);
                 let flat: Vec<String> = groups.concat();
-                let planned: Vec<String> = forge_boottest::spec::plan(&spec, true, *fw)
+                let planned: Vec<String> = forge_boottest::spec::plan_arch(&spec, true, arch, fw)
                     .iter()
                     .map(|s| s.boot.variant.clone())
                     .collect();
-                assert_eq!(flat, planned, "{id} {fw:?}: every boot once, in order");
+                assert_eq!(flat, planned, "{id} {arch} {fw:?}: every boot once, in order");
                 for g in &groups {
                     assert!(!g.is_empty() && g.len() <= MAX_BOOTS_PER_JOB, "{id}: {g:?}");
                     // The first boot of a group never needs a predecessor's disk.
@@ -456,7 +513,7 @@ mod tests {
         assert!(seen >= 2, "the repository's boot tests were found");
         // Hetzner's BIOS boots are more than one job's worth.
         let spec = forge_boottest::spec::load_for(&oem, "hetzner").unwrap().unwrap();
-        assert!(boot_groups(&spec, forge_boottest::Firmware::Bios).len() >= 2);
+        assert!(boot_groups(&spec, Arch::Amd64, forge_boottest::Firmware::Bios).len() >= 2);
     }
 
     /// A stand-in for `boot-test --json FILE`: writes `json` (if any) to FILE, exits with `rc`.

@@ -1,7 +1,7 @@
 //! Helpers shared by the commands: where the checkout and the cache are, the
 //! recipe epoch, and the forge-init binary.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Result};
 use std::path::{Path, PathBuf};
 
 /// The checkout this binary was built from (layouts/, oem/ live there).
@@ -32,36 +32,33 @@ pub fn recipe_epoch() -> Result<i64> {
     }
 }
 
-/// The static forge-init binary: $FORGE_INIT, or built from this workspace.
-pub fn init_binary(log: &dyn Fn(&str)) -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("FORGE_INIT") {
+/// The static forge-init binary for `arch`: `$FORGE_INIT_<ARCH>`
+/// (`FORGE_INIT_AMD64`, `FORGE_INIT_ARM64`), or built from this workspace
+/// by the arch's toolchain (another architecture's is cross-built, its
+/// target directory `target/cross`).
+pub fn init_binary(
+    arch: forge::arch::Arch,
+    cache: Option<&Path>,
+    log: &dyn Fn(&str),
+) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(init_env(arch)) {
         return Ok(PathBuf::from(p));
     }
-    let target = "x86_64-unknown-linux-gnu";
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
-    log("boot: building forge-init (static)");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // Static, and with the checkout, target directory and cargo home
-    // remapped, so the binary (and the image) is the same whoever builds it
-    // and wherever. With --target the flags reach forge-init and its
-    // dependencies, not build scripts.
-    let mut flags = vec!["-Ctarget-feature=+crt-static".to_string()];
-    flags.extend(forge::rustbuild::remap_flags(&[
-        (&repo_root(), "/forge"),
-        (&target_dir, "/target"),
-    ]));
-    let st = forge::tools::command(cargo)
-        .args(["build", "--quiet", "--release", "-p", "forge-init", "--target", target])
-        .current_dir(repo_root())
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", forge::rustbuild::encode(&flags))
-        .env_remove("RUSTFLAGS")
-        .status()
-        .context("running cargo to build forge-init")?;
-    if !st.success() {
-        bail!("building forge-init failed");
-    }
-    Ok(target_dir.join(target).join("release/forge-init"))
+    let cache = forge::recipe::Cache { root: cache_dir(cache) };
+    let tc = forge::rustbuild::Toolchain::for_arch(arch, &cache, log)?;
+    // Another toolchain's artifacts stay out of the workspace's own.
+    let target_dir = if tc.cross { target_dir.join("cross") } else { target_dir };
+    log(&format!(
+        "boot: building forge-init (static, {arch}{})",
+        if tc.cross { ", cross-compiled" } else { "" }
+    ));
+    forge::rustbuild::build_static(&tc, &repo_root(), &target_dir, "forge-init")
+}
+
+/// The variable that names a prebuilt forge-init for `arch`.
+pub fn init_env(arch: forge::arch::Arch) -> String {
+    format!("FORGE_INIT_{}", arch.debian().to_uppercase())
 }

@@ -1,6 +1,6 @@
 //! What goes on the EFI system partition (the partition mounted at `/boot`):
 //! slot A's kernel and initramfs, the main `grub.cfg` rendered from the
-//! template, GRUB's `bootx64.efi`, the `first_boot` flag, and one GRUB
+//! template, GRUB's EFI loader (`bootx64.efi`, `bootaa64.efi`), the `first_boot` flag, and one GRUB
 //! fragment per verity-protected slot carrying its dm-verity parameters.
 
 use super::grub::{self, ConfigContext, Slot};
@@ -67,7 +67,9 @@ pub fn contents(input: &EspInput) -> Result<Dir> {
             "flatcar/grub/grub.cfg",
             Source::Bytes(grub::render_config(&b.template, &ctx)?.into_bytes()),
         )?;
-        t.add_file("EFI/boot/bootx64.efi", Source::Bytes(b.grub.efi.clone()))?;
+        if let Some(efi) = &b.grub.efi {
+            t.add_file(efi.path, Source::Bytes(efi.bytes.clone()))?;
+        }
         t.add_file("flatcar/first_boot", Source::Bytes(Vec::new()))?;
     }
     for v in input.verity {
@@ -145,9 +147,14 @@ mod tests {
         let plan = plan();
         let boot = BootConfig {
             grub: std::sync::Arc::new(Images {
-                boot_img: vec![0; 512],
-                core_img: vec![1; 1024],
-                efi: b"efi-binary".to_vec(),
+                bios: Some(crate::boot::grub::BiosImages {
+                    boot_img: vec![0; 512],
+                    core_img: vec![1; 1024],
+                }),
+                efi: Some(crate::boot::grub::EfiImage {
+                    path: "EFI/boot/bootx64.efi",
+                    bytes: b"efi-binary".to_vec(),
+                }),
             }),
             template: "{{ os_name }}|{{ base_args }}|{% for s in slots %}{{ s.letter }}={{ s.partuuid }};{% endfor %}".into(),
             os_name: "Test OS".into(),

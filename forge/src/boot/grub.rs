@@ -4,18 +4,29 @@
 //! (the partition table and disk signature stay), learning the LBA of
 //! core.img, which goes into BIOS-BOOT with its first sector's block list
 //! pointing at the rest.
+//!
+//! Per architecture ([`crate::arch::Arch`]): x86-64 gets the BIOS pair and
+//! `x86_64-efi`; arm64 only `arm64-efi` (no BIOS code; the layout's
+//! BIOS-BOOT partition stays empty, as upstream's). The modules of the
+//! build machine's own architecture come from its installed GRUB packages;
+//! another architecture's (`grub-efi-arm64-bin` on an x86-64 machine) are
+//! downloaded by apt for that architecture and unpacked into the cache
+//! ([`module_dirs`]), so no root and no foreign package installation is
+//! needed (`grub-mkimage` is architecture-neutral: it assembles the
+//! target's `kernel.img` and modules).
 
+use crate::arch::{Arch, Firmware};
 use crate::layout::{DiskPlan, PartitionPlan};
 use crate::tools::{self, Tool};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const MKIMAGE: Tool = Tool { program: "grub-mkimage", package: "grub-common" };
 const PC_DIR: &str = "/usr/lib/grub/i386-pc";
-const EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
+const PC_PACKAGE: &str = "grub-pc-bin";
 
 /// Modules built into both images (no module files are needed on the ESP).
 const COMMON_MODULES: &[&str] = &[
@@ -53,29 +64,112 @@ pub fn early_config(esp_label: &str) -> String {
     format!("search --no-floppy --label {esp_label} --set root\nset prefix=($root)/flatcar/grub\n")
 }
 
-pub struct Images {
+/// GRUB for the BIOS: the MBR's boot code and the core image.
+pub struct BiosImages {
     pub boot_img: Vec<u8>,
     pub core_img: Vec<u8>,
-    pub efi: Vec<u8>,
 }
 
-/// Runs grub-mkimage for i386-pc and x86_64-efi.
-pub fn make_images(esp_label: &str, scratch: &Path) -> Result<Images> {
-    tools::require(&[
-        MKIMAGE,
-        Tool { program: "/usr/lib/grub/i386-pc/boot.img", package: "grub-pc-bin" },
-        Tool { program: "/usr/lib/grub/x86_64-efi/linux.mod", package: "grub-efi-amd64-bin" },
-    ])?;
+/// GRUB for UEFI: the loader and where it goes on the ESP.
+pub struct EfiImage {
+    /// `EFI/boot/bootx64.efi`, `EFI/boot/bootaa64.efi`.
+    pub path: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+pub struct Images {
+    /// None when no firmware of the build is a BIOS.
+    pub bios: Option<BiosImages>,
+    /// None when no firmware of the build is UEFI.
+    pub efi: Option<EfiImage>,
+}
+
+/// Where GRUB's module directories for one build are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleDirs {
+    pub arch: Arch,
+    /// `i386-pc` (BIOS; x86-64 only).
+    pub pc: Option<PathBuf>,
+    /// `<arch>-efi`.
+    pub efi: Option<PathBuf>,
+    /// Debian packages and versions the modules came from, when downloaded.
+    pub downloaded: Vec<String>,
+}
+
+/// GRUB's module directories for `arch` and `firmware`: the installed
+/// packages' for the build machine's own architecture (checked: a missing
+/// package is an error naming it), downloaded into the cache for another.
+pub fn module_dirs(
+    arch: Arch,
+    firmware: &[Firmware],
+    cache: &crate::recipe::Cache,
+    log: &dyn Fn(&str),
+) -> Result<ModuleDirs> {
+    let (efi_format, efi_package) = arch.grub_efi();
+    let bios = firmware.contains(&Firmware::Bios);
+    let uefi = firmware.contains(&Firmware::Uefi);
+    if bios && !arch.has_bios() {
+        bail!("{arch} has no BIOS firmware");
+    }
+    if Arch::host() == Some(arch) {
+        let efi_dir = format!("/usr/lib/grub/{efi_format}");
+        let mut need = vec![MKIMAGE];
+        let linux_mod = match arch {
+            Arch::Amd64 => "/usr/lib/grub/x86_64-efi/linux.mod",
+            Arch::Arm64 => "/usr/lib/grub/arm64-efi/linux.mod",
+        };
+        if bios {
+            need.push(Tool { program: "/usr/lib/grub/i386-pc/boot.img", package: PC_PACKAGE });
+        }
+        if uefi {
+            need.push(Tool { program: linux_mod, package: efi_package });
+        }
+        tools::require(&need)?;
+        return Ok(ModuleDirs {
+            arch,
+            pc: bios.then(|| PathBuf::from(PC_DIR)),
+            efi: uefi.then(|| PathBuf::from(efi_dir)),
+            downloaded: Vec::new(),
+        });
+    }
+    tools::require(&[MKIMAGE])?;
+    let mut wanted = Vec::new();
+    if bios {
+        wanted.push(PC_PACKAGE);
+    }
+    if uefi {
+        wanted.push(efi_package);
+    }
+    let (root, debs) = crate::recipe::unpacked(cache, arch, "grub", &wanted, log)
+        .with_context(|| format!("GRUB's {arch} modules ({})", wanted.join(", ")))?;
+    let dir = |f: &str| -> Result<PathBuf> {
+        let d = root.join("usr/lib/grub").join(f);
+        if !d.join("kernel.img").exists() {
+            bail!("{}: no GRUB kernel.img in the downloaded package", d.display());
+        }
+        Ok(d)
+    };
+    Ok(ModuleDirs {
+        arch,
+        pc: if bios { Some(dir("i386-pc")?) } else { None },
+        efi: if uefi { Some(dir(efi_format)?) } else { None },
+        downloaded: debs.iter().map(|d| format!("{} {}", d.name, d.version)).collect(),
+    })
+}
+
+/// Runs grub-mkimage for the BIOS (i386-pc) and the architecture's EFI
+/// platform, as `dirs` has them.
+pub fn make_images(dirs: &ModuleDirs, esp_label: &str, scratch: &Path) -> Result<Images> {
     let tmp = tempfile::Builder::new().prefix(".grub-").tempdir_in(scratch)?;
     let cfg = tmp.path().join("early.cfg");
     std::fs::write(&cfg, early_config(esp_label))?;
-    let mk = |format: &str, dir: &str, extra: &[&str], out: &str| -> Result<Vec<u8>> {
+    let mk = |format: &str, dir: &Path, extra: &[&str], out: &str| -> Result<Vec<u8>> {
         let o = tmp.path().join(out);
         let mut args: Vec<String> = vec![
             "-O".into(),
             format.into(),
             "-d".into(),
-            dir.into(),
+            dir.display().to_string(),
             "-c".into(),
             cfg.display().to_string(),
             "-p".into(),
@@ -90,14 +184,39 @@ pub fn make_images(esp_label: &str, scratch: &Path) -> Result<Images> {
         )?;
         Ok(std::fs::read(&o)?)
     };
-    let core_img = mk("i386-pc", PC_DIR, PC_MODULES, "core.img")?;
-    let efi = mk("x86_64-efi", EFI_DIR, EFI_MODULES, "bootx64.efi")?;
-    let boot_img =
-        std::fs::read(format!("{PC_DIR}/boot.img")).context("reading GRUB's boot.img")?;
-    if boot_img.len() != 512 {
-        bail!("{PC_DIR}/boot.img is {} bytes, expected 512", boot_img.len());
-    }
-    Ok(Images { boot_img, core_img, efi })
+    let bios = match &dirs.pc {
+        Some(pc) => {
+            let core_img = mk("i386-pc", pc, PC_MODULES, "core.img")?;
+            let p = pc.join("boot.img");
+            let boot_img = std::fs::read(&p)
+                .with_context(|| format!("{}: reading GRUB's boot.img", p.display()))?;
+            if boot_img.len() != 512 {
+                bail!("{} is {} bytes, expected 512", p.display(), boot_img.len());
+            }
+            Some(BiosImages { boot_img, core_img })
+        }
+        None => None,
+    };
+    let efi = match &dirs.efi {
+        Some(d) => {
+            let path = dirs.arch.efi_loader();
+            let name = path.rsplit('/').next().unwrap_or(path);
+            let bytes = mk(dirs.arch.grub_efi().0, d, EFI_MODULES, name)?;
+            // What grub-mkimage made must be the architecture's EFI program.
+            let machine = forge_formats::kernel::pe_machine(&bytes)
+                .and_then(forge_formats::kernel::pe_to_elf_machine);
+            if machine != Some(dirs.arch.elf_machine()) {
+                bail!(
+                    "grub-mkimage -O {}: the loader is not an {} EFI program",
+                    dirs.arch.grub_efi().0,
+                    dirs.arch
+                );
+            }
+            Some(EfiImage { path, bytes })
+        }
+        None => None,
+    };
+    Ok(Images { bios, efi })
 }
 
 // Offsets in boot.img (grub/include/grub/i386/pc/boot.h).

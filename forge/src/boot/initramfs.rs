@@ -182,8 +182,8 @@ pub fn read_extra(dir: &Path) -> Result<Vec<Extra>> {
     Ok(out)
 }
 
-/// Builds the initramfs for the payload's kernel (its version read from the
-/// bzImage) with `init` as /init. Module files are read from the payload
+/// Builds the initramfs for the payload's kernel (its release read from the
+/// kernel image's header: bzImage or arm64 Image) with `init` as /init. Module files are read from the payload
 /// with links resolved inside it; a `modules.dep` naming `../` paths is refused.
 ///
 /// Layout: merged /usr, as the image's: `bin`, `sbin`, `lib`, `lib64` are
@@ -197,12 +197,7 @@ pub fn build(
     extra: &[Extra],
     epoch: i64,
 ) -> Result<Vec<u8>> {
-    let version = super::kernel_version(&payload.kernel).ok_or_else(|| {
-        anyhow!("{}: not an x86 bzImage (no setup header)", crate::payload::KERNEL)
-    })?;
-    if version.contains('/') || version == ".." {
-        bail!("{}: kernel version '{version}' is not a directory name", crate::payload::KERNEL);
-    }
+    let version = payload.kernel_image()?.version;
     let mdir = format!("usr/lib/modules/{version}");
     if payload.read(&format!("{mdir}/modules.dep")).is_err() {
         bail!(

@@ -1,6 +1,7 @@
 //! Boot stage: the initramfs (our `forge-init` plus the modules it loads),
-//! GRUB for BIOS (boot.img in the MBR, core.img in BIOS-BOOT) and x86-64
-//! UEFI (`/EFI/boot/bootx64.efi`), and the main `grub.cfg` rendered from a
+//! GRUB for BIOS (boot.img in the MBR, core.img in BIOS-BOOT; x86-64 only)
+//! and UEFI (`/EFI/boot/bootx64.efi`, `/EFI/boot/bootaa64.efi` on arm64),
+//! and the main `grub.cfg` rendered from a
 //! template ([`esp`] decides what goes on the ESP). Everything is produced as
 //! bytes placed by the image stage.
 
@@ -26,15 +27,4 @@ impl std::fmt::Debug for BootConfig {
             .field("initramfs", &self.initramfs.len())
             .finish()
     }
-}
-
-/// Reads the version string of an x86 bzImage (`HdrS` setup header).
-pub fn kernel_version(bz: &[u8]) -> Option<String> {
-    if bz.len() < 0x210 || &bz[0x202..0x206] != b"HdrS" {
-        return None;
-    }
-    let off = u16::from_le_bytes([bz[0x20e], bz[0x20f]]) as usize + 0x200;
-    let s = bz.get(off..)?;
-    let end = s.iter().position(|b| *b == 0 || *b == b' ')?;
-    Some(String::from_utf8_lossy(&s[..end]).into_owned())
 }
