@@ -56,7 +56,7 @@
 
 use crate::check::{Check, Cond, Probe};
 use anyhow::{anyhow, bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -69,29 +69,9 @@ pub const FILE: &str = "boot-test.json";
 /// names use Debian's.
 pub use forge::arch::Arch;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Firmware {
-    Bios,
-    Uefi,
-}
-
-impl Firmware {
-    pub fn name(self) -> &'static str {
-        match self {
-            Firmware::Bios => "bios",
-            Firmware::Uefi => "uefi",
-        }
-    }
-
-    /// Whether `arch` has this firmware (PC BIOS is x86's; UEFI every one's).
-    pub fn on(self, arch: Arch) -> bool {
-        match self {
-            Firmware::Bios => arch.has_bios(),
-            Firmware::Uefi => true,
-        }
-    }
-}
+/// The firmwares, as forge knows them (`bios`, `uefi`; [`Firmware::on`] an
+/// architecture).
+pub use forge::arch::Firmware;
 
 /// One platform's boot test.
 #[derive(Clone, Debug, Deserialize)]
@@ -592,7 +572,8 @@ pub fn plan_arch(t: &BootTest, negative: bool, arch: Arch, firmware: Firmware) -
 
 /// [`plan_arch`] on the first of the file's architectures that has
 /// `firmware` (what `boot-test` boots an image of that architecture with).
-/// For callers that plan per firmware only; new code plans per architecture.
+/// (The tests' per-firmware view.)
+#[cfg(test)]
 pub fn plan(t: &BootTest, negative: bool, firmware: Firmware) -> Vec<Step<'_>> {
     match t.arch.iter().find(|a| firmware.on(**a)) {
         Some(a) => plan_arch(t, negative, *a, firmware),
@@ -1170,8 +1151,8 @@ impl BootTest {
     }
 
     /// [`BootTest::artifacts_for`] every architecture of the file, together.
-    /// For callers that do not tell architectures apart; new code asks per
-    /// architecture.
+    /// (The tests' view across architectures.)
+    #[cfg(test)]
     pub fn artifacts_needed(&self, firmwares: &[Firmware], negative: bool) -> BTreeSet<String> {
         self.arch.iter().flat_map(|a| self.artifacts_for(*a, firmwares, negative)).collect()
     }
