@@ -214,6 +214,9 @@ fn hetzner_boot_chain_and_oem_partition() {
     assert!(o.status.success(), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["oem"]["id"], "hetzner");
+    assert_eq!(j["architecture"]["arch"], "amd64");
+    assert_eq!(j["architecture"]["efi_loaders"], serde_json::json!(["amd64"]));
+    assert_eq!(j["architecture"]["kernel"]["format"], "x86 bzImage");
     assert!(j["oem"]["sysexts"].as_array().unwrap().iter().any(|s| s == "oem-hetzner-1.2.3.raw"));
 }
 

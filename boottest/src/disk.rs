@@ -171,18 +171,7 @@ pub fn esp_arches(disk: &File) -> Result<Option<Vec<Arch>>> {
     let (off, len) = (e.first_lba * 512, e.sectors() * 512);
     let fat = forge::fs::fat::FatReader::open(disk, off, len)
         .with_context(|| format!("the ESP (partition {})", e.number))?;
-    let mut found = Vec::new();
-    for a in Arch::ALL {
-        let Ok(bytes) = fat.read(a.efi_loader()) else { continue };
-        let machine = forge_formats::kernel::pe_machine(&bytes)
-            .and_then(forge_formats::kernel::pe_to_elf_machine)
-            .and_then(Arch::from_elf_machine);
-        match machine {
-            Some(m) if m == a => found.push(a),
-            Some(m) => bail!("the ESP's {} is a program for {m}, not {a}", a.efi_loader()),
-            None => bail!("the ESP's {} is not a PE program of a known machine", a.efi_loader()),
-        }
-    }
+    let found = forge::inspect::esp_loaders(&fat)?;
     Ok((!found.is_empty()).then_some(found))
 }
 

@@ -15,9 +15,10 @@
 //! directory cycle). Partitions not on the disk are listed but not read.
 //! `cargo xtask inspect` prints the report and fails when it has errors.
 
+use crate::arch::Arch;
 use crate::fs::fat::FatReader;
 use crate::{layout, table, tools, verity};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -37,6 +38,8 @@ pub struct Report {
     /// The base extensions in USR-A and the links on ROOT (None: the image
     /// has no USR-A with EROFS, or no ROOT with ext4, to read them from).
     pub extensions: Option<Extensions>,
+    /// What the boot files on the ESP are built for (None: no FAT ESP).
+    pub architecture: Option<Architecture>,
     /// Wrong but readable (see the module documentation).
     pub warnings: Vec<String>,
     /// Wrong: partitions or checks that could not be used.
@@ -93,6 +96,26 @@ pub struct Extensions {
 pub struct BaseExtension {
     pub file: String,
     pub bytes: u64,
+}
+
+/// The architecture of an image, as its ESP's boot files tell it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Architecture {
+    /// The removable-media EFI loaders present (`EFI/boot/bootx64.efi`,
+    /// `bootaa64.efi`), each checked to be a PE program of its architecture.
+    pub efi_loaders: Vec<Arch>,
+    /// Slot A's kernel (`flatcar/vmlinuz-a`): its format and release.
+    pub kernel: Option<KernelInfo>,
+    /// The one architecture both say (None: they disagree, or say nothing).
+    pub arch: Option<Arch>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct KernelInfo {
+    pub path: String,
+    pub format: String,
+    pub release: String,
+    pub arch: Option<Arch>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -157,6 +180,28 @@ pub fn inspect(path: &Path) -> Result<Report> {
             Err(err) => errors.push(format!("partition {}: dm-verity: {err:#}", p.number)),
         }
     }
+    let architecture = match esp {
+        Some((off, len)) => match FatReader::open(&file, off, len)
+            .context("the ESP")
+            .and_then(|fat| architecture(&fat))
+        {
+            Ok(a) => {
+                if a.arch.is_none() && (!a.efi_loaders.is_empty() || a.kernel.is_some()) {
+                    errors.push(format!(
+                        "the ESP's boot files disagree on the architecture: EFI loaders {:?}, kernel {:?}",
+                        a.efi_loaders,
+                        a.kernel.as_ref().and_then(|k| k.arch)
+                    ));
+                }
+                Some(a)
+            }
+            Err(err) => {
+                errors.push(format!("architecture: {err:#}"));
+                None
+            }
+        },
+        None => None,
+    };
     let oem = match parts.iter().find(|p| p.label == "OEM" && p.fs.is_some()) {
         Some(p) => match read_oem(&file, path, p, ss) {
             Ok(o) => Some(o),
@@ -192,9 +237,56 @@ pub fn inspect(path: &Path) -> Result<Report> {
         gpt: t.source,
         partitions: parts,
         oem,
+        architecture,
         warnings: t.warnings,
         errors,
     })
+}
+
+/// The architectures whose removable-media EFI loader
+/// ([`Arch::efi_loader`]) is on the ESP, each a PE program for its
+/// architecture; a loader built for another architecture than its name
+/// says is an error.
+pub fn esp_loaders(fat: &FatReader) -> Result<Vec<Arch>> {
+    let mut found = Vec::new();
+    for a in Arch::ALL {
+        let Ok(bytes) = fat.read(a.efi_loader()) else { continue };
+        let machine = forge_formats::kernel::pe_machine(&bytes)
+            .and_then(forge_formats::kernel::pe_to_elf_machine)
+            .and_then(Arch::from_elf_machine);
+        match machine {
+            Some(m) if m == a => found.push(a),
+            Some(m) => bail!("the ESP's {} is a program for {m}, not {a}", a.efi_loader()),
+            None => bail!("the ESP's {} is not a PE program of a known machine", a.efi_loader()),
+        }
+    }
+    Ok(found)
+}
+
+/// What the ESP's EFI loaders and slot A's kernel say about the architecture.
+pub fn architecture(fat: &FatReader) -> Result<Architecture> {
+    let efi_loaders = esp_loaders(fat)?;
+    let path = "flatcar/vmlinuz-a";
+    let kernel = match fat.read(path) {
+        Ok(b) => Some(match forge_formats::kernel::parse(&b) {
+            Ok(k) => KernelInfo {
+                path: path.into(),
+                format: k.format.into(),
+                release: k.version,
+                arch: Arch::from_elf_machine(k.machine),
+            },
+            Err(e) => bail!("/{path}: {e}"),
+        }),
+        Err(_) => None,
+    };
+    let mut said: Vec<Arch> = efi_loaders.clone();
+    said.extend(kernel.as_ref().and_then(|k| k.arch));
+    said.dedup();
+    let arch = match said.as_slice() {
+        [a] => Some(*a),
+        _ => None,
+    };
+    Ok(Architecture { efi_loaders, kernel, arch })
 }
 
 fn check_verity(
@@ -468,6 +560,21 @@ pub fn render(r: &Report) -> String {
                 v.computed_root_hash, v.hash_offset
             );
         }
+    }
+    if let Some(a) = &r.architecture {
+        let loaders: Vec<&str> = a.efi_loaders.iter().map(|x| x.efi_loader()).collect();
+        let _ = writeln!(
+            s,
+            "architecture: {} (EFI loader {}; kernel {})",
+            a.arch.map_or("unknown".to_string(), |x| x.to_string()),
+            if loaders.is_empty() { "none".to_string() } else { loaders.join(", ") },
+            a.kernel.as_ref().map_or("none".to_string(), |k| format!(
+                "{} {}, {}",
+                k.format,
+                k.release,
+                k.arch.map_or("unknown", |x| x.debian())
+            ))
+        );
     }
     if let Some(o) = &r.oem {
         let _ =

@@ -150,3 +150,14 @@ pub fn make_bootable_payload(dir: &Path) {
     std::fs::write(m.join("modules.builtin"), builtin).unwrap();
     sh(&format!("chmod -R a+rX {}", dir.display()));
 }
+
+/// [`make_bootable_payload`] for arm64: its kernel an arm64 `Image` (the
+/// boot protocol's `ARM\x64` magic, the release in its banner).
+pub fn make_bootable_arm64_payload(dir: &Path) {
+    make_bootable_payload(dir);
+    let mut k = bytes(10, 2_000_000);
+    k[0x38..0x3c].copy_from_slice(b"ARM\x64");
+    let v = format!("Linux version {TEST_KERNEL_VERSION} (forge@test) #1 SMP\0");
+    k[0x4000..0x4000 + v.len()].copy_from_slice(v.as_bytes());
+    std::fs::write(dir.join("usr/boot/vmlinuz"), k).unwrap();
+}
