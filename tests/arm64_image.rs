@@ -160,3 +160,29 @@ fn a_platform_without_an_arm64_build_says_so() {
     let o = cli(&["build-image", "--platform", "hetzner", "--arch", "riscv64"]);
     assert!(stderr(&o).contains("unknown architecture 'riscv64'"), "{}", stderr(&o));
 }
+
+#[test]
+fn debians_archive_has_the_arm64_standard_library_of_the_installed_rustc() {
+    // What a cross toolchain without a dpkg database (the SDK container)
+    // takes: the archive's libstd-rust-web-dev for arm64 is rustc-web's release.
+    let rustc = sh("/usr/bin/rustc -vV");
+    let release = rustc.lines().find_map(|l| l.strip_prefix("release: ")).unwrap().trim();
+    let cache = forge::recipe::Cache { root: repo().join(".cache") };
+    let v = forge::recipe::candidate_version(
+        &cache,
+        forge::arch::Arch::Arm64,
+        "libstd-rust-web-dev",
+        &|_| {},
+    )
+    .unwrap()
+    .expect("libstd-rust-web-dev is in the arm64 archive");
+    assert!(v.starts_with(&format!("{release}+")), "rustc {release}, libstd-rust-web-dev {v}");
+    let none = forge::recipe::candidate_version(
+        &cache,
+        forge::arch::Arch::Arm64,
+        "no-such-package-forge",
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(none, None);
+}

@@ -754,6 +754,32 @@ pub fn fetch_exact(
         .collect()
 }
 
+/// The version apt would download of `package` for `arch` (None: the
+/// archive has no such package).
+pub fn candidate_version(
+    cache: &Cache,
+    arch: Arch,
+    package: &str,
+    log: &dyn Fn(&str),
+) -> Result<Option<String>> {
+    update_lists(cache, arch, log)?;
+    let out = apt_cmd(cache, arch, &["download", "--print-uris", package])?
+        .stderr_to_stdout()
+        .stdout_capture()
+        .unchecked()
+        .run()?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    // 'URI' name_version_arch.deb size SHA256:…
+    Ok(String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let file = l.split_whitespace().nth(1)?;
+        let rest = file.strip_prefix(package)?.strip_prefix('_')?;
+        let version = rest.rsplit_once('_')?.0;
+        Some(version.replace("%3a", ":"))
+    }))
+}
+
 /// The files of the named packages of `arch` (see [`fetch_exact`]),
 /// unpacked with the contained unpacker into a directory of the cache named
 /// after the exact packages and versions (reused when complete). Returns

@@ -205,16 +205,39 @@ impl Toolchain {
         let cargo = PathBuf::from("/usr/bin/cargo");
         let rustc_v = version_of(&rustc, "-vV")?;
         // The target's standard library must come from the same Debian
-        // source package, at the same version, as the compiler.
-        let (rustc_pkg, rustc_ver) = owner_of(&rustc).ok_or_else(|| {
-            anyhow!("{}: not installed by a Debian package (install rustc-web)", rustc.display())
-        })?;
-        let std_pkg = match rustc_pkg.as_str() {
-            "rustc-web" => "libstd-rust-web-dev",
-            "rustc" => "libstd-rust-dev",
-            other => bail!("{}: installed by '{other}', not rustc-web or rustc: no Debian standard library to match it", rustc.display()),
+        // source package, at the same version, as the compiler: the package
+        // dpkg says installed it, else (no dpkg database, e.g. in the SDK
+        // container) the one whose archive version is the compiler's release.
+        let std_want = match owner_of(&rustc) {
+            Some((pkg, ver)) => {
+                let std_pkg = match pkg.as_str() {
+                    "rustc-web" => "libstd-rust-web-dev",
+                    "rustc" => "libstd-rust-dev",
+                    other => bail!("{}: installed by '{other}', not rustc-web or rustc: no Debian standard library to match it", rustc.display()),
+                };
+                format!("{std_pkg}={ver}")
+            }
+            None => {
+                let release = rustc_v
+                    .lines()
+                    .find_map(|l| l.strip_prefix("release: "))
+                    .ok_or_else(|| anyhow!("{} -vV names no release", rustc.display()))?
+                    .trim()
+                    .to_string();
+                let mut found = None;
+                for pkg in ["libstd-rust-web-dev", "libstd-rust-dev"] {
+                    if let Some(v) = crate::recipe::candidate_version(cache, arch, pkg, log)? {
+                        if v.starts_with(&format!("{release}+"))
+                            || v.starts_with(&format!("{release}-"))
+                        {
+                            found = Some(format!("{pkg}={v}"));
+                            break;
+                        }
+                    }
+                }
+                found.ok_or_else(|| anyhow!("no {arch} standard library of Debian's archive is for rustc {release} ({}): install rustc-web", rustc.display()))?
+            }
         };
-        let std_want = format!("{std_pkg}={rustc_ver}");
         let ssl_want = "libssl-dev";
         let (sysroot, debs) = crate::recipe::unpacked(
             cache,
@@ -223,7 +246,7 @@ impl Toolchain {
             &[&std_want, ssl_want, "libssl3"],
             log,
         )
-        .with_context(|| format!("the {arch} standard library for {rustc_pkg} {rustc_ver} ({std_want}) and the libraries crates link against"))?;
+        .with_context(|| format!("the {arch} standard library for {} ({std_want}) and the libraries crates link against", rustc.display()))?;
         let rustlib = sysroot.join("usr/lib/rustlib").join(arch.rust_target()).join("lib");
         if !rustlib.is_dir() {
             bail!(
