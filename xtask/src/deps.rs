@@ -49,6 +49,8 @@ pub const TEST_TOOLS: &[Tool] = &[
     Tool { program: "blkid", package: "util-linux" },
     Tool { program: "bzip2", package: "bzip2" },
     Tool { program: "cpio", package: "cpio" },
+    // tests/arm64_image.rs: the EFI loader's machine, by file(1)
+    Tool { program: "file", package: "file" },
     Tool { program: "qemu-system-x86_64", package: "qemu-system-x86" },
     Tool { program: "qemu-img", package: "qemu-utils" },
     Tool { program: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf" },
