@@ -171,7 +171,14 @@ pub fn esp_arches(disk: &File) -> Result<Option<Vec<Arch>>> {
     let (off, len) = (e.first_lba * 512, e.sectors() * 512);
     let fat = forge::fs::fat::FatReader::open(disk, off, len)
         .with_context(|| format!("the ESP (partition {})", e.number))?;
-    let found = forge::inspect::esp_loaders(&fat)?;
+    let mut found = Vec::new();
+    for (a, is) in forge::inspect::esp_loaders(&fat) {
+        match is {
+            Some(m) if m == a => found.push(a),
+            Some(m) => bail!("the ESP's {} is a program for {m}, not {a}", a.efi_loader()),
+            None => bail!("the ESP's {} is not a PE program of a known machine", a.efi_loader()),
+        }
+    }
     Ok((!found.is_empty()).then_some(found))
 }
 

@@ -18,7 +18,7 @@
 use crate::arch::Arch;
 use crate::fs::fat::FatReader;
 use crate::{layout, table, tools, verity};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -180,25 +180,16 @@ pub fn inspect(path: &Path) -> Result<Report> {
             Err(err) => errors.push(format!("partition {}: dm-verity: {err:#}", p.number)),
         }
     }
+    let mut warnings = t.warnings.clone();
     let architecture = match esp {
-        Some((off, len)) => match FatReader::open(&file, off, len)
-            .context("the ESP")
-            .and_then(|fat| architecture(&fat))
-        {
-            Ok(a) => {
-                if a.arch.is_none() && (!a.efi_loaders.is_empty() || a.kernel.is_some()) {
-                    errors.push(format!(
-                        "the ESP's boot files disagree on the architecture: EFI loaders {:?}, kernel {:?}",
-                        a.efi_loaders,
-                        a.kernel.as_ref().and_then(|k| k.arch)
-                    ));
-                }
+        Some((off, len)) => match FatReader::open(&file, off, len) {
+            Ok(fat) => {
+                let (a, w) = architecture(&fat);
+                warnings.extend(w);
                 Some(a)
             }
-            Err(err) => {
-                errors.push(format!("architecture: {err:#}"));
-                None
-            }
+            // The FAT itself is judged elsewhere (recorded hashes, OEM).
+            Err(_) => None,
         },
         None => None,
     };
@@ -238,55 +229,71 @@ pub fn inspect(path: &Path) -> Result<Report> {
         partitions: parts,
         oem,
         architecture,
-        warnings: t.warnings,
+        warnings,
         errors,
     })
 }
 
-/// The architectures whose removable-media EFI loader
-/// ([`Arch::efi_loader`]) is on the ESP, each a PE program for its
-/// architecture; a loader built for another architecture than its name
-/// says is an error.
-pub fn esp_loaders(fat: &FatReader) -> Result<Vec<Arch>> {
-    let mut found = Vec::new();
-    for a in Arch::ALL {
-        let Ok(bytes) = fat.read(a.efi_loader()) else { continue };
-        let machine = forge_formats::kernel::pe_machine(&bytes)
-            .and_then(forge_formats::kernel::pe_to_elf_machine)
-            .and_then(Arch::from_elf_machine);
-        match machine {
-            Some(m) if m == a => found.push(a),
-            Some(m) => bail!("the ESP's {} is a program for {m}, not {a}", a.efi_loader()),
-            None => bail!("the ESP's {} is not a PE program of a known machine", a.efi_loader()),
-        }
-    }
-    Ok(found)
+/// The removable-media EFI loaders ([`Arch::efi_loader`]) on the ESP: for
+/// each one present, the architecture its name is for and the one its PE
+/// header says (None: not a PE program of a known machine). Callers judge
+/// (boot-test refuses a mismatch; inspect warns).
+pub fn esp_loaders(fat: &FatReader) -> Vec<(Arch, Option<Arch>)> {
+    Arch::ALL
+        .into_iter()
+        .filter_map(|a| {
+            let bytes = fat.read(a.efi_loader()).ok()?;
+            let machine = forge_formats::kernel::pe_machine(&bytes)
+                .and_then(forge_formats::kernel::pe_to_elf_machine)
+                .and_then(Arch::from_elf_machine);
+            Some((a, machine))
+        })
+        .collect()
 }
 
-/// What the ESP's EFI loaders and slot A's kernel say about the architecture.
-pub fn architecture(fat: &FatReader) -> Result<Architecture> {
-    let efi_loaders = esp_loaders(fat)?;
+/// What the ESP's EFI loaders and slot A's kernel say about the
+/// architecture, and warnings where they contradict themselves or each
+/// other (a loader built for another architecture than its name's). Files
+/// that are not loaders or kernels of a known machine say nothing.
+pub fn architecture(fat: &FatReader) -> (Architecture, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut efi_loaders = Vec::new();
+    for (named, is) in esp_loaders(fat) {
+        match is {
+            Some(m) if m == named => efi_loaders.push(named),
+            Some(m) => warnings.push(format!(
+                "the ESP's {} is a program for {m}, not {named}",
+                named.efi_loader()
+            )),
+            None => {}
+        }
+    }
     let path = "flatcar/vmlinuz-a";
-    let kernel = match fat.read(path) {
-        Ok(b) => Some(match forge_formats::kernel::parse(&b) {
-            Ok(k) => KernelInfo {
-                path: path.into(),
-                format: k.format.into(),
-                release: k.version,
-                arch: Arch::from_elf_machine(k.machine),
-            },
-            Err(e) => bail!("/{path}: {e}"),
-        }),
-        Err(_) => None,
-    };
+    let kernel = fat.read(path).ok().and_then(|b| forge_formats::kernel::parse(&b).ok()).map(|k| {
+        KernelInfo {
+            path: path.into(),
+            format: k.format.into(),
+            release: k.version,
+            arch: Arch::from_elf_machine(k.machine),
+        }
+    });
     let mut said: Vec<Arch> = efi_loaders.clone();
     said.extend(kernel.as_ref().and_then(|k| k.arch));
+    said.sort();
     said.dedup();
     let arch = match said.as_slice() {
         [a] => Some(*a),
-        _ => None,
+        [] => None,
+        _ => {
+            warnings.push(format!(
+                "the ESP's boot files are for several architectures: EFI loaders {}, kernel {}",
+                efi_loaders.iter().map(|a| a.debian()).collect::<Vec<_>>().join(", "),
+                kernel.as_ref().and_then(|k| k.arch).map_or("-", |a| a.debian())
+            ));
+            None
+        }
     };
-    Ok(Architecture { efi_loaders, kernel, arch })
+    (Architecture { efi_loaders, kernel, arch }, warnings)
 }
 
 fn check_verity(

@@ -618,3 +618,92 @@ fn fuzz_seed_is_what_the_generator_makes() {
     assert!(enc.len() < 256 << 10, "seed of {} bytes", enc.len());
     check_seed("inspect_gpt_fixed/disk", &enc);
 }
+
+/// A minimal PE program for `machine` (the header fields inspect reads).
+fn pe(machine: u16) -> Vec<u8> {
+    let mut b = vec![0u8; 0x80];
+    b[..2].copy_from_slice(b"MZ");
+    b[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
+    b[0x40..0x44].copy_from_slice(b"PE\0\0");
+    b[0x44..0x46].copy_from_slice(&machine.to_le_bytes());
+    b
+}
+
+/// An arm64 `Image` header and banner.
+fn arm64_kernel() -> Vec<u8> {
+    let mut b = vec![0u8; 0x200];
+    b[0x38..0x3c].copy_from_slice(b"ARM\x64");
+    b.extend_from_slice(b"\0Linux version 6.1.0-57-cloud-arm64 (gcc) #1 SMP\0");
+    b
+}
+
+/// Inspects a disk whose only partition is an ESP holding `files`.
+fn inspect_esp(files: &[(&str, Vec<u8>)]) -> Report {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("esp.img");
+    let mib = 2048u64;
+    let f = gpt_disk(
+        &path,
+        40 * mib,
+        128,
+        &[Part { number: 1, first: mib, last: 35 * mib - 1, name: "EFI-SYSTEM", type_guid: ESP }],
+    );
+    let mut esp = Dir::new();
+    for (name, bytes) in files {
+        esp.add_file(name, Source::Bytes(bytes.clone())).unwrap();
+    }
+    let p = FatParams {
+        label: Some("EFI-SYSTEM".into()),
+        volume_id: 1,
+        size_bytes: 34 * mib * SECTOR,
+        hidden_sectors: mib,
+        epoch: 0,
+    };
+    fat::build(&esp, &p, &f, mib * SECTOR).unwrap();
+    inspect(&path).unwrap()
+}
+
+/// The architecture is read from the ESP's loaders and kernel; where they
+/// contradict each other inspect warns and names no architecture, and
+/// files that are no program of a known machine say nothing.
+#[test]
+fn contradicting_boot_files_are_warnings_and_name_no_architecture() {
+    use forge::arch::Arch;
+    let r = inspect_esp(&[("EFI/boot/bootx64.efi", pe(0x8664))]);
+    let a = r.architecture.unwrap();
+    assert_eq!((a.efi_loaders.clone(), a.arch), (vec![Arch::Amd64], Some(Arch::Amd64)));
+    assert!(r.warnings.is_empty() && r.errors.is_empty(), "{:?} {:?}", r.warnings, r.errors);
+    // A loader named for arm64 that is an x86-64 program.
+    let r =
+        inspect_esp(&[("EFI/boot/bootx64.efi", pe(0x8664)), ("EFI/boot/bootaa64.efi", pe(0x8664))]);
+    assert_eq!(r.architecture.unwrap().arch, Some(Arch::Amd64));
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("EFI/boot/bootaa64.efi is a program for amd64, not arm64")),
+        "{:?}",
+        r.warnings
+    );
+    // An amd64 loader with an arm64 kernel in slot A.
+    let r =
+        inspect_esp(&[("EFI/boot/bootx64.efi", pe(0x8664)), ("flatcar/vmlinuz-a", arm64_kernel())]);
+    let a = r.architecture.unwrap();
+    assert_eq!(a.arch, None);
+    assert_eq!(a.kernel.unwrap().release, "6.1.0-57-cloud-arm64");
+    assert!(
+        r.warnings.iter().any(|w| w.contains("several architectures")
+            && w.contains("EFI loaders amd64")
+            && w.contains("kernel arm64")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    // Not programs of a known machine: nothing said, no warning.
+    let r = inspect_esp(&[
+        ("EFI/boot/bootx64.efi", b"MZ".to_vec()),
+        ("flatcar/vmlinuz-a", vec![7; 64]),
+    ]);
+    let a = r.architecture.unwrap();
+    assert_eq!((a.efi_loaders.len(), a.kernel.is_none(), a.arch), (0, true, None));
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+}
