@@ -112,6 +112,16 @@ pub enum Probe {
     /// root_part_bytes=… disk_bytes=…") shows `partition` grown to the end
     /// of the disk and its filesystem grown with it.
     RootGrown { partition: String, report_key: String },
+    /// Sends `execute` (with `arguments`, whose strings are templates) to
+    /// the guest agent over the boot's channel (`"guest_agent": true`),
+    /// after a `guest-sync` handshake, waiting for the agent to come up;
+    /// the value is the response's `return` as JSON (`{}` for commands that
+    /// return nothing), the condition fails with the agent's error.
+    GuestAgent {
+        execute: String,
+        #[serde(default)]
+        arguments: Option<serde_json::Value>,
+    },
 }
 
 fn ssh_port() -> u16 {
@@ -140,6 +150,9 @@ pub trait Observations {
     /// Stdout of the command, or the failure (stderr, exit status).
     fn ssh(&mut self, user: &str, command: &str, guest_port: u16) -> Result<String, String>;
     fn http(&mut self, guest_port: u16, path: &str) -> Result<String, String>;
+    /// The guest agent's answer to `request` (`{"execute": …, "arguments": …}`):
+    /// its `return` as JSON, or its error.
+    fn guest_agent(&mut self, request: &serde_json::Value) -> Result<String, String>;
     /// Size of the test disk and the byte offset of a partition on it.
     fn disk_bytes(&self) -> u64;
     fn partition_offset(&mut self, label: &str) -> Result<u64>;
@@ -164,6 +177,21 @@ impl Cond {
         }
         v
     }
+}
+
+/// `v` with every string in it rendered as a template.
+fn render_json(v: &serde_json::Value, ctx: &minijinja::Value) -> Result<serde_json::Value> {
+    use serde_json::Value;
+    Ok(match v {
+        Value::String(s) => Value::String(render(s, ctx)?),
+        Value::Array(xs) => {
+            Value::Array(xs.iter().map(|x| render_json(x, ctx)).collect::<Result<_>>()?)
+        }
+        Value::Object(m) => Value::Object(
+            m.iter().map(|(k, x)| Ok((k.clone(), render_json(x, ctx)?))).collect::<Result<_>>()?,
+        ),
+        other => other.clone(),
+    })
 }
 
 /// Shortens a value for a detail line: one line, at most 240 characters.
@@ -246,6 +274,16 @@ fn eval_cond(
                 match obs.http(*guest_port, path) {
                     Ok(v) => (format!("GET :{guest_port}{path}"), v.trim().to_string(), None),
                     Err(e) => return Ok((false, format!("GET :{guest_port}{path}: {e}"))),
+                }
+            }
+            (None, None, Some(Probe::GuestAgent { execute, arguments })) => {
+                let mut req = serde_json::json!({ "execute": execute });
+                if let Some(a) = arguments {
+                    req["arguments"] = render_json(a, ctx)?;
+                }
+                match obs.guest_agent(&req) {
+                    Ok(v) => (format!("guest agent {execute}"), v, None),
+                    Err(e) => return Ok((false, format!("guest agent {execute}: {}", short(&e)))),
                 }
             }
             (None, None, Some(Probe::RootGrown { partition, report_key })) => {
@@ -392,6 +430,13 @@ mod tests {
         fn http(&mut self, port: u16, path: &str) -> Result<String, String> {
             self.calls.push(format!("http {port} {path}"));
             self.http.clone()
+        }
+        fn guest_agent(&mut self, request: &serde_json::Value) -> Result<String, String> {
+            self.calls.push(format!("qga {request}"));
+            match request["execute"].as_str() {
+                Some("guest-ping") => Ok("{}".into()),
+                _ => Err("CommandNotFound: The command has not been found".into()),
+            }
         }
         fn disk_bytes(&self) -> u64 {
             20 << 30
@@ -587,6 +632,27 @@ mod tests {
         o.http = Ok("Hello from elsewhere".into());
         let r = eval(http, &mut o);
         assert!(!r.ok && r.detail.contains("Hello from elsewhere"), "{}", r.detail);
+    }
+
+    #[test]
+    fn the_guest_agent_probe_sends_rendered_arguments() {
+        let mut o = fake();
+        let c = serde_json::json!({"name": "qga", "probe": {"guest_agent": {"execute": "guest-ping", "arguments": {"who": "{{metadata.hostname}}", "n": [1, "{{platform}}"]}}}, "equals": "{}"});
+        let r = eval(c, &mut o);
+        assert!(r.ok, "{}", r.detail);
+        assert_eq!(
+            o.calls,
+            vec![
+                r#"qga {"arguments":{"n":[1,"hetzner"],"who":"forge-boot-test"},"execute":"guest-ping"}"#
+            ]
+        );
+        let c = serde_json::json!({"name": "qga", "probe": {"guest_agent": {"execute": "guest-nope"}}, "equals": "{}"});
+        let r = eval(c, &mut o);
+        assert!(
+            !r.ok && r.detail.contains("guest agent guest-nope: CommandNotFound"),
+            "{}",
+            r.detail
+        );
     }
 
     #[test]

@@ -24,6 +24,42 @@ pub fn is_qcow2(image: &Path) -> Result<bool> {
     }
 }
 
+/// A sparse disk of `bytes` that is one ext4 filesystem (no partition
+/// table) holding `files` (relative path → content), written first into
+/// `staging`; `mkfs.ext4 -d`, no root needed (files owned by root).
+pub fn ext4(
+    path: &Path,
+    bytes: u64,
+    label: Option<&str>,
+    files: &std::collections::BTreeMap<String, String>,
+    staging: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(staging)
+        .with_context(|| format!("{}: cannot create", staging.display()))?;
+    for (rel, content) in files {
+        let p = staging.join(rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("{}: cannot create", d.display()))?;
+        }
+        std::fs::write(&p, content).with_context(|| format!("{}: cannot write", p.display()))?;
+    }
+    sparse::create(path, bytes)?;
+    let mkfs = forge::tools::path(forge::tools::MKFS_EXT4)?;
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["-q".into(), "-F".into(), "-E".into(), "root_owner=0:0".into(), "-d".into()];
+    args.push(staging.into());
+    if let Some(l) = label {
+        args.extend(["-L".into(), l.into()]);
+    }
+    args.push(path.into());
+    forge::fs::run(
+        forge::tools::dying_with_parent(duct::cmd(mkfs, args)),
+        "mkfs.ext4 (a test volume)",
+    )?;
+    Ok(())
+}
+
 /// Writes the image (raw, qcow2, .bz2, .gz, .zst or .xz) as a sparse raw disk of `disk_bytes`.
 pub fn prepare(image: &Path, dest: &Path, disk_bytes: u64) -> Result<()> {
     let f =
@@ -319,6 +355,31 @@ mod tests {
         use std::os::unix::fs::FileExt;
         f.write_all_at(&[0x5a; 4096], ESP_START + ESP_BYTES + (1 << 20)).unwrap();
         Some(path)
+    }
+
+    #[test]
+    fn an_ext4_volume_holds_its_files_and_fscks_clean() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (Some(e2fsck), Some(debugfs)) =
+            (forge::tools::find("e2fsck"), forge::tools::find("debugfs"))
+        else {
+            println!("skipped: needs e2fsck and debugfs (e2fsprogs)");
+            return;
+        };
+        let img = tmp.path().join("vol.raw");
+        let files = std::collections::BTreeMap::from([
+            ("hello.txt".to_string(), "Hello from volume 101\n".to_string()),
+            ("sub/dir/x".to_string(), "x".to_string()),
+        ]);
+        ext4(&img, 16 << 20, Some("vol101"), &files, &tmp.path().join("staging")).unwrap();
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 16 << 20);
+        forge::cmd!(e2fsck, "-fn", &img).stdout_null().run().unwrap();
+        let cat = forge::cmd!(&debugfs, "-R", "cat /hello.txt", &img).stderr_null().read().unwrap();
+        assert_eq!(cat, "Hello from volume 101");
+        let st = forge::cmd!(&debugfs, "-R", "stat /sub/dir/x", &img).stderr_null().read().unwrap();
+        assert!(st.contains("User:     0   Group:     0"), "{st}");
+        let label = forge::cmd!("blkid", "-p", "-o", "value", "-s", "LABEL", &img).read().unwrap();
+        assert_eq!(label, "vol101");
     }
 
     const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";

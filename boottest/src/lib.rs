@@ -26,6 +26,7 @@ pub mod check;
 pub mod disk;
 pub mod metadata;
 pub mod qemu;
+pub mod qga;
 pub mod run;
 pub mod spec;
 

@@ -81,7 +81,13 @@ pub struct BootFiles {
     pub uefi_vars: Option<PathBuf>,
     /// Guest port → host port on 127.0.0.1.
     pub host_ports: std::collections::BTreeMap<u16, u16>,
+    /// The loopback port of the guest agent's channel (a virtio-serial port
+    /// named `org.qemu.guest_agent.0`), if the boot has one.
+    pub guest_agent: Option<u16>,
 }
+
+/// The guest agent's virtio-serial port name (QEMU's and Hetzner's).
+pub const GUEST_AGENT_PORT: &str = "org.qemu.guest_agent.0";
 
 fn no_commas(what: &str, s: &str) -> Result<()> {
     if s.contains(',') {
@@ -139,7 +145,7 @@ pub fn args(
             DiskDevice::ScsiHd => format!("scsi-hd,drive=d{i},bus=scsi0.0"),
             DiskDevice::VirtioBlk => format!("virtio-blk-pci,drive=d{i}"),
         };
-        if d.source == DiskSource::Image {
+        if matches!(d.source, DiskSource::Image) {
             dev.push_str(",bootindex=0");
         }
         for (k, v) in [("vendor", &d.vendor), ("product", &d.product), ("serial", &d.serial)] {
@@ -174,6 +180,16 @@ pub fn args(
             netdev,
             "-device".into(),
             format!("{},netdev=n{i},mac={}", n.model, n.mac),
+        ]);
+    }
+    if let Some(port) = files.guest_agent {
+        a.extend([
+            "-device".into(),
+            "virtio-serial-pci,id=vser0".into(),
+            "-chardev".into(),
+            format!("socket,id=qga0,host=127.0.0.1,port={port},server=on,wait=off"),
+            "-device".into(),
+            format!("virtserialport,bus=vser0.0,chardev=qga0,name={GUEST_AGENT_PORT}"),
         ]);
     }
     for (name, file) in &files.fw_cfg {
@@ -326,6 +342,7 @@ mod tests {
             fw_cfg: vec![("opt/org.flatcar-linux/config".into(), "/w/fw0".into())],
             uefi_vars: Some("/w/VARS.fd".into()),
             host_ports: BTreeMap::from([(80, 40080), (22, 40022)]),
+            guest_agent: None,
         }
     }
 
@@ -366,6 +383,25 @@ mod tests {
             );
             assert!(joined.contains("-fw_cfg name=opt/org.flatcar-linux/config,file=/w/fw0"));
             assert!(joined.contains("if=pflash,format=raw,unit=1,file=/w/VARS.fd"), "{joined}");
+        }
+    }
+
+    #[test]
+    fn the_guest_agent_is_a_virtio_serial_port_on_a_loopback_socket() {
+        let a = args(&spec(false), Arch::Amd64, Firmware::Bios, "tcg", &files()).unwrap();
+        assert!(!a.join(" ").contains("virtserialport"));
+        let with = BootFiles { guest_agent: Some(40023), ..files() };
+        for arch in Arch::ALL {
+            let fw = if arch == Arch::Amd64 { Firmware::Bios } else { Firmware::Uefi };
+            let a = args(&spec(false), arch, fw, "tcg", &with).unwrap();
+            assert_eq!(
+                values(&a, "-chardev"),
+                ["socket,id=qga0,host=127.0.0.1,port=40023,server=on,wait=off"]
+            );
+            let devices = values(&a, "-device");
+            assert!(devices.contains(&"virtio-serial-pci,id=vser0"), "{devices:?}");
+            assert!(devices
+                .contains(&"virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"));
         }
     }
 
@@ -488,13 +524,15 @@ mod tests {
             forge::io::sparse::create(&p("blank.raw"), 1 << 20).unwrap();
             std::fs::write(p("fw0"), "{}").unwrap();
             std::fs::copy(t.uefi_vars, p("VARS.fd")).unwrap();
+            let ports = free_ports(3).unwrap();
             let files = BootFiles {
                 disks: vec![p("disk.raw"), p("blank.raw")],
                 serial: p("serial.log"),
                 responder: Some("/bin/true".into()),
                 fw_cfg: vec![("opt/org.flatcar-linux/config".into(), p("fw0"))],
                 uefi_vars: Some(p("VARS.fd")),
-                host_ports: [80, 22].into_iter().zip(free_ports(2).unwrap()).collect(),
+                host_ports: [80, 22].into_iter().zip(ports.iter().copied()).collect(),
+                guest_agent: Some(ports[2]),
             };
             let mut a = args(&spec(true), arch, Firmware::Uefi, "tcg", &files).unwrap();
             a.push("-S".into());

@@ -341,13 +341,28 @@ fn boot_once(
         None
     };
     let fw_cfg = spec.fw_cfg_files(&ctx, &bw)?;
+    // The file's NICs and disks, then the boot's extra ones.
+    let machine = spec.for_boot(b);
+    let spec = &machine;
     let mut disk_files = Vec::new();
     for (i, d) in spec.disks.iter().enumerate() {
-        match d.source {
+        match &d.source {
             DiskSource::Image => disk_files.push(disk.to_path_buf()),
             DiskSource::Blank { bytes } => {
                 let f = bw.join(format!("blank-{i}.raw"));
-                forge::io::sparse::create(&f, bytes)?;
+                forge::io::sparse::create(&f, *bytes)?;
+                disk_files.push(f);
+            }
+            DiskSource::Ext4 { bytes, label, files } => {
+                let f = bw.join(format!("ext4-{i}.raw"));
+                crate::disk::ext4(
+                    &f,
+                    *bytes,
+                    label.as_deref(),
+                    files,
+                    &bw.join(format!("ext4-{i}")),
+                )
+                .with_context(|| format!("{}: disks[{i}]", spec.file.display()))?;
                 disk_files.push(f);
             }
         }
@@ -362,8 +377,9 @@ fn boot_once(
         None
     };
     let guest_ports = spec.forwarded_ports();
-    let host_ports: BTreeMap<u16, u16> =
-        guest_ports.keys().copied().zip(qemu::free_ports(guest_ports.len())?).collect();
+    let mut ports = qemu::free_ports(guest_ports.len() + usize::from(b.guest_agent))?;
+    let guest_agent = if b.guest_agent { ports.pop() } else { None };
+    let host_ports: BTreeMap<u16, u16> = guest_ports.keys().copied().zip(ports).collect();
     let files = BootFiles {
         disks: disk_files,
         serial: serial.to_path_buf(),
@@ -371,6 +387,7 @@ fn boot_once(
         fw_cfg,
         uefi_vars,
         host_ports: host_ports.clone(),
+        guest_agent,
     };
     let args = qemu::args(spec, opts.arch, opts.firmware, &opts.accel, &files)?;
     let timeout = opts.timeout.unwrap_or(Duration::from_secs(spec.machine.timeout_seconds));
@@ -391,6 +408,7 @@ fn boot_once(
         host_ports,
         disk: disk.to_path_buf(),
         disk_bytes: spec.machine.disk_bytes,
+        guest_agent,
     };
     for c in &b.checks {
         let r = evaluate(c, &ctx, &mut obs);
@@ -413,6 +431,10 @@ fn boot_once(
     }
     Ok(())
 }
+
+/// How long the guest agent may take to answer (it starts when systemd sees
+/// its channel, which may be after the boot's marker).
+const GUEST_AGENT_WAIT: Duration = Duration::from_secs(120);
 
 /// How long a guest may take to power off before it is killed.
 const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(120);
@@ -499,6 +521,8 @@ struct VmObservations {
     host_ports: BTreeMap<u16, u16>,
     disk: PathBuf,
     disk_bytes: u64,
+    /// The loopback port of the guest agent's channel.
+    guest_agent: Option<u16>,
 }
 
 impl VmObservations {
@@ -596,6 +620,12 @@ impl Observations for VmObservations {
         }
         Err(last)
     }
+    fn guest_agent(&mut self, request: &serde_json::Value) -> Result<String, String> {
+        let port = self
+            .guest_agent
+            .ok_or("the boot has no guest agent channel (\"guest_agent\": true)")?;
+        crate::qga::request(port, request, GUEST_AGENT_WAIT).map_err(|e| format!("{e:#}"))
+    }
     fn disk_bytes(&self) -> u64 {
         self.disk_bytes
     }
@@ -690,6 +720,7 @@ mod tests {
             fw_cfg: spec.fw_cfg_files(&ctx, tmp.path()).unwrap(),
             uefi_vars: None,
             host_ports: BTreeMap::from([(22, 40022)]),
+            guest_agent: None,
         };
         let a = qemu::args(&spec, Arch::Amd64, Firmware::Bios, "tcg", &files).unwrap().join(" ");
         assert!(

@@ -324,14 +324,27 @@ pub struct Disk {
     pub serial: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum DiskSource {
     /// The image under test, grown to `machine.disk_bytes`.
     Image,
     /// An empty sparse disk of this many bytes.
     Blank { bytes: u64 },
+    /// A disk of this many bytes that is one ext4 filesystem (no partition
+    /// table, as a Hetzner volume formatted by Hetzner) holding `files`
+    /// (relative path → content), made by `mkfs.ext4 -d` for each boot.
+    Ext4 {
+        bytes: u64,
+        #[serde(default)]
+        label: Option<String>,
+        #[serde(default)]
+        files: BTreeMap<String, String>,
+    },
 }
+
+/// The smallest ext4 disk (`mkfs.ext4` needs room for its journal).
+pub const MIN_EXT4_BYTES: u64 = 8 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 pub enum DiskDevice {
@@ -396,6 +409,17 @@ pub struct Boot {
     /// the file's `metadata.paths` (e.g. an artifact a config fetches).
     #[serde(default)]
     pub serve: BTreeMap<String, Body>,
+    /// NICs this boot has besides the file's (after them), e.g. a private
+    /// network's; each on a user network of its own, as the file's.
+    #[serde(default)]
+    pub extra_nics: Vec<Nic>,
+    /// Disks this boot has besides the file's (after them), e.g. volumes.
+    #[serde(default)]
+    pub extra_disks: Vec<Disk>,
+    /// A virtio-serial port named `org.qemu.guest_agent.0` whose host end
+    /// the `guest_agent` probe talks to (QEMU's guest agent protocol).
+    #[serde(default)]
+    pub guest_agent: bool,
     /// The user-data this boot serves, resolved when the file is read.
     #[serde(skip)]
     pub resolved_userdata: UserData,
@@ -672,6 +696,95 @@ fn plain_option(what: &str, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks NICs (the file's, or a boot's extra ones: named `at[i]`); the
+/// guest ports forwarded so far are in `forwarded` (unique across both).
+fn check_nics(
+    nics: &[Nic],
+    at: &str,
+    has_metadata: bool,
+    forwarded: &mut BTreeSet<u16>,
+) -> Result<()> {
+    for (i, n) in nics.iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        if !n.model.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            bail!("{at}.model {:?}: not a QEMU device name", n.model);
+        }
+        let octets: Vec<&str> = n.mac.split(':').collect();
+        if octets.len() != 6
+            || !octets.iter().all(|o| o.len() == 2 && u8::from_str_radix(o, 16).is_ok())
+        {
+            bail!("{at}.mac {:?}: expected six hex octets like 52:54:00:12:34:56", n.mac);
+        }
+        if let Some(u) = &n.user_net {
+            let (a, l) = u
+                .net
+                .split_once('/')
+                .ok_or_else(|| anyhow!("{at}.user_net.net {:?}: expected ADDRESS/BITS", u.net))?;
+            if a.parse::<Ipv4Addr>().is_err() || !matches!(l.parse::<u8>(), Ok(8..=30)) {
+                bail!("{at}.user_net.net {:?}: expected ADDRESS/BITS (8..=30)", u.net);
+            }
+        }
+        if n.metadata && !has_metadata {
+            bail!("{at}.metadata: true, but the file declares no metadata service");
+        }
+        for p in &n.hostfwd {
+            if *p == 0 || !forwarded.insert(*p) {
+                bail!("{at}.hostfwd: port {p} is zero or forwarded twice");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks disks (the file's, or a boot's extra ones: named `at[i]`).
+fn check_disks(disks: &[Disk], at: &str) -> Result<()> {
+    for (i, d) in disks.iter().enumerate() {
+        for (k, v) in [("vendor", &d.vendor), ("product", &d.product), ("serial", &d.serial)] {
+            if let Some(v) = v {
+                plain_option(&format!("{at}[{i}].{k}"), v)?;
+                if k != "serial" && d.device != DiskDevice::ScsiHd {
+                    bail!("{at}[{i}].{k}: only a scsi-hd has a vendor and product");
+                }
+            }
+        }
+        match &d.source {
+            DiskSource::Image => {}
+            DiskSource::Blank { bytes } => {
+                if *bytes == 0 || !bytes.is_multiple_of(512) {
+                    bail!(
+                        "{at}[{i}].source.blank.bytes: {bytes} is not a positive multiple of 512"
+                    );
+                }
+            }
+            DiskSource::Ext4 { bytes, label, files } => {
+                if *bytes < MIN_EXT4_BYTES || !bytes.is_multiple_of(4096) {
+                    bail!(
+                        "{at}[{i}].source.ext4.bytes: {bytes} is not a multiple of 4096 of at least {MIN_EXT4_BYTES}"
+                    );
+                }
+                if let Some(l) = label {
+                    if l.is_empty() || l.len() > 16 || l.contains(['\n', '/']) {
+                        bail!(
+                            "{at}[{i}].source.ext4.label {l:?}: 1 to 16 bytes, without '/' or newlines"
+                        );
+                    }
+                }
+                for f in files.keys() {
+                    let p = Path::new(f);
+                    if p.components().count() == 0
+                        || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+                    {
+                        bail!(
+                            "{at}[{i}].source.ext4.files {f:?}: a relative path without '.' or '..'"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl BootTest {
     /// Keeps only the boots named in `variants` (all when empty). A kept
     /// boot of the previous boot's disk needs that boot kept too; unknown
@@ -844,35 +957,7 @@ impl BootTest {
             }
             check_machine(&format!("machine_arch.{a}"), &self.machine.with(o))?;
         }
-        let mut forwarded = BTreeSet::new();
-        for (i, n) in self.nics.iter().enumerate() {
-            let at = format!("nics[{i}]");
-            if !n.model.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                bail!("{at}.model {:?}: not a QEMU device name", n.model);
-            }
-            let octets: Vec<&str> = n.mac.split(':').collect();
-            if octets.len() != 6
-                || !octets.iter().all(|o| o.len() == 2 && u8::from_str_radix(o, 16).is_ok())
-            {
-                bail!("{at}.mac {:?}: expected six hex octets like 52:54:00:12:34:56", n.mac);
-            }
-            if let Some(u) = &n.user_net {
-                let (a, l) = u.net.split_once('/').ok_or_else(|| {
-                    anyhow!("{at}.user_net.net {:?}: expected ADDRESS/BITS", u.net)
-                })?;
-                if a.parse::<Ipv4Addr>().is_err() || !matches!(l.parse::<u8>(), Ok(8..=30)) {
-                    bail!("{at}.user_net.net {:?}: expected ADDRESS/BITS (8..=30)", u.net);
-                }
-            }
-            if n.metadata && self.metadata.is_none() {
-                bail!("{at}.metadata: true, but the file declares no metadata service");
-            }
-            for p in &n.hostfwd {
-                if *p == 0 || !forwarded.insert(*p) {
-                    bail!("{at}.hostfwd: port {p} is zero or forwarded twice");
-                }
-            }
-        }
+        check_nics(&self.nics, "nics", self.metadata.is_some(), &mut BTreeSet::new())?;
         if let Some(md) = &self.metadata {
             md.listen.parse::<SocketAddrV4>().map_err(|_| {
                 anyhow!(
@@ -895,23 +980,7 @@ impl BootTest {
         if self.disks.iter().filter(|d| d.source == DiskSource::Image).count() != 1 {
             bail!("disks: exactly one disk has \"source\": \"image\"");
         }
-        for (i, d) in self.disks.iter().enumerate() {
-            for (k, v) in [("vendor", &d.vendor), ("product", &d.product), ("serial", &d.serial)] {
-                if let Some(v) = v {
-                    plain_option(&format!("disks[{i}].{k}"), v)?;
-                    if k != "serial" && d.device != DiskDevice::ScsiHd {
-                        bail!("disks[{i}].{k}: only a scsi-hd has a vendor and product");
-                    }
-                }
-            }
-            if let DiskSource::Blank { bytes } = d.source {
-                if bytes == 0 || !bytes.is_multiple_of(512) {
-                    bail!(
-                        "disks[{i}].source.blank.bytes: {bytes} is not a positive multiple of 512"
-                    );
-                }
-            }
-        }
+        check_disks(&self.disks, "disks")?;
         for (i, f) in self.fw_cfg.iter().enumerate() {
             if f.content.is_some() == f.userdata {
                 bail!("fw_cfg[{i}]: give exactly one of content and \"userdata\": true");
@@ -996,6 +1065,25 @@ impl BootTest {
                     bail!("{at}.serve {p:?}: user-data is served by metadata.paths");
                 }
             }
+            let mut forwarded = BTreeSet::new();
+            check_nics(&self.nics, "nics", self.metadata.is_some(), &mut forwarded)?;
+            check_nics(
+                &b.extra_nics,
+                &format!("{at}.extra_nics"),
+                self.metadata.is_some(),
+                &mut forwarded,
+            )?;
+            check_disks(&b.extra_disks, &format!("{at}.extra_disks"))?;
+            if b.extra_disks.iter().any(|d| d.source == DiskSource::Image) {
+                bail!("{at}.extra_disks: the image is one of the file's disks, not an extra one");
+            }
+            let macs: Vec<String> =
+                self.nics.iter().chain(&b.extra_nics).map(|n| n.mac.to_lowercase()).collect();
+            if let Some(m) =
+                macs.iter().enumerate().find_map(|(k, m)| macs[..k].contains(m).then_some(m))
+            {
+                bail!("{at}: two NICs have the MAC address {m}");
+            }
             let bodies = self.metadata.iter().flat_map(|m| m.paths.iter()).chain(b.serve.iter());
             for (p, body) in bodies {
                 if let Some(a) = &body.artifact {
@@ -1063,7 +1151,7 @@ impl BootTest {
                 }
             }
             for (j, c) in b.checks.iter().enumerate() {
-                c.validate(&ctx, &forwarded)
+                c.validate(&ctx, &forwarded, b.guest_agent)
                     .map_err(|e| anyhow!("{at}.checks[{j}] ({}): {e}", c.name))?;
             }
         }
@@ -1157,6 +1245,15 @@ impl BootTest {
         self.arch.iter().flat_map(|a| self.artifacts_for(*a, firmwares, negative)).collect()
     }
 
+    /// The file as boot `b` sees it: the file's NICs and disks followed by
+    /// the boot's `extra_nics` and `extra_disks`.
+    pub fn for_boot(&self, b: &Boot) -> BootTest {
+        let mut t = self.clone();
+        t.nics.extend(b.extra_nics.iter().cloned());
+        t.disks.extend(b.extra_disks.iter().cloned());
+        t
+    }
+
     /// The guest port → NIC index map of `hostfwd`s.
     pub fn forwarded_ports(&self) -> BTreeMap<u16, usize> {
         let mut m = BTreeMap::new();
@@ -1194,20 +1291,30 @@ pub fn render(template: &str, ctx: &minijinja::Value) -> Result<String> {
 }
 
 impl Check {
-    fn validate(&self, ctx: &minijinja::Value, forwarded: &BTreeSet<u16>) -> Result<()> {
+    fn validate(
+        &self,
+        ctx: &minijinja::Value,
+        forwarded: &BTreeSet<u16>,
+        guest_agent: bool,
+    ) -> Result<()> {
         render(&self.name, ctx)?;
         if self.conds.is_empty() {
             bail!("no condition");
         }
         for c in &self.conds {
-            c.validate(ctx, forwarded)?;
+            c.validate(ctx, forwarded, guest_agent)?;
         }
         Ok(())
     }
 }
 
 impl Cond {
-    fn validate(&self, ctx: &minijinja::Value, forwarded: &BTreeSet<u16>) -> Result<()> {
+    fn validate(
+        &self,
+        ctx: &minijinja::Value,
+        forwarded: &BTreeSet<u16>,
+        guest_agent: bool,
+    ) -> Result<()> {
         let sources = [self.report_key.is_some(), self.observe.is_some(), self.probe.is_some()];
         if sources.iter().filter(|s| **s).count() != 1 {
             bail!("give exactly one of report_key, observe and probe");
@@ -1224,6 +1331,21 @@ impl Cond {
                 if !forwarded.contains(guest_port) =>
             {
                 bail!("probe uses guest port {guest_port}, which no NIC forwards (hostfwd)")
+            }
+            Some(Probe::GuestAgent { execute, arguments }) => {
+                if !guest_agent {
+                    bail!("probe guest_agent needs the boot's \"guest_agent\": true");
+                }
+                if execute.is_empty()
+                    || !execute.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+                {
+                    bail!(
+                        "probe guest_agent: execute {execute:?} is not a guest agent command name"
+                    );
+                }
+                if arguments.as_ref().is_some_and(|a| !a.is_object()) {
+                    bail!("probe guest_agent: arguments must be an object");
+                }
             }
             _ => {}
         }
@@ -1793,6 +1915,27 @@ mod tests {
     }
 
     #[test]
+    fn a_boot_adds_nics_disks_and_a_guest_agent_to_the_files() {
+        let mut v = minimal();
+        v["boots"][1]["extra_nics"] = serde_json::json!([{"mac": "86:00:00:00:00:01", "user_net": {"net": "10.0.0.0/24", "host": "10.0.0.1", "dhcpstart": "10.0.0.2"}}]);
+        v["boots"][1]["extra_disks"] = serde_json::json!([
+            {"source": {"ext4": {"bytes": 67108864, "label": "vol", "files": {"a/b.txt": "x"}}}, "device": "scsi-hd", "vendor": "HC", "product": "Volume", "serial": "101"},
+            {"source": {"blank": {"bytes": 67108864}}, "device": "scsi-hd", "serial": "102"}
+        ]);
+        v["boots"][1]["guest_agent"] = true.into();
+        v["boots"][1]["checks"] = serde_json::json!([{"name": "pw", "probe": {"guest_agent": {"execute": "guest-set-user-password", "arguments": {"username": "root", "password": "cHc=", "crypted": false}}}, "equals": "{}"}]);
+        let t = parse_value(&v).unwrap();
+        let (one, two) = (t.for_boot(&t.boots[0]), t.for_boot(&t.boots[1]));
+        assert_eq!((one.nics.len(), one.disks.len()), (1, 1));
+        assert_eq!((two.nics.len(), two.disks.len()), (2, 3));
+        assert_eq!(two.nics[1].mac, "86:00:00:00:00:01");
+        assert!(
+            matches!(&two.disks[1].source, DiskSource::Ext4 { bytes: 67108864, files, .. } if files["a/b.txt"] == "x")
+        );
+        assert!(two.boots[1].guest_agent && !two.boots[0].guest_agent);
+    }
+
+    #[test]
     fn bad_files_name_the_file_the_place_and_the_problem() {
         type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
         let cases: Vec<(Edit, &str)> = vec![
@@ -1881,6 +2024,59 @@ mod tests {
                 "exactly one disk has \"source\": \"image\"",
             ),
             (Box::new(|v| v["disks"][0]["vendor"] = "a,b".into()), "disks[0].vendor \"a,b\""),
+            (
+                Box::new(|v| {
+                    v["boots"][0]["extra_disks"] =
+                        serde_json::json!([{"source": "image", "device": "scsi-hd"}])
+                }),
+                "boots[0] (one).extra_disks: the image is one of the file's disks",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][0]["extra_disks"] = serde_json::json!([{"source": {"ext4": {"bytes": 4096}}, "device": "scsi-hd"}])
+                }),
+                "boots[0] (one).extra_disks[0].source.ext4.bytes: 4096 is not a multiple of 4096 of at least 8388608",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][0]["extra_disks"] = serde_json::json!([{"source": {"ext4": {"bytes": 8388608, "files": {"../x": "y"}}}, "device": "scsi-hd"}])
+                }),
+                "boots[0] (one).extra_disks[0].source.ext4.files \"../x\": a relative path without '.' or '..'",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][0]["extra_disks"] = serde_json::json!([{"source": {"blank": {"bytes": 512}}, "device": "virtio-blk-pci", "vendor": "HC"}])
+                }),
+                "boots[0] (one).extra_disks[0].vendor: only a scsi-hd has a vendor and product",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][0]["extra_nics"] =
+                        serde_json::json!([{"mac": "52:54:00:12:34:56"}])
+                }),
+                "boots[0] (one): two NICs have the MAC address 52:54:00:12:34:56",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][0]["extra_nics"] =
+                        serde_json::json!([{"mac": "86:00:00:00:00:01", "hostfwd": [22]}])
+                }),
+                "boots[0] (one).extra_nics[0].hostfwd: port 22 is zero or forwarded twice",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][0]["checks"][0] = serde_json::json!({"name": "n", "probe": {"guest_agent": {"execute": "guest-ping"}}, "equals": "{}"})
+                }),
+                "boots[0] (one).checks[0] (n): probe guest_agent needs the boot's \"guest_agent\": true",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][0]["guest_agent"] = true.into();
+                    v["boots"][0]["checks"][0] = serde_json::json!({"name": "n", "probe": {"guest_agent": {"execute": "guest-ping", "arguments": [1]}}, "equals": "{}"})
+                }),
+                "probe guest_agent: arguments must be an object",
+            ),
+
             (
                 Box::new(|v| v["fw_cfg"] = serde_json::json!([{"name": "etc/x", "content": ""}])),
                 "fw_cfg[0].name \"etc/x\": user entries live under opt/",
