@@ -54,6 +54,10 @@ pub struct GrubSettings {
 #[serde(deny_unknown_fields)]
 pub struct SysextSettings {
     pub name: Option<String>,
+    /// The OEM extension's recipe: a folder of `sysext/` (named
+    /// `oem-<id>`), built like any extension against the payload. Without
+    /// one, the extension holds `oem/<id>/sysext/` as it is.
+    pub recipe: Option<String>,
 }
 
 /// What a platform says about one architecture.
@@ -172,6 +176,23 @@ pub fn load(oem_root: &Path, id: &str) -> Result<Platform> {
         }
         if p.extensions[..i].contains(e) {
             bail!("{}: extensions[{i}]: '{e}' is listed twice", file.display());
+        }
+    }
+    if let Some(r) = &p.sysext.recipe {
+        if *r != format!("oem-{}", p.id) {
+            bail!(
+                "{}: sysext.recipe {r:?}: the OEM extension's recipe is the folder oem-{} of sysext/ (its name is the extension's, which systemd-sysext matches to oem-{}.raw)",
+                file.display(),
+                p.id,
+                p.id
+            );
+        }
+        if dir.join("sysext").exists() {
+            bail!(
+                "{}: sysext.recipe names the OEM extension's recipe, and {} holds its files too: keep one",
+                file.display(),
+                dir.join("sysext").display()
+            );
         }
     }
     if p.architectures.is_empty() {
@@ -319,21 +340,28 @@ impl Platform {
     }
 }
 
-/// `extension-release.oem-<id>`: matches the payload's os-release so
-/// systemd-sysext accepts the image on that OS.
+/// The fields an OEM extension's extension-release file has beyond an
+/// extension's: its pretty name and version (the OS's).
+pub fn release_extra(p: &Platform, os: &OsRelease) -> Vec<(String, String)> {
+    vec![
+        ("SYSEXT_NAME".into(), format!("\"{}\"", p.sysext.name.as_deref().unwrap_or(&p.name))),
+        ("SYSEXT_VERSION_ID".into(), os.version_id().unwrap_or("0").into()),
+    ]
+}
+
+/// `extension-release.oem-<id>` of a platform without a recipe: matches
+/// the payload's os-release so systemd-sysext accepts the image on that OS.
 pub fn extension_release(p: &Platform, os: &OsRelease, arch: Arch) -> String {
-    let version = os.version_id().unwrap_or("0");
     let mut s = format!("ID={}\n", os.id());
     match os.version_id() {
         Some(v) => s.push_str(&format!("VERSION_ID={v}\n")),
         None => s.push_str(&format!("SYSEXT_LEVEL={}\n", os.get("SYSEXT_LEVEL").unwrap_or("1.0"))),
     }
-    s.push_str(&format!(
-        "ARCHITECTURE={}\nSYSEXT_ID=oem-{}\nSYSEXT_NAME=\"{}\"\nSYSEXT_VERSION_ID={version}\nEXTENSION_RELOAD_MANAGER=1\n",
-        arch.systemd(),
-        p.id,
-        p.sysext.name.as_deref().unwrap_or(&p.name)
-    ));
+    s.push_str(&format!("ARCHITECTURE={}\nSYSEXT_ID=oem-{}\n", arch.systemd(), p.id));
+    for (k, v) in release_extra(p, os) {
+        s.push_str(&format!("{k}={v}\n"));
+    }
+    s.push_str("EXTENSION_RELOAD_MANAGER=1\n");
     s
 }
 
@@ -344,7 +372,24 @@ pub struct OemTree {
     pub scratch: tempfile::TempDir,
 }
 
-/// The OEM partition's tree. The sysext image is built into `scratch`.
+/// What building the OEM extension from its recipe (`sysext.recipe`) needs.
+pub struct OemRecipe<'a> {
+    /// The folder of extension recipes (`sysext/` of the checkout).
+    pub sysext_dir: &'a Path,
+    /// The payload's root (its `packages.lock` beside it).
+    pub base: &'a Path,
+    pub cache: &'a crate::recipe::Cache,
+    pub recipe_epoch: i64,
+    pub seed: &'a crate::seed::Seed,
+    /// Build the recipe's packages too; false (`build-image
+    /// --no-extensions`, a payload without `packages.lock`): its overlay
+    /// alone, which is said in the log.
+    pub packages: bool,
+}
+
+/// The OEM partition's tree. The sysext image is built into `scratch`, or
+/// from the platform's recipe into the cache (one build per payload).
+#[allow(clippy::too_many_arguments)]
 pub fn build_tree(
     p: &Platform,
     os: &OsRelease,
@@ -352,23 +397,69 @@ pub fn build_tree(
     scratch: &Path,
     epoch: i64,
     uuid: uuid::Uuid,
+    recipe: Option<&OemRecipe>,
+    log: &dyn Fn(&str),
+    progress: &dyn Fn(&str, u64, u64),
 ) -> Result<OemTree> {
     let version = os.version_id().unwrap_or("0").to_string();
     let tmp = tempfile::Builder::new().prefix(".oem-").tempdir_in(scratch)?;
-    let mut content = match p.dir.join("sysext") {
-        d if d.is_dir() => Dir::from_checkout(&d)?,
-        _ => Dir::new(),
+    let built_from_recipe = match (&p.sysext.recipe, recipe) {
+        (Some(name), Some(r)) if r.packages => {
+            let req = crate::sysext::Request {
+                sysext_dir: r.sysext_dir.to_path_buf(),
+                name: name.clone(),
+                base: r.base.to_path_buf(),
+                cache: r.cache,
+                arch,
+                recipe_epoch: r.recipe_epoch,
+                epoch,
+                seed: r.seed.clone(),
+                release_extra: release_extra(p, os),
+            };
+            let c = crate::sysext::build_cached(&req, log, progress)
+                .with_context(|| format!("{}: sysext.recipe '{name}'", p.file().display()))?;
+            log(&format!(
+                "oem: the {name} extension {} B{}, from {}",
+                c.bytes,
+                if c.reused { " (cached)" } else { "" },
+                r.sysext_dir.join(name).display()
+            ));
+            Some(c.path)
+        }
+        (Some(name), None) => bail!(
+            "{}: sysext.recipe '{name}': this build was given no sysext folder",
+            p.file().display()
+        ),
+        _ => None,
     };
-    content.add_file(
-        &format!("usr/lib/extension-release.d/extension-release.oem-{}", p.id),
-        Source::Bytes(extension_release(p, os, arch).into_bytes()),
-    )?;
-    let staged = tmp.path().join("sysext-root");
-    content.materialize(&staged, epoch)?;
-    let raw = tmp.path().join(p.sysext_file(&version));
-    let src = crate::fs::source::SourceDir { dir: staged, meta: None, rel: String::new() };
-    crate::fs::erofs::make_image(&src, tmp.path(), &raw, epoch, uuid, None)
-        .with_context(|| format!("building the oem-{} sysext image", p.id))?;
+    let raw = match built_from_recipe {
+        Some(raw) => raw,
+        None => {
+            let from = match (&p.sysext.recipe, recipe) {
+                (Some(name), Some(r)) => {
+                    let overlay = r.sysext_dir.join(name).join("overlay");
+                    log(&format!(
+                        "oem: the {name} extension from {} alone (its packages are left out: the payload has no package list)",
+                        overlay.display()
+                    ));
+                    overlay
+                }
+                _ => p.dir.join("sysext"),
+            };
+            let mut content = if from.is_dir() { Dir::from_checkout(&from)? } else { Dir::new() };
+            content.add_file(
+                &format!("usr/lib/extension-release.d/extension-release.oem-{}", p.id),
+                Source::Bytes(extension_release(p, os, arch).into_bytes()),
+            )?;
+            let staged = tmp.path().join("sysext-root");
+            content.materialize(&staged, epoch)?;
+            let raw = tmp.path().join(p.sysext_file(&version));
+            let src = crate::fs::source::SourceDir { dir: staged, meta: None, rel: String::new() };
+            crate::fs::erofs::make_image(&src, tmp.path(), &raw, epoch, uuid, None)
+                .with_context(|| format!("building the oem-{} sysext image", p.id))?;
+            raw
+        }
+    };
 
     let mut t = Dir::new();
     t.add_file(&format!("sysext/{}", p.sysext_file(&version)), Source::File(raw))?;
@@ -576,8 +667,37 @@ mod tests {
     fn the_oem_extension_names_the_architecture() {
         let p = load_json(with("id", "t".into())).unwrap();
         let os = OsRelease::parse("ID=flatcar\nVERSION_ID=1.2.3\n");
-        assert!(extension_release(&p, &os, Arch::Amd64).contains("\nARCHITECTURE=x86-64\n"));
+        assert_eq!(
+            extension_release(&p, &os, Arch::Amd64),
+            "ID=flatcar\nVERSION_ID=1.2.3\nARCHITECTURE=x86-64\nSYSEXT_ID=oem-t\nSYSEXT_NAME=\"T\"\nSYSEXT_VERSION_ID=1.2.3\nEXTENSION_RELOAD_MANAGER=1\n"
+        );
         assert!(extension_release(&p, &os, Arch::Arm64).contains("\nARCHITECTURE=arm64\n"));
+    }
+
+    #[test]
+    fn the_oem_recipe_is_the_platforms_own() {
+        let p = load_json(with("sysext.recipe", "oem-t".into())).unwrap();
+        assert_eq!(p.sysext.recipe.as_deref(), Some("oem-t"));
+        let e = load_json(with("sysext.recipe", "oem-hetzner".into())).unwrap_err().to_string();
+        assert!(
+            e.contains("platform.json: sysext.recipe \"oem-hetzner\": the OEM extension's recipe is the folder oem-t"),
+            "{e}"
+        );
+        // A recipe and the platform's own sysext/ folder: one or the other.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("t/sysext/usr")).unwrap();
+        std::fs::write(
+            d.path().join("t/platform.json"),
+            with("sysext.recipe", "oem-t".into()).to_string(),
+        )
+        .unwrap();
+        let e = load(d.path(), "t").unwrap_err().to_string();
+        assert!(e.contains("holds its files too: keep one"), "{e}");
+        // The repository's Hetzner platform names its recipe, which exists.
+        let oem = Path::new(env!("CARGO_MANIFEST_DIR")).join("../oem");
+        let h = load(&oem, "hetzner").unwrap();
+        let r = h.sysext.recipe.as_deref().unwrap();
+        assert!(oem.join("../sysext").join(r).join(crate::sysext::DESCRIPTOR).is_file());
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct SysextInputs {
     pub sysext_dir: PathBuf,
     /// The epoch recipe trees are stamped with.
     pub recipe_epoch: i64,
+    /// Build the packages of the OEM extension's recipe (false: its
+    /// overlay alone, for a payload without a `packages.lock`).
+    pub oem_packages: bool,
 }
 
 /// The platform's `extensions`, each built for the payload (or taken from
@@ -80,6 +83,7 @@ fn base_extensions(
             recipe_epoch: inputs.recipe_epoch,
             epoch: req.epoch,
             seed: req.ids.seed.clone(),
+            release_extra: Vec::new(),
         };
         let c = crate::sysext::build_cached(&sreq, log, &progress)
             .with_context(|| format!("{}: extensions: '{name}'", p.file().display()))?;
@@ -167,7 +171,15 @@ pub fn build(req: &PlatformRequest, out: &OutputDir, log: &dyn Fn(&str)) -> Resu
     if let Some(e) = &grub.efi {
         log(&format!("boot: GRUB {} {} B (UEFI)", e.path, e.bytes.len()));
     }
-    // The sysext image lives in `_oem_scratch` until the image is built.
+    // The sysext image lives in `_oem_scratch` (or the cache) until the image is built.
+    let oem_recipe = req.sysext.as_ref().map(|s| crate::oem::OemRecipe {
+        sysext_dir: &s.sysext_dir,
+        base: &payload.root,
+        cache: &req.cache,
+        recipe_epoch: s.recipe_epoch,
+        seed: &req.ids.seed,
+        packages: s.oem_packages,
+    });
     let crate::oem::OemTree { tree: oem_tree, scratch: _oem_scratch } = crate::oem::build_tree(
         p,
         &payload.os_release,
@@ -175,6 +187,9 @@ pub fn build(req: &PlatformRequest, out: &OutputDir, log: &dyn Fn(&str)) -> Resu
         scratch.path(),
         req.epoch,
         req.ids.seed.uuid("oem-sysext"),
+        oem_recipe.as_ref(),
+        log,
+        &crate::progress::reporter(req.progress.as_ref(), log),
     )?;
     stages.push(Stage { name: "boot+oem".into(), elapsed: t.elapsed() });
     let t = Instant::now();

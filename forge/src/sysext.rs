@@ -257,8 +257,15 @@ fn check_release_value(key: &str, v: &str, from: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The extension-release file of `name` for a base with `os`.
-pub fn extension_release(name: &str, os: &OsRelease, os_file: &Path, arch: Arch) -> Result<String> {
+/// The extension-release file of `name` for a base with `os` (then the
+/// `extra` fields, as given: an OEM extension's `SYSEXT_NAME`, …).
+pub fn extension_release(
+    name: &str,
+    os: &OsRelease,
+    os_file: &Path,
+    arch: Arch,
+    extra: &[(String, String)],
+) -> Result<String> {
     check_release_value("ID", os.id(), os_file)?;
     let mut s = format!("ID={}\n", os.id());
     match os.version_id() {
@@ -277,10 +284,11 @@ pub fn extension_release(name: &str, os: &OsRelease, os_file: &Path, arch: Arch)
             s.push_str(&format!("SYSEXT_LEVEL={level}\n"));
         }
     }
-    s.push_str(&format!(
-        "ARCHITECTURE={}\nSYSEXT_ID={name}\nEXTENSION_RELOAD_MANAGER=1\n",
-        arch.systemd()
-    ));
+    s.push_str(&format!("ARCHITECTURE={}\nSYSEXT_ID={name}\n", arch.systemd()));
+    for (k, v) in extra {
+        s.push_str(&format!("{k}={v}\n"));
+    }
+    s.push_str("EXTENSION_RELOAD_MANAGER=1\n");
     Ok(s)
 }
 
@@ -309,6 +317,9 @@ pub struct Request<'a> {
     /// The image's timestamps.
     pub epoch: i64,
     pub seed: Seed,
+    /// Fields the extension-release file carries after `SYSEXT_ID` (an
+    /// OEM extension's `SYSEXT_NAME` and `SYSEXT_VERSION_ID`), as written.
+    pub release_extra: Vec<(String, String)>,
 }
 
 /// What `build` made.
@@ -424,7 +435,8 @@ pub fn build(
     let this = trees.pop().expect("the extension's own tree is built last");
     let deps = closure(&this.ext, &trees);
     let d = &this.ext.descriptor;
-    let release = extension_release(&d.name, &base.os_release, &os_file, req.arch)?;
+    let release =
+        extension_release(&d.name, &base.os_release, &os_file, req.arch, &req.release_extra)?;
 
     check_overlay_paths(&this.ext)?;
     let scratch = crate::outdir::scratch_dir(out.path())?;
@@ -589,6 +601,9 @@ pub fn cache_key(req: &Request, name: &str) -> Result<String> {
             .with_context(|| format!("{}: cannot read", os.display()))?,
     );
     h.update(format!("\0{} {} {}", req.recipe_epoch, req.epoch, req.seed.as_str()).as_bytes());
+    for (k, v) in &req.release_extra {
+        h.update(format!("\0release {k}={v}").as_bytes());
+    }
     Ok(hex::encode(&h.finalize()[..8]))
 }
 
@@ -932,24 +947,36 @@ mod tests {
         let f = Path::new("usr/lib/os-release");
         let os = OsRelease::parse("ID=flatcar\nVERSION_ID=4012.0.0\n");
         assert_eq!(
-            extension_release("docker-flatcar", &os, f, Arch::Amd64).unwrap(),
+            extension_release("docker-flatcar", &os, f, Arch::Amd64, &[]).unwrap(),
             "ID=flatcar\nVERSION_ID=4012.0.0\nARCHITECTURE=x86-64\nSYSEXT_ID=docker-flatcar\nEXTENSION_RELOAD_MANAGER=1\n"
         );
-        assert!(extension_release("a", &os, f, Arch::Arm64)
+        assert!(extension_release("a", &os, f, Arch::Arm64, &[])
             .unwrap()
             .contains("\nARCHITECTURE=arm64\n"));
         let os = OsRelease::parse("ID=debian\nSYSEXT_LEVEL=1.0\n");
-        assert!(extension_release("a", &os, f, Arch::Amd64)
+        assert!(extension_release("a", &os, f, Arch::Amd64, &[])
             .unwrap()
             .contains("\nSYSEXT_LEVEL=1.0\n"));
-        let e =
-            extension_release("a", &OsRelease::parse("ID=debian\n"), f, Arch::Amd64).unwrap_err();
+        let e = extension_release("a", &OsRelease::parse("ID=debian\n"), f, Arch::Amd64, &[])
+            .unwrap_err();
         assert!(e.to_string().contains("neither VERSION_ID nor SYSEXT_LEVEL"), "{e}");
-        let e =
-            extension_release("a", &OsRelease::parse("ID=x\nVERSION_ID=\"1 2\"\n"), f, Arch::Amd64)
-                .unwrap_err()
-                .to_string();
+        let e = extension_release(
+            "a",
+            &OsRelease::parse("ID=x\nVERSION_ID=\"1 2\"\n"),
+            f,
+            Arch::Amd64,
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("usr/lib/os-release: VERSION_ID="), "{e}");
+        // An OEM extension's fields come after SYSEXT_ID.
+        let os = OsRelease::parse("ID=flatcar\nVERSION_ID=4012.0.0\n");
+        let extra = [("SYSEXT_NAME".to_string(), "\"Hetzner Cloud OEM\"".to_string())];
+        assert_eq!(
+            extension_release("oem-hetzner", &os, f, Arch::Amd64, &extra).unwrap(),
+            "ID=flatcar\nVERSION_ID=4012.0.0\nARCHITECTURE=x86-64\nSYSEXT_ID=oem-hetzner\nSYSEXT_NAME=\"Hetzner Cloud OEM\"\nEXTENSION_RELOAD_MANAGER=1\n"
+        );
     }
 
     #[test]

@@ -282,6 +282,7 @@ fn build_artifacts(
                     arch,
                     recipe_epoch: crate::util::recipe_epoch()?,
                     seed: forge::seed::Seed::new(forge::seed::DEFAULT_SEED.to_string()),
+                    release_extra: Vec::new(),
                 };
                 forge::sysext::build_cached(&req, log, &|_, _, _| {}).with_context(what)?.path
             }

@@ -31,8 +31,9 @@ pub struct Args {
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Leave out the system extensions the platform lists (`extensions` of
-    /// its platform.json): for a payload without a `packages.lock`, which
-    /// they cannot be built against.
+    /// its platform.json), and the packages of its OEM extension's recipe
+    /// (its overlay alone goes in): for a payload without a `packages.lock`,
+    /// which they cannot be built against.
     #[arg(long)]
     pub no_extensions: bool,
     /// Where extension folders live (default: sysext/ in the checkout).
@@ -165,6 +166,9 @@ pub fn run(a: Args) -> Result<()> {
             platform.file().display()
         ));
     }
+    if let (true, Some(r)) = (a.no_extensions, &platform.sysext.recipe) {
+        log(&format!("--no-extensions: the OEM extension {r} without its recipe's packages"));
+    }
     crate::deps::ensure_build(a.arch)?;
     let base = match &a.base {
         Some(b) => b.clone(),
@@ -201,6 +205,7 @@ pub fn run(a: Args) -> Result<()> {
         sysext: Some(forge::platform::SysextInputs {
             sysext_dir: a.sysext_dir.clone().unwrap_or_else(|| repo_root().join("sysext")),
             recipe_epoch: crate::util::recipe_epoch()?,
+            oem_packages: !a.no_extensions,
         }),
     };
     let out = forge::platform::build(&req, &out_dir, &log)?;

@@ -62,6 +62,7 @@ pub fn run(a: Args) -> Result<()> {
         recipe_epoch: recipe_epoch()?,
         epoch,
         seed: forge::seed::Seed::new(a.seed.clone()),
+        release_extra: Vec::new(),
     };
     let bars = progress_bars();
     let built =
