@@ -208,6 +208,18 @@ fn hetzner_boot_chain_and_oem_partition() {
         assert!(er.lines().any(|x| x == l), "extension-release lacks {l}: {er}");
     }
     assert!(er.contains("SYSEXT_NAME="));
+    // Built with --no-extensions (the payload has no package list): the
+    // recipe's overlay (sysext/oem-hetzner/overlay) without its packages.
+    assert!(x.join("usr/libexec/oem-hetzner/network-config").is_file());
+    assert!(x.join("usr/lib/udev/rules.d/80-hetzner-volume.rules").is_file());
+    assert_eq!(
+        std::fs::read_link(x.join(
+            "usr/lib/systemd/system/network-online.target.wants/oem-hetzner-network.service"
+        ))
+        .unwrap(),
+        std::path::Path::new("../oem-hetzner-network.service")
+    );
+    assert!(!x.join("usr/sbin/qemu-ga").exists());
 
     // inspect sees the OEM ID and the sysext.
     let o = cli(&["inspect", i.to_string().as_str(), "--json"]);

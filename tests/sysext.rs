@@ -314,17 +314,21 @@ fn a_malformed_descriptor_is_an_error_naming_the_file_and_the_field() {
 /// a cache holding the packages: FORGE_CACHE) and takes minutes cold.
 #[test]
 #[ignore = "needs the Debian archive and the demo payload (set FORGE_CACHE to reuse them)"]
-fn the_base_extensions_build() {
+fn the_real_extensions_build() {
     if !have_tools() {
         return;
     }
     let tmp = open_tempdir();
-    for name in ["containerd-flatcar", "docker-flatcar"] {
+    for name in ["containerd-flatcar", "docker-flatcar", "oem-hetzner"] {
         let o = cli(&["build-sysext", name, "--output-dir", tmp.path().to_str().unwrap()]);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         let x = tmp.path().join(format!("x-{name}"));
         let raw = tmp.path().join(format!("{name}.raw"));
-        sh(&format!("fsck.erofs --extract={} --no-preserve {}", x.display(), raw.display()));
+        sh(&format!(
+            "fsck.erofs --extract={} --no-preserve-owner --preserve-perms {}",
+            x.display(),
+            raw.display()
+        ));
         let rel = std::fs::read_to_string(
             x.join(format!("usr/lib/extension-release.d/extension-release.{name}")),
         )
@@ -340,6 +344,38 @@ fn the_base_extensions_build() {
             let net = std::fs::read_to_string(x.join("usr/lib/systemd/network/50-docker.network"))
                 .unwrap();
             assert!(net.contains("Unmanaged=yes") && net.contains("veth*"), "{net}");
+        } else if name == "oem-hetzner" {
+            // Debian's guest agent with its unit and udev rule, the libraries
+            // the base lacks, and the overlay's network, volume and units.
+            assert!(x.join("usr/sbin/qemu-ga").is_file());
+            assert!(units.join("qemu-guest-agent.service").is_file());
+            let rule =
+                std::fs::read_to_string(x.join("usr/lib/udev/rules.d/60-qemu-guest-agent.rules"))
+                    .unwrap();
+            assert!(rule.contains("org.qemu.guest_agent.0"), "{rule}");
+            let libs = sh(&format!("find {} -name 'libglib-2.0.so*'", x.display()));
+            assert!(!libs.trim().is_empty(), "glib is not in the extension");
+            assert!(!x.join("usr/lib/x86_64-linux-gnu/libc.so.6").exists(), "libc is the base's");
+            for f in ["oem-hetzner-network.service", "oem-hetzner-volume@.service"] {
+                assert!(units.join(f).is_file(), "{f}");
+            }
+            assert_eq!(
+                std::fs::read_link(
+                    units.join("network-online.target.wants/oem-hetzner-network.service")
+                )
+                .unwrap(),
+                Path::new("../oem-hetzner-network.service")
+            );
+            let private = std::fs::read_to_string(
+                x.join("usr/lib/systemd/network/40-hetzner-private.network"),
+            )
+            .unwrap();
+            assert!(private.contains("Property=ID_NET_NAME_MAC=enx860000*"), "{private}");
+            use std::os::unix::fs::PermissionsExt;
+            for f in ["network-config", "volume"] {
+                let m = std::fs::metadata(x.join("usr/libexec/oem-hetzner").join(f)).unwrap();
+                assert_eq!(m.permissions().mode() & 0o777, 0o755, "{f}");
+            }
         } else {
             assert!(units.join("containerd.service").is_file());
             assert!(x.join("usr/bin/containerd").is_file() && x.join("usr/bin/runc").is_file());
