@@ -218,6 +218,23 @@ fn invalid_configs_are_rejected_naming_the_problem() {
     }
 }
 
+/// The configs the boot tests serve (every fixture not in [`INVALID`]) are
+/// valid for the Ignition the image runs, without warnings.
+#[test]
+fn every_boot_test_config_passes_ignition_validate() {
+    let Some(bin) = validator() else { return };
+    let dir = repo().join("tests/fixtures/ignition");
+    let valid: Vec<PathBuf> = files_with(&dir, "ign")
+        .into_iter()
+        .filter(|f| !INVALID.iter().any(|(n, _)| f.file_name() == Some(std::ffi::OsStr::new(n))))
+        .collect();
+    assert!(valid.len() >= 3, "expected the boot tests' configs in {}: {valid:?}", dir.display());
+    for f in valid {
+        let (ok, out) = validate(&bin, &f);
+        assert!(ok && out.trim().is_empty(), "ignition-validate on {}:\n{out}", f.display());
+    }
+}
+
 #[test]
 fn every_example_has_its_butane_source_and_means_the_same() {
     let ign = ign_files();
