@@ -1441,6 +1441,7 @@ mod tests {
             [
                 "as-built",
                 "second-boot",
+                "hetzner-extras",
                 "containers",
                 "no-docker",
                 "no-userdata",
@@ -1452,13 +1453,22 @@ mod tests {
             ]
         );
         assert_eq!(t.boots[1].disk, BootDisk::Previous);
-        assert_eq!(t.boots[4].resolved_userdata, UserData::Absent);
-        assert_eq!(t.boots[5].resolved_userdata, UserData::Template(String::new()));
+        assert_eq!(t.boots[5].resolved_userdata, UserData::Absent);
+        assert_eq!(t.boots[6].resolved_userdata, UserData::Template(String::new()));
+        // The extras boot: a private NIC, a volume with ext4 and a blank one, the guest agent.
+        let extras = t.for_boot(&t.boots[2]);
+        assert_eq!(extras.nics.len(), 2);
+        assert!(extras.nics[1].mac.starts_with("86:00:00:"));
+        let volumes: Vec<_> =
+            extras.disks.iter().filter(|d| d.vendor.as_deref() == Some("HC")).collect();
+        assert_eq!(volumes.len(), 2);
+        assert!(matches!(volumes[0].source, DiskSource::Ext4 { .. }));
+        assert!(t.boots[2].guest_agent);
         // The image as built and its second boot with both firmwares, the rest with BIOS.
         let uefi: Vec<&str> =
             plan(&t, true, Firmware::Uefi).iter().map(|s| s.boot.variant.as_str()).collect();
         assert_eq!(uefi, ["as-built", "second-boot"]);
-        assert_eq!(plan(&t, true, Firmware::Bios).len(), 10);
+        assert_eq!(plan(&t, true, Firmware::Bios).len(), 11);
         let needed = t.artifacts_needed(&[Firmware::Bios], false);
         assert_eq!(needed.into_iter().collect::<Vec<_>>(), ["hello-ext", "nginx-rootfs"]);
         assert!(t.artifacts_needed(&[Firmware::Uefi], true).is_empty());
