@@ -122,6 +122,10 @@ pub enum Probe {
         #[serde(default)]
         arguments: Option<serde_json::Value>,
     },
+    /// Attaches the boot's `hotplug_disks[disk]` to the running VM through
+    /// QEMU's monitor (QMP `blockdev-add`, `device_add`); the value is
+    /// "attached" (the condition fails with QEMU's error).
+    Hotplug { disk: usize },
 }
 
 fn ssh_port() -> u16 {
@@ -153,6 +157,8 @@ pub trait Observations {
     /// The guest agent's answer to `request` (`{"execute": …, "arguments": …}`):
     /// its `return` as JSON, or its error.
     fn guest_agent(&mut self, request: &serde_json::Value) -> Result<String, String>;
+    /// Attaches the boot's hot-plug disk `disk`.
+    fn hotplug(&mut self, disk: usize) -> Result<(), String>;
     /// Size of the test disk and the byte offset of a partition on it.
     fn disk_bytes(&self) -> u64;
     fn partition_offset(&mut self, label: &str) -> Result<u64>;
@@ -286,6 +292,10 @@ fn eval_cond(
                     Err(e) => return Ok((false, format!("guest agent {execute}: {}", short(&e)))),
                 }
             }
+            (None, None, Some(Probe::Hotplug { disk })) => match obs.hotplug(*disk) {
+                Ok(()) => (format!("hotplug disk {disk}"), "attached".to_string(), None),
+                Err(e) => return Ok((false, format!("hotplug disk {disk}: {}", short(&e)))),
+            },
             (None, None, Some(Probe::RootGrown { partition, report_key })) => {
                 let Some(line) = obs.report().get(report_key).cloned() else {
                     return Ok((false, format!("no FORGE-REPORT {report_key}= line")));
@@ -430,6 +440,14 @@ mod tests {
         fn http(&mut self, port: u16, path: &str) -> Result<String, String> {
             self.calls.push(format!("http {port} {path}"));
             self.http.clone()
+        }
+        fn hotplug(&mut self, disk: usize) -> Result<(), String> {
+            self.calls.push(format!("hotplug {disk}"));
+            if disk == 0 {
+                Ok(())
+            } else {
+                Err("Duplicate ID 'hot1' for device".into())
+            }
         }
         fn guest_agent(&mut self, request: &serde_json::Value) -> Result<String, String> {
             self.calls.push(format!("qga {request}"));
@@ -653,6 +671,17 @@ mod tests {
             "{}",
             r.detail
         );
+    }
+
+    #[test]
+    fn the_hotplug_probe_attaches_the_disk_it_names() {
+        let mut o = fake();
+        let c = serde_json::json!({"name": "hot", "probe": {"hotplug": {"disk": 0}}, "equals": "attached"});
+        assert!(eval(c, &mut o).ok);
+        let c = serde_json::json!({"name": "hot", "probe": {"hotplug": {"disk": 1}}, "equals": "attached"});
+        let r = eval(c, &mut o);
+        assert!(!r.ok && r.detail.contains("hotplug disk 1: Duplicate ID"), "{}", r.detail);
+        assert_eq!(o.calls, ["hotplug 0", "hotplug 1"]);
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod disk;
 pub mod metadata;
 pub mod qemu;
 pub mod qga;
+pub mod qmp;
 pub mod run;
 pub mod spec;
 

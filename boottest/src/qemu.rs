@@ -84,6 +84,9 @@ pub struct BootFiles {
     /// The loopback port of the guest agent's channel (a virtio-serial port
     /// named `org.qemu.guest_agent.0`), if the boot has one.
     pub guest_agent: Option<u16>,
+    /// The loopback port of QEMU's monitor (QMP), for a boot that
+    /// hot-plugs disks.
+    pub qmp: Option<u16>,
 }
 
 /// The guest agent's virtio-serial port name (QEMU's and Hetzner's).
@@ -129,7 +132,7 @@ pub fn args(
         format!("file:{}", files.serial.display()),
     ]);
     no_commas("the serial log path", &files.serial.display().to_string())?;
-    if t.disks.iter().any(|d| d.device == DiskDevice::ScsiHd) {
+    if files.qmp.is_some() || t.disks.iter().any(|d| d.device == DiskDevice::ScsiHd) {
         a.extend(["-device".into(), "virtio-scsi-pci,id=scsi0".into()]);
     }
     if files.disks.len() != t.disks.len() {
@@ -181,6 +184,9 @@ pub fn args(
             "-device".into(),
             format!("{},netdev=n{i},mac={}", n.model, n.mac),
         ]);
+    }
+    if let Some(port) = files.qmp {
+        a.extend(["-qmp".into(), format!("tcp:127.0.0.1:{port},server=on,wait=off")]);
     }
     if let Some(port) = files.guest_agent {
         a.extend([
@@ -343,6 +349,7 @@ mod tests {
             uefi_vars: Some("/w/VARS.fd".into()),
             host_ports: BTreeMap::from([(80, 40080), (22, 40022)]),
             guest_agent: None,
+            qmp: None,
         }
     }
 
@@ -387,10 +394,10 @@ mod tests {
     }
 
     #[test]
-    fn the_guest_agent_is_a_virtio_serial_port_on_a_loopback_socket() {
+    fn the_guest_agent_and_the_monitor_are_on_loopback_sockets() {
         let a = args(&spec(false), Arch::Amd64, Firmware::Bios, "tcg", &files()).unwrap();
         assert!(!a.join(" ").contains("virtserialport"));
-        let with = BootFiles { guest_agent: Some(40023), ..files() };
+        let with = BootFiles { guest_agent: Some(40023), qmp: Some(40024), ..files() };
         for arch in Arch::ALL {
             let fw = if arch == Arch::Amd64 { Firmware::Bios } else { Firmware::Uefi };
             let a = args(&spec(false), arch, fw, "tcg", &with).unwrap();
@@ -398,6 +405,7 @@ mod tests {
                 values(&a, "-chardev"),
                 ["socket,id=qga0,host=127.0.0.1,port=40023,server=on,wait=off"]
             );
+            assert_eq!(values(&a, "-qmp"), ["tcp:127.0.0.1:40024,server=on,wait=off"]);
             let devices = values(&a, "-device");
             assert!(devices.contains(&"virtio-serial-pci,id=vser0"), "{devices:?}");
             assert!(devices
@@ -524,7 +532,7 @@ mod tests {
             forge::io::sparse::create(&p("blank.raw"), 1 << 20).unwrap();
             std::fs::write(p("fw0"), "{}").unwrap();
             std::fs::copy(t.uefi_vars, p("VARS.fd")).unwrap();
-            let ports = free_ports(3).unwrap();
+            let ports = free_ports(4).unwrap();
             let files = BootFiles {
                 disks: vec![p("disk.raw"), p("blank.raw")],
                 serial: p("serial.log"),
@@ -533,6 +541,7 @@ mod tests {
                 uefi_vars: Some(p("VARS.fd")),
                 host_ports: [80, 22].into_iter().zip(ports.iter().copied()).collect(),
                 guest_agent: Some(ports[2]),
+                qmp: Some(ports[3]),
             };
             let mut a = args(&spec(true), arch, Firmware::Uefi, "tcg", &files).unwrap();
             a.push("-S".into());

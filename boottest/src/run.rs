@@ -346,26 +346,14 @@ fn boot_once(
     let spec = &machine;
     let mut disk_files = Vec::new();
     for (i, d) in spec.disks.iter().enumerate() {
-        match &d.source {
-            DiskSource::Image => disk_files.push(disk.to_path_buf()),
-            DiskSource::Blank { bytes } => {
-                let f = bw.join(format!("blank-{i}.raw"));
-                forge::io::sparse::create(&f, *bytes)?;
-                disk_files.push(f);
-            }
-            DiskSource::Ext4 { bytes, label, files } => {
-                let f = bw.join(format!("ext4-{i}.raw"));
-                crate::disk::ext4(
-                    &f,
-                    *bytes,
-                    label.as_deref(),
-                    files,
-                    &bw.join(format!("ext4-{i}")),
-                )
-                .with_context(|| format!("{}: disks[{i}]", spec.file.display()))?;
-                disk_files.push(f);
-            }
-        }
+        disk_files.push(match &d.source {
+            DiskSource::Image => disk.to_path_buf(),
+            _ => test_disk(spec, &d.source, &format!("disk-{i}"), &bw)?,
+        });
+    }
+    let mut hotplug_files = Vec::new();
+    for (i, d) in b.hotplug_disks.iter().enumerate() {
+        hotplug_files.push(test_disk(spec, &d.source, &format!("hotplug-{i}"), &bw)?);
     }
     let uefi_vars = if opts.firmware == Firmware::Uefi {
         let shipped = Path::new(qemu::target(opts.arch).uefi_vars);
@@ -377,8 +365,11 @@ fn boot_once(
         None
     };
     let guest_ports = spec.forwarded_ports();
-    let mut ports = qemu::free_ports(guest_ports.len() + usize::from(b.guest_agent))?;
+    let hotplug = !b.hotplug_disks.is_empty();
+    let mut ports =
+        qemu::free_ports(guest_ports.len() + usize::from(b.guest_agent) + usize::from(hotplug))?;
     let guest_agent = if b.guest_agent { ports.pop() } else { None };
+    let qmp = if hotplug { ports.pop() } else { None };
     let host_ports: BTreeMap<u16, u16> = guest_ports.keys().copied().zip(ports).collect();
     let files = BootFiles {
         disks: disk_files,
@@ -388,6 +379,7 @@ fn boot_once(
         uefi_vars,
         host_ports: host_ports.clone(),
         guest_agent,
+        qmp,
     };
     let args = qemu::args(spec, opts.arch, opts.firmware, &opts.accel, &files)?;
     let timeout = opts.timeout.unwrap_or(Duration::from_secs(spec.machine.timeout_seconds));
@@ -409,6 +401,8 @@ fn boot_once(
         disk: disk.to_path_buf(),
         disk_bytes: spec.machine.disk_bytes,
         guest_agent,
+        qmp,
+        hotplug: b.hotplug_disks.iter().cloned().zip(hotplug_files).collect(),
     };
     for c in &b.checks {
         let r = evaluate(c, &ctx, &mut obs);
@@ -430,6 +424,23 @@ fn boot_once(
         End::Keep => keep(&mut vm, &obs, &spec.poweroff_ssh_user, serial, log),
     }
     Ok(())
+}
+
+/// A disk a boot adds (blank or ext4), made in the boot's work directory
+/// `dir` as `<name>.raw`.
+fn test_disk(spec: &BootTest, source: &DiskSource, name: &str, dir: &Path) -> Result<PathBuf> {
+    let f = dir.join(format!("{name}.raw"));
+    match source {
+        DiskSource::Image => {
+            anyhow::bail!("{}: {name}: the image is not made here", spec.file.display())
+        }
+        DiskSource::Blank { bytes } => forge::io::sparse::create(&f, *bytes).map(drop)?,
+        DiskSource::Ext4 { bytes, label, files } => {
+            crate::disk::ext4(&f, *bytes, label.as_deref(), files, &dir.join(name))
+                .with_context(|| format!("{}: {name}", spec.file.display()))?
+        }
+    }
+    Ok(f)
 }
 
 /// How long the guest agent may take to answer (it starts when systemd sees
@@ -523,6 +534,9 @@ struct VmObservations {
     disk_bytes: u64,
     /// The loopback port of the guest agent's channel.
     guest_agent: Option<u16>,
+    /// The loopback port of QEMU's monitor, and the disks it may attach.
+    qmp: Option<u16>,
+    hotplug: Vec<(crate::spec::Disk, PathBuf)>,
 }
 
 impl VmObservations {
@@ -619,6 +633,12 @@ impl Observations for VmObservations {
             std::thread::sleep(Duration::from_secs(1));
         }
         Err(last)
+    }
+    fn hotplug(&mut self, disk: usize) -> Result<(), String> {
+        let (Some(port), Some((d, file))) = (self.qmp, self.hotplug.get(disk)) else {
+            return Err(format!("the boot has no hotplug_disks[{disk}]"));
+        };
+        crate::qmp::hotplug(port, &format!("hot{disk}"), file, d).map_err(|e| format!("{e:#}"))
     }
     fn guest_agent(&mut self, request: &serde_json::Value) -> Result<String, String> {
         let port = self
@@ -721,6 +741,7 @@ mod tests {
             uefi_vars: None,
             host_ports: BTreeMap::from([(22, 40022)]),
             guest_agent: None,
+            qmp: None,
         };
         let a = qemu::args(&spec, Arch::Amd64, Firmware::Bios, "tcg", &files).unwrap().join(" ");
         assert!(

@@ -420,6 +420,11 @@ pub struct Boot {
     /// the `guest_agent` probe talks to (QEMU's guest agent protocol).
     #[serde(default)]
     pub guest_agent: bool,
+    /// Disks made before the boot but attached only when a `hotplug` probe
+    /// says so (through QEMU's monitor, QMP), e.g. a volume attached to a
+    /// running server. SCSI disks (`scsi-hd`) only.
+    #[serde(default)]
+    pub hotplug_disks: Vec<Disk>,
     /// The user-data this boot serves, resolved when the file is read.
     #[serde(skip)]
     pub resolved_userdata: UserData,
@@ -1077,6 +1082,12 @@ impl BootTest {
             if b.extra_disks.iter().any(|d| d.source == DiskSource::Image) {
                 bail!("{at}.extra_disks: the image is one of the file's disks, not an extra one");
             }
+            check_disks(&b.hotplug_disks, &format!("{at}.hotplug_disks"))?;
+            for (j, d) in b.hotplug_disks.iter().enumerate() {
+                if d.source == DiskSource::Image || d.device != DiskDevice::ScsiHd {
+                    bail!("{at}.hotplug_disks[{j}]: a hot-plugged disk is a blank or ext4 scsi-hd");
+                }
+            }
             let macs: Vec<String> =
                 self.nics.iter().chain(&b.extra_nics).map(|n| n.mac.to_lowercase()).collect();
             if let Some(m) =
@@ -1151,7 +1162,7 @@ impl BootTest {
                 }
             }
             for (j, c) in b.checks.iter().enumerate() {
-                c.validate(&ctx, &forwarded, b.guest_agent)
+                c.validate(&ctx, &forwarded, b)
                     .map_err(|e| anyhow!("{at}.checks[{j}] ({}): {e}", c.name))?;
             }
         }
@@ -1295,14 +1306,14 @@ impl Check {
         &self,
         ctx: &minijinja::Value,
         forwarded: &BTreeSet<u16>,
-        guest_agent: bool,
+        boot: &Boot,
     ) -> Result<()> {
         render(&self.name, ctx)?;
         if self.conds.is_empty() {
             bail!("no condition");
         }
         for c in &self.conds {
-            c.validate(ctx, forwarded, guest_agent)?;
+            c.validate(ctx, forwarded, boot)?;
         }
         Ok(())
     }
@@ -1313,7 +1324,7 @@ impl Cond {
         &self,
         ctx: &minijinja::Value,
         forwarded: &BTreeSet<u16>,
-        guest_agent: bool,
+        boot: &Boot,
     ) -> Result<()> {
         let sources = [self.report_key.is_some(), self.observe.is_some(), self.probe.is_some()];
         if sources.iter().filter(|s| **s).count() != 1 {
@@ -1333,7 +1344,7 @@ impl Cond {
                 bail!("probe uses guest port {guest_port}, which no NIC forwards (hostfwd)")
             }
             Some(Probe::GuestAgent { execute, arguments }) => {
-                if !guest_agent {
+                if !boot.guest_agent {
                     bail!("probe guest_agent needs the boot's \"guest_agent\": true");
                 }
                 if execute.is_empty()
@@ -1346,6 +1357,12 @@ impl Cond {
                 if arguments.as_ref().is_some_and(|a| !a.is_object()) {
                     bail!("probe guest_agent: arguments must be an object");
                 }
+            }
+            Some(Probe::Hotplug { disk }) if *disk >= boot.hotplug_disks.len() => {
+                bail!(
+                    "probe hotplug: disk {disk}, but the boot has {} hotplug_disks",
+                    boot.hotplug_disks.len()
+                )
             }
             _ => {}
         }
@@ -1464,6 +1481,7 @@ mod tests {
         assert_eq!(volumes.len(), 2);
         assert!(matches!(volumes[0].source, DiskSource::Ext4 { .. }));
         assert!(t.boots[2].guest_agent);
+        assert_eq!(t.boots[2].hotplug_disks.len(), 1);
         // The image as built and its second boot with both firmwares, the rest with BIOS.
         let uefi: Vec<&str> =
             plan(&t, true, Firmware::Uefi).iter().map(|s| s.boot.variant.as_str()).collect();
@@ -2072,6 +2090,18 @@ mod tests {
                         serde_json::json!([{"mac": "86:00:00:00:00:01", "hostfwd": [22]}])
                 }),
                 "boots[0] (one).extra_nics[0].hostfwd: port 22 is zero or forwarded twice",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][0]["checks"][0] = serde_json::json!({"name": "n", "probe": {"hotplug": {"disk": 0}}, "equals": "attached"})
+                }),
+                "boots[0] (one).checks[0] (n): probe hotplug: disk 0, but the boot has 0 hotplug_disks",
+            ),
+            (
+                Box::new(|v| {
+                    v["boots"][0]["hotplug_disks"] = serde_json::json!([{"source": {"blank": {"bytes": 512}}, "device": "virtio-blk-pci"}])
+                }),
+                "boots[0] (one).hotplug_disks[0]: a hot-plugged disk is a blank or ext4 scsi-hd",
             ),
             (
                 Box::new(|v| {
