@@ -62,17 +62,38 @@ pub fn run(a: Args) -> Result<()> {
     }
     let inits = Inits(inits);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut args = vec!["test".to_string(), "--workspace".into(), "--no-fail-fast".into()];
+    let root = unsafe { libc::geteuid() } == 0;
+    // cargo-nextest (on the machine when present) runs the test binaries
+    // side by side: most integration tests spend their time in one
+    // single-threaded tool (bzip2 -d, e2fsck, mkfs.erofs), which cargo test
+    // runs one binary after another. Arguments of the caller's are cargo
+    // test's, so with them it is cargo test.
+    let nextest = a.cargo_args.is_empty()
+        && std::env::var_os("FORGE_TEST_NO_NEXTEST").is_none()
+        && forge::tools::find("cargo-nextest").is_some();
+    let mut args: Vec<String> = if nextest {
+        let mut v: Vec<String> =
+            ["nextest", "run", "--workspace", "--no-fail-fast"].map(String::from).into();
+        if root {
+            v.extend(["--run-ignored".into(), "all".into()]);
+        }
+        v
+    } else {
+        vec!["test".to_string(), "--workspace".into(), "--no-fail-fast".into()]
+    };
     args.extend(a.cargo_args.iter().cloned());
     // Tests that need root are #[ignore]d with the reason; as root, run them too.
-    if unsafe { libc::geteuid() } == 0 {
-        if !args.iter().any(|x| x == "--") {
-            args.push("--".into());
+    if root {
+        if !nextest {
+            if !args.iter().any(|x| x == "--") {
+                args.push("--".into());
+            }
+            args.push("--include-ignored".into());
         }
-        args.push("--include-ignored".into());
     } else {
         println!("not root: the tests marked ignored (they need root) are skipped; cargo test lists them");
     }
+    log(&format!("test: {cargo} {}", args.join(" ")));
     let mut test = forge::tools::command(&cargo);
     test.args(&args)
         .current_dir(repo_root())
