@@ -101,6 +101,8 @@ fn platform(oem: &Path, id: &str, edit: &dyn Fn(&mut serde_json::Value)) {
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     j["id"] = id.into();
     j["image_name"] = format!("flatcar_production_{id}_image.bin").into();
+    // Hetzner's OEM recipe is Hetzner's own (named oem-hetzner).
+    j["sysext"].as_object_mut().unwrap().remove("recipe");
     edit(&mut j);
     std::fs::write(&p, serde_json::to_string_pretty(&j).unwrap()).unwrap();
 }

@@ -193,6 +193,8 @@ fn platform_dir(tmp: &Path, field: &str, value: serde_json::Value) -> PathBuf {
     .unwrap();
     j["id"] = "evil".into();
     j["compression"] = "none".into();
+    // Hetzner's OEM recipe is Hetzner's own (named oem-hetzner).
+    j["sysext"].as_object_mut().unwrap().remove("recipe");
     j[field] = value;
     std::fs::write(oem.join("evil/platform.json"), j.to_string()).unwrap();
     oem
