@@ -10,10 +10,15 @@
 //! read). Every path that differs is one a binary could embed. Each
 //! architecture is built in turn in that one set-up (arm64's forge-init and
 //! afterburn cross-compiled by Debian's rustc-web, against the standard
-//! library and libraries that user's cache downloads and unpacks).
+//! library and libraries that user's cache downloads and unpacks). One
+//! thing is taken from the root build: the crate binaries cross-compiled
+//! for another architecture (arm64's afterburn), whose build alone would
+//! take a tenth of CI; forge-init, cross-compiled the same way, is built
+//! by that user.
 
 use crate::util::{cache_dir, repo_root};
 use anyhow::{bail, Context, Result};
+use forge::arch::Arch;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -85,6 +90,26 @@ pub fn build(arches: &[forge::arch::Arch], log: &dyn Fn(&str)) -> Result<Vec<Oth
         let n = d.to_string_lossy();
         if n == "debs" || n.starts_with("apt-") {
             run(forge::tools::command("cp").arg("-a").arg(root_cache.join(&d)).arg(&cache))?;
+        }
+    }
+    // The crate binaries (afterburn) cross-compiled for other architectures
+    // by the root build: cross-compiling afterburn again takes about four
+    // and a half minutes of CI's two cores. What stays cold for every
+    // architecture: forge-init (cross-compiled through the same toolchain,
+    // remaps and sysroot), the native afterburn, the payload, the
+    // extensions and the image.
+    let crates = root_cache.join("crates");
+    let foreign: Vec<String> = Arch::ALL
+        .into_iter()
+        .filter(|a| Some(*a) != Arch::host())
+        .map(|a| format!("-{}-", a.debian()))
+        .collect();
+    for e in std::fs::read_dir(&crates).into_iter().flatten().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if !n.starts_with("target") && foreign.iter().any(|f| n.contains(f.as_str())) {
+            std::fs::create_dir_all(cache.join("crates"))?;
+            run(forge::tools::command("cp").arg("-a").arg(e.path()).arg(cache.join("crates")))?;
+            log(&format!("test: the other user takes {n} from the root build's cache"));
         }
     }
     let (home, cargo_home) = (base.join("home"), base.join("cargo-home"));

@@ -1,12 +1,12 @@
 //! `cargo xtask test`: installs (as root) or names the missing host packages,
 //! runs `cargo test --workspace`, then builds the Hetzner image from the demo
-//! payload and checks it: a byte-identical rebuild, a cold build by another
-//! user (see `other_user`), and parity with the SDK container; then every
-//! platform that declares a boot test (`oem/<id>/boot-test.json`) is built
-//! and booted: its artifacts built first, its boots split into jobs per
-//! firmware (see `boot_groups`), as many jobs at once as there are cores
-//! (counted from the JSON reports). Platforms without a boot test are listed
-//! as skipped.
+//! payload and checks it: a byte-identical rebuild and a cold build by
+//! another user (see `other_user`); then every platform that declares a
+//! boot test (`oem/<id>/boot-test.json`) is built and booted: its artifacts
+//! built first, its boots split into jobs per firmware (see `boot_groups`),
+//! as many jobs at once as there are cores (counted from the JSON reports),
+//! with the SDK container's parity build and boot as one more job.
+//! Platforms without a boot test are listed as skipped.
 
 use crate::progress::logger;
 use crate::util::{init_binary, init_env, repo_root};
@@ -268,53 +268,20 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     }
-    // Longest first, so the short jobs fill in at the end.
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.variants.len()));
-    let (p, f) = run_boot_jobs(&jobs, &log)?;
-    passed += p;
-    failed += f;
-    let out_dir = out_dir_of("hetzner", Arch::Amd64);
     // Parity: the same build in the SDK container gives the same bytes, and
-    // the boot test passes when run inside the container too.
-    if forge::tools::find("podman").is_some() || forge::tools::find("docker").is_some() {
-        log("test: SDK container image and parity build");
-        let script = repo_root().join("run_sdk_container");
-        let sdk_out = repo_root().join("target/ci-sdk");
-        let _ = std::fs::remove_dir_all(&sdk_out);
-        let built = forge::tools::command(&script)
-            .arg("--build-image")
-            .args(["cargo", "xtask", "build-image", "--platform", "hetzner", "--output-dir"])
-            .arg(&sdk_out)
-            .status()?
-            .success();
-        let same_bytes = built && same(&out_dir, &sdk_out)?;
-        println!("[{}] {} build-image --platform hetzner inside the SDK container gives the host build's sha256", if same_bytes { "ok" } else { "!!" }, if same_bytes { "PASS" } else { "FAIL" });
-        if same_bytes {
-            passed += 1
-        } else {
-            failed += 1
-        }
-        let json = sdk_out.join("boot-test.json");
-        let mut cmd = forge::tools::command(&script);
-        cmd.args(["cargo", "xtask", "boot-test"])
-            .arg(sdk_out.join("flatcar_production_hetzner_image.bin.bz2"))
-            .args(["--firmware", "bios", "--variant", "as-built", "--json"])
-            .arg(&json);
-        let (p, f) = boot_reports(cmd, &json)?;
-        let ok = p > 0 && f == 0;
-        println!(
-            "[{}] {} the BIOS boot test (as built) passes inside the SDK container — {p} checks passed, {f} failed",
-            if ok { "ok" } else { "!!" },
-            if ok { "PASS" } else { "FAIL" },
-        );
-        if ok {
-            passed += 1;
-        } else {
-            failed += 1;
-        }
-    } else {
+    // the boot test passes when run inside the container too. It runs as
+    // one more job beside the boot jobs (about three boots' time).
+    let host_out = out_dir_of("hetzner", Arch::Amd64);
+    let container =
+        forge::tools::find("podman").is_some() || forge::tools::find("docker").is_some();
+    let sdk = || sdk_parity(&host_out, &same, &log);
+    let extra: Option<ExtraJob> = if container { Some((3, &sdk)) } else { None };
+    if !container {
         println!("neither podman nor docker: the SDK container parity checks are not run");
     }
+    let (p, f) = run_boot_jobs(&jobs, extra, &log)?;
+    passed += p;
+    failed += f;
     if !unit_ok {
         println!("cargo test reported failures (see above)");
     }
@@ -379,14 +346,31 @@ fn boot_groups(
     groups
 }
 
-/// Runs the boot jobs, as many at once as there are cores; each job's
-/// output goes to `<dir>/boot-test.<firmware>.log`, its checks are printed
-/// and counted from its JSON report when it ends.
-fn run_boot_jobs(jobs: &[BootJob], log: &(dyn Fn(&str) + Sync)) -> Result<(usize, usize)> {
+/// A job beside the boot jobs: its weight (in boots' time) and what it
+/// runs, giving (passed, failed).
+type ExtraJob<'a> = (usize, &'a (dyn Fn() -> (usize, usize) + Sync));
+
+/// Runs the boot jobs and the extra one, as many at once as there are
+/// cores, heaviest first; each boot job's output goes to
+/// `<dir>/boot-test.<tag>.log`, its checks are printed and counted from its
+/// JSON report when it ends.
+fn run_boot_jobs(
+    jobs: &[BootJob],
+    extra: Option<ExtraJob>,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<(usize, usize)> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
+    // Longest first (a job's weight: its boots), so the short ones fill in
+    // at the end.
+    let mut work: Vec<(usize, Option<&BootJob>)> =
+        jobs.iter().map(|j| (j.variants.len(), Some(j))).collect();
+    if let Some((weight, _)) = extra {
+        work.push((weight, None));
+    }
+    work.sort_by_key(|(w, _)| std::cmp::Reverse(*w));
     let workers =
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(jobs.len().max(1));
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(work.len().max(1));
     let next = AtomicUsize::new(0);
     let totals = Mutex::new((0usize, 0usize));
     let exe = std::env::current_exe()?;
@@ -394,47 +378,11 @@ fn run_boot_jobs(jobs: &[BootJob], log: &(dyn Fn(&str) + Sync)) -> Result<(usize
         for _ in 0..workers {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(j) = jobs.get(i) else { break };
-                let json = j.dir.join(format!("boot-test.{}.json", j.tag));
-                let out = j.dir.join(format!("boot-test.{}.log", j.tag));
-                log(&format!(
-                    "test: boot test of {} ({} {}: {}), output in {}",
-                    j.platform,
-                    j.arch,
-                    j.firmware,
-                    j.variants.join(", "),
-                    out.display()
-                ));
-                let counted = std::fs::File::create(&out)
-                    .and_then(|f| Ok((f.try_clone()?, f)))
-                    .map_err(anyhow::Error::from)
-                    .and_then(|(o, e)| {
-                        let mut cmd = forge::tools::command(&exe);
-                        cmd.args([
-                            "boot-test",
-                            "--platform",
-                            &j.platform,
-                            "--arch",
-                            j.arch.debian(),
-                            "--firmware",
-                            &j.firmware,
-                        ])
-                        .args(j.variants.iter().flat_map(|v| ["--variant", v.as_str()]))
-                        .arg(&j.dir)
-                        .arg("--json")
-                        .arg(&json)
-                        .stdout(o)
-                        .stderr(e);
-                        boot_reports(cmd, &json)
-                    });
-                let (p, f) = counted.unwrap_or_else(|e| {
-                    println!("[!!] FAIL boot test of {} ({}): {e:#}", j.platform, j.tag);
-                    (0, 1)
-                });
-                log(&format!(
-                    "test: boot test of {} ({}) done: {p} passed, {f} failed",
-                    j.platform, j.tag
-                ));
+                let Some((_, job)) = work.get(i) else { break };
+                let (p, f) = match job {
+                    Some(j) => boot_job(j, &exe, log),
+                    None => extra.map_or((0, 0), |(_, run)| run()),
+                };
                 let mut t = totals.lock().unwrap();
                 t.0 += p;
                 t.1 += f;
@@ -442,6 +390,119 @@ fn run_boot_jobs(jobs: &[BootJob], log: &(dyn Fn(&str) + Sync)) -> Result<(usize
         }
     });
     Ok(totals.into_inner().unwrap())
+}
+
+/// One boot job: `boot-test` with its output in `<dir>/boot-test.<tag>.log`;
+/// its checks printed and counted from its JSON report.
+fn boot_job(j: &BootJob, exe: &Path, log: &(dyn Fn(&str) + Sync)) -> (usize, usize) {
+    let json = j.dir.join(format!("boot-test.{}.json", j.tag));
+    let out = j.dir.join(format!("boot-test.{}.log", j.tag));
+    log(&format!(
+        "test: boot test of {} ({} {}: {}), output in {}",
+        j.platform,
+        j.arch,
+        j.firmware,
+        j.variants.join(", "),
+        out.display()
+    ));
+    let counted = std::fs::File::create(&out)
+        .and_then(|f| Ok((f.try_clone()?, f)))
+        .map_err(anyhow::Error::from)
+        .and_then(|(o, e)| {
+            let mut cmd = forge::tools::command(exe);
+            cmd.args([
+                "boot-test",
+                "--platform",
+                &j.platform,
+                "--arch",
+                j.arch.debian(),
+                "--firmware",
+                &j.firmware,
+            ])
+            .args(j.variants.iter().flat_map(|v| ["--variant", v.as_str()]))
+            .arg(&j.dir)
+            .arg("--json")
+            .arg(&json)
+            .stdout(o)
+            .stderr(e);
+            boot_reports(cmd, &json)
+        });
+    let (p, f) = counted.unwrap_or_else(|e| {
+        println!("[!!] FAIL boot test of {} ({}): {e:#}", j.platform, j.tag);
+        (0, 1)
+    });
+    log(&format!("test: boot test of {} ({}) done: {p} passed, {f} failed", j.platform, j.tag));
+    (p, f)
+}
+
+/// The SDK container parity job: the container image built, the Hetzner
+/// image built inside it into `target/ci-sdk` (the same bytes as
+/// `host_out`'s, by `same`), and its as-built boot test run inside it;
+/// the output in `target/ci-sdk.log`. (passed, failed) of its two checks.
+fn sdk_parity(
+    host_out: &Path,
+    same: &(dyn Fn(&Path, &Path) -> Result<bool> + Sync),
+    log: &(dyn Fn(&str) + Sync),
+) -> (usize, usize) {
+    let script = repo_root().join("run_sdk_container");
+    let sdk_out = repo_root().join("target/ci-sdk");
+    let out = repo_root().join("target/ci-sdk.log");
+    log(&format!("test: SDK container image, parity build and boot, output in {}", out.display()));
+    let _ = std::fs::remove_dir_all(&sdk_out);
+    let output = || -> Result<(std::fs::File, std::fs::File)> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out)
+            .with_context(|| format!("{}: cannot open", out.display()))?;
+        Ok((f.try_clone()?, f))
+    };
+    let _ = std::fs::remove_file(&out);
+    let built = output().and_then(|(o, e)| {
+        Ok(forge::tools::command(&script)
+            .arg("--build-image")
+            .args(["cargo", "xtask", "build-image", "--platform", "hetzner", "--output-dir"])
+            .arg(&sdk_out)
+            .stdout(o)
+            .stderr(e)
+            .status()?
+            .success())
+    });
+    let same_bytes = matches!(built, Ok(true)) && same(host_out, &sdk_out).unwrap_or(false);
+    let mut counts = (0, 0);
+    let mut count = |ok: bool, what: String| {
+        println!("[{}] {} {what}", if ok { "ok" } else { "!!" }, if ok { "PASS" } else { "FAIL" });
+        if ok {
+            counts.0 += 1
+        } else {
+            counts.1 += 1
+        }
+    };
+    count(
+        same_bytes,
+        format!(
+            "build-image --platform hetzner inside the SDK container gives the host build's sha256{}",
+            if same_bytes { String::new() } else { format!(" (see {})", out.display()) }
+        ),
+    );
+    let json = sdk_out.join("boot-test.json");
+    let booted = output().and_then(|(o, e)| {
+        let mut cmd = forge::tools::command(&script);
+        cmd.args(["cargo", "xtask", "boot-test"])
+            .arg(sdk_out.join("flatcar_production_hetzner_image.bin.bz2"))
+            .args(["--firmware", "bios", "--variant", "as-built", "--json"])
+            .arg(&json)
+            .stdout(o)
+            .stderr(e);
+        boot_reports(cmd, &json)
+    });
+    let (p, f) = booted.unwrap_or((0, 1));
+    count(
+        p > 0 && f == 0,
+        format!("the BIOS boot test (as built) passes inside the SDK container — {p} checks passed, {f} failed"),
+    );
+    log(&format!("test: SDK container parity done: {} passed, {} failed", counts.0, counts.1));
+    counts
 }
 
 /// Runs a `boot-test … --json FILE` command (its output shown as it runs)
