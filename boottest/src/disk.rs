@@ -62,41 +62,95 @@ pub fn ext4(
 
 /// Writes the image (raw, qcow2, .bz2, .gz, .zst or .xz) as a sparse raw disk of `disk_bytes`.
 pub fn prepare(image: &Path, dest: &Path, disk_bytes: u64) -> Result<()> {
+    let written = decode(image, dest)?;
+    grow(image, dest, written, disk_bytes)
+}
+
+/// [`prepare`] through a decoded copy of the image shared by the boot-test
+/// runs given the same `dir`: `<dir>/<key>/disk.raw`, the key naming the
+/// image file (its path, size and modification time). The first run decodes
+/// it while the others wait on the directory's lock; then each copies it
+/// (only its data: the copy is sparse). Whoever made `dir` removes it.
+pub fn prepare_shared(
+    image: &Path,
+    dest: &Path,
+    disk_bytes: u64,
+    dir: &Path,
+    log: &dyn Fn(&str),
+) -> Result<()> {
+    let raw = decoded_shared(image, dir, log)?;
+    copy(&raw, dest)?;
+    let len = std::fs::metadata(dest).with_context(|| format!("{}: stat", dest.display()))?.len();
+    grow(image, dest, len, disk_bytes)
+}
+
+/// The image decoded (not grown) into `<dir>/<key>/disk.raw`, once.
+fn decoded_shared(image: &Path, dir: &Path, log: &dyn Fn(&str)) -> Result<std::path::PathBuf> {
+    use sha2::Digest;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let canon = image.canonicalize().with_context(|| format!("{}: not found", image.display()))?;
+    let m = std::fs::metadata(&canon).with_context(|| format!("{}: stat", canon.display()))?;
+    let mut h = sha2::Sha256::new();
+    h.update(canon.as_os_str().as_bytes());
+    h.update(m.len().to_le_bytes());
+    h.update(m.mtime().to_le_bytes());
+    h.update(m.mtime_nsec().to_le_bytes());
+    let key = hex::encode(&h.finalize()[..8]);
+    let held = forge::outdir::OutputDir::lock(
+        &dir.join(&key),
+        forge::outdir::IfLocked::Wait,
+        &|m: &str| log(&format!("{m} (another run decoding {})", image.display())),
+    )?;
+    let raw = held.path().join("disk.raw");
+    if !raw.exists() {
+        let tmp = forge::outdir::partial_file(held.path(), "disk.raw")?;
+        decode(image, tmp.path())?;
+        tmp.persist(&raw)
+            .with_context(|| format!("{}: cannot rename into place", raw.display()))?;
+    }
+    Ok(raw)
+}
+
+/// Writes the image as a sparse raw file (a qcow2 converted, a compressed
+/// one decoded); its length.
+fn decode(image: &Path, dest: &Path) -> Result<u64> {
     let f =
         std::fs::File::open(image).with_context(|| format!("{}: cannot open", image.display()))?;
     if forge::io::codec::Codec::from_path(image).is_none() && is_qcow2(image)? {
         qcow2_to_raw(image, dest)?;
-        let out = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dest)
-            .with_context(|| format!("{}: cannot open", dest.display()))?;
-        let len = out.metadata().with_context(|| format!("{}: stat", dest.display()))?.len();
-        if len > disk_bytes {
-            bail!(
-                "{}: the image ({len} B) is larger than the test disk ({disk_bytes} B)",
-                image.display()
-            );
-        }
-        out.set_len(disk_bytes).with_context(|| format!("{}: set_len", dest.display()))?;
-        return Ok(());
+        return Ok(std::fs::metadata(dest)
+            .with_context(|| format!("{}: stat", dest.display()))?
+            .len());
     }
     let out = sparse::create(dest, 0)?;
-    let written = if let Some(codec) = forge::io::codec::Codec::from_path(image) {
+    if let Some(codec) = forge::io::codec::Codec::from_path(image) {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        forge::io::compress::decompress_sparse(image, codec, &out, threads)
-            .with_context(|| format!("{}: decompressing", image.display()))?
+        let written = forge::io::compress::decompress_sparse(image, codec, &out, threads)
+            .with_context(|| format!("{}: decompressing", image.display()))?;
+        // Trailing zeros may have been skipped, not written.
+        out.set_len(written).with_context(|| format!("{}: set_len", dest.display()))?;
+        Ok(written)
     } else {
         let len = f.metadata().with_context(|| format!("{}: stat", image.display()))?.len();
         sparse::splice(&f, 0, len, &out, 0, false)
             .with_context(|| format!("{}: copying to {}", image.display(), dest.display()))?;
-        len
-    };
+        Ok(len)
+    }
+}
+
+/// Grows the decoded image at `dest` (`written` bytes) to `disk_bytes`.
+fn grow(image: &Path, dest: &Path, written: u64, disk_bytes: u64) -> Result<()> {
     if written > disk_bytes {
         bail!(
             "{}: the image ({written} B) is larger than the test disk ({disk_bytes} B)",
             image.display()
         );
     }
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dest)
+        .with_context(|| format!("{}: cannot open", dest.display()))?;
     out.set_len(disk_bytes).with_context(|| format!("{}: set_len", dest.display()))?;
     Ok(())
 }
@@ -495,5 +549,53 @@ mod tests {
         assert!(got[4 << 20..].iter().all(|b| *b == 0));
         let e = prepare(&qcow, &disk, 1 << 20).unwrap_err().to_string();
         assert!(e.contains("is larger than the test disk"), "{e}");
+    }
+
+    #[test]
+    fn runs_sharing_a_directory_decode_the_image_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        // 8 MiB with data at both ends and a trailing zero run.
+        let mut data = vec![0u8; 8 << 20];
+        data[..8].copy_from_slice(b"GPTTEST!");
+        data[5 << 20] = 0xa5;
+        let zst = tmp.path().join("image.bin.zst");
+        let c = forge::io::codec::Codec::Zst;
+        std::fs::write(&zst, c.encode(&data, 3).unwrap()).unwrap();
+        let shared = tmp.path().join("shared");
+        let alone = tmp.path().join("alone.raw");
+        prepare(&zst, &alone, 16 << 20).unwrap();
+        // Two runs at once: each gets the whole disk, grown to its size.
+        let (a, b) = (tmp.path().join("a.raw"), tmp.path().join("b.raw"));
+        std::thread::scope(|s| {
+            for d in [&a, &b] {
+                let shared = &shared;
+                let zst = &zst;
+                s.spawn(move || prepare_shared(zst, d, 16 << 20, shared, &|_| {}).unwrap());
+            }
+        });
+        let want = std::fs::read(&alone).unwrap();
+        assert_eq!(want.len(), 16 << 20);
+        assert_eq!(&want[..8 << 20], &data[..]);
+        for d in [&a, &b] {
+            assert!(std::fs::read(d).unwrap() == want, "{}", d.display());
+        }
+        // One decoded copy, of the image's own length, nothing partial left.
+        let keys: Vec<_> = std::fs::read_dir(&shared).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let left: Vec<_> = std::fs::read_dir(&keys[0])
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["disk.raw"]);
+        assert_eq!(std::fs::metadata(keys[0].join("disk.raw")).unwrap().len(), 8 << 20);
+        // A later run reuses it; a smaller disk than the image is refused.
+        let e = prepare_shared(&zst, &a, 1 << 20, &shared, &|_| {}).unwrap_err().to_string();
+        assert!(e.contains("is larger than the test disk"), "{e}");
+        // A changed image is another key.
+        std::fs::write(&zst, c.encode(&data[..4 << 20], 3).unwrap()).unwrap();
+        let f = File::options().write(true).open(&zst).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+        prepare_shared(&zst, &a, 16 << 20, &shared, &|_| {}).unwrap();
+        assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 2);
     }
 }

@@ -79,6 +79,9 @@ pub struct Options {
     /// The files built for the boot test's `artifacts` (name → file): at
     /// least those [`BootTest::artifacts_for`] names for this run.
     pub artifacts: BTreeMap<String, PathBuf>,
+    /// Decode the image once for all runs given this directory
+    /// ([`crate::disk::prepare_shared`]), not once per run.
+    pub shared_disks: Option<PathBuf>,
 }
 
 /// The boot test reduced to trying one user-data file: the file's first
@@ -190,7 +193,12 @@ pub fn run(spec: &BootTest, opts: &Options, log: &dyn Fn(&str)) -> Result<Report
     // or the disk the boot before it left behind.
     let t = Instant::now();
     let pristine = w.join("disk.raw");
-    crate::disk::prepare(&image, &pristine, spec.machine.disk_bytes)?;
+    match &opts.shared_disks {
+        Some(dir) => {
+            crate::disk::prepare_shared(&image, &pristine, spec.machine.disk_bytes, dir, log)?
+        }
+        None => crate::disk::prepare(&image, &pristine, spec.machine.disk_bytes)?,
+    }
     log(&format!(
         "{tag}: disk prepared ({} B, sparse) in {:.1}s",
         spec.machine.disk_bytes,

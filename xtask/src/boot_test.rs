@@ -83,6 +83,11 @@ pub struct Args {
     /// `<image stem>.<arch>-<firmware>.boot-test.json`.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Keep the decoded image in this directory for other boot-test runs
+    /// given the same one (running at the same time or later): the image is
+    /// decoded once, not once per run. Nothing removes it but you.
+    #[arg(long)]
+    pub shared_disks: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -174,6 +179,15 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     let log_dir = image.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    // Several firmwares: the image is decoded once for all of them (in a
+    // scratch directory beside it, removed at the end) unless the caller
+    // shares its own directory.
+    let scratch = match (&a.shared_disks, firmwares.len()) {
+        (None, 2..) => Some(forge::outdir::scratch_dir(&log_dir)?),
+        _ => None,
+    };
+    let shared_disks =
+        a.shared_disks.clone().or_else(|| scratch.as_ref().map(|t| t.path().to_path_buf()));
     let mut reports = Vec::new();
     for fw in &firmwares {
         let opts = forge_boottest::Options {
@@ -189,6 +203,7 @@ pub fn run(a: Args) -> Result<()> {
             log_dir: Some(log_dir.clone()),
             keep: a.keep,
             artifacts: artifacts.clone(),
+            shared_disks: shared_disks.clone(),
         };
         let report = forge_boottest::run(&spec, &opts, &log).unwrap_or_else(|e| {
             // Set-up failed before any boot: still a report, with one failed check.

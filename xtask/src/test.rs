@@ -279,7 +279,12 @@ pub fn run(a: Args) -> Result<()> {
     if !container {
         println!("neither podman nor docker: the SDK container parity checks are not run");
     }
-    let (p, f) = run_boot_jobs(&jobs, extra, &log)?;
+    // Jobs of one image decode it once, into this directory, and copy it.
+    let shared = repo_root().join("target/ci-boot-disks");
+    let _ = std::fs::remove_dir_all(&shared);
+    let ran = run_boot_jobs(&jobs, extra, &shared, &log);
+    let _ = std::fs::remove_dir_all(&shared);
+    let (p, f) = ran?;
     passed += p;
     failed += f;
     if !unit_ok {
@@ -357,6 +362,7 @@ type ExtraJob<'a> = (usize, &'a (dyn Fn() -> (usize, usize) + Sync));
 fn run_boot_jobs(
     jobs: &[BootJob],
     extra: Option<ExtraJob>,
+    shared_disks: &Path,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<(usize, usize)> {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -380,7 +386,7 @@ fn run_boot_jobs(
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some((_, job)) = work.get(i) else { break };
                 let (p, f) = match job {
-                    Some(j) => boot_job(j, &exe, log),
+                    Some(j) => boot_job(j, &exe, shared_disks, log),
                     None => extra.map_or((0, 0), |(_, run)| run()),
                 };
                 let mut t = totals.lock().unwrap();
@@ -392,9 +398,15 @@ fn run_boot_jobs(
     Ok(totals.into_inner().unwrap())
 }
 
-/// One boot job: `boot-test` with its output in `<dir>/boot-test.<tag>.log`;
-/// its checks printed and counted from its JSON report.
-fn boot_job(j: &BootJob, exe: &Path, log: &(dyn Fn(&str) + Sync)) -> (usize, usize) {
+/// One boot job: `boot-test` with its output in `<dir>/boot-test.<tag>.log`
+/// (the image decoded once for every job of it, in `shared_disks`); its
+/// checks printed and counted from its JSON report.
+fn boot_job(
+    j: &BootJob,
+    exe: &Path,
+    shared_disks: &Path,
+    log: &(dyn Fn(&str) + Sync),
+) -> (usize, usize) {
     let json = j.dir.join(format!("boot-test.{}.json", j.tag));
     let out = j.dir.join(format!("boot-test.{}.log", j.tag));
     log(&format!(
@@ -423,6 +435,8 @@ fn boot_job(j: &BootJob, exe: &Path, log: &(dyn Fn(&str) + Sync)) -> (usize, usi
             .arg(&j.dir)
             .arg("--json")
             .arg(&json)
+            .arg("--shared-disks")
+            .arg(shared_disks)
             .stdout(o)
             .stderr(e);
             boot_reports(cmd, &json)
