@@ -111,7 +111,7 @@ pub fn sha256_file(p: &Path) -> String {
     let zeros = vec![0u8; 1 << 20];
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0;
-    for (start, end) in data_extents(&f, len) {
+    for (start, end) in data_extents(&f, len, p) {
         while pos < start {
             let n = (start - pos).min(zeros.len() as u64) as usize;
             h.update(&zeros[..n]);
@@ -132,32 +132,14 @@ pub fn sha256_file(p: &Path) -> String {
     hex::encode(h.finalize())
 }
 
+/// forge's `SEEK_DATA`/`SEEK_HOLE` walk of the whole file.
+fn data_extents(f: &std::fs::File, len: u64, p: &Path) -> Vec<(u64, u64)> {
+    forge::io::sparse::data_extents(f, 0, len).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()))
+}
+
 fn read_exact_at(f: &std::fs::File, buf: &mut [u8], at: u64, p: &Path) {
     use std::os::unix::fs::FileExt;
     f.read_exact_at(buf, at).unwrap_or_else(|e| panic!("{}: read at {at}: {e}", p.display()));
-}
-
-/// The ranges of `f` (of `len` bytes) that may hold data, in order
-/// (`SEEK_DATA`/`SEEK_HOLE`); what lies between them reads as zeros. A
-/// filesystem without hole reporting gives one range, the whole file.
-pub fn data_extents(f: &std::fs::File, len: u64) -> Vec<(u64, u64)> {
-    use std::os::fd::AsRawFd;
-    let fd = f.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    while pos < len {
-        // SAFETY: lseek on a file descriptor this function borrows.
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            // ENXIO: no data after pos.
-            break;
-        }
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { len } else { (hole as u64).min(len) };
-        out.push((data as u64, hole));
-        pos = hole;
-    }
-    out
 }
 
 /// Whether two files have the same bytes, and if not, the first offset
@@ -170,8 +152,8 @@ pub fn compare_files(a: &Path, b: &Path) -> Result<(), String> {
     if la != lb {
         return Err(format!("{} is {la} B, {} is {lb} B", a.display(), b.display()));
     }
-    let mut ranges = data_extents(&fa, la);
-    ranges.extend(data_extents(&fb, lb));
+    let mut ranges = data_extents(&fa, la, a);
+    ranges.extend(data_extents(&fb, lb, b));
     ranges.sort_unstable();
     let mut merged: Vec<(u64, u64)> = Vec::new();
     for (s, e) in ranges {
