@@ -554,7 +554,7 @@ mod tests {
     #[test]
     fn runs_sharing_a_directory_decode_the_image_once() {
         let tmp = tempfile::tempdir().unwrap();
-        // 8 MiB with data at both ends and a trailing zero run.
+        // 8 MiB: data at its start and at 5 MiB, then a trailing zero run.
         let mut data = vec![0u8; 8 << 20];
         data[..8].copy_from_slice(b"GPTTEST!");
         data[5 << 20] = 0xa5;
